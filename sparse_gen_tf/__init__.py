@@ -1,0 +1,13 @@
+"""sparse_gen_tf: an explainable generator with TopK-sparse feature maps.
+
+The public surface: the layers (`TopK`, `TransposedConv`), the generator
+(`Generator`, `GeneratorConfig`) and its learning algorithm (`AlternatingBackprop`).
+"""
+
+from sparse_gen_tf.abp import AlternatingBackprop
+from sparse_gen_tf.generator import Generator, GeneratorConfig
+from sparse_gen_tf.langevin import langevin, log_joint
+from sparse_gen_tf.layers import TopK, TransposedConv
+
+__all__ = ["AlternatingBackprop", "Generator", "GeneratorConfig", "TopK",
+           "TransposedConv", "langevin", "log_joint"]

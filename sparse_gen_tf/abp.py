@@ -1,0 +1,145 @@
+"""Alternating back-propagation (§2.3): Langevin inference of z, then a step on θ.
+
+Each `train_step` on a batch (example ids, images Y):
+  1. Inferential back-propagation: start from the example's persistent chain z_i and run
+     L Langevin steps on p(z | Y_i; θ) (Eq. 10-11).
+  2. Store z_i back into the chain, indexed by example id, so the next epoch warm-starts.
+  3. Learning back-propagation: one optimizer step along the Monte Carlo gradient
+     of Eq. (12), (1/σ²)(Y_i - g(z_i)) ∂g(z_i)/∂θ, i.e. descend ‖Y - g(z)‖² / (2σ²).
+
+Everything runs inside Keras' compiled train function (XLA when `jit_compile`), so
+`fit`, callbacks, the progress bar and `tf.distribute` work as usual.
+"""
+
+import keras
+import tensorflow as tf
+
+from sparse_gen_tf.generator import Generator
+from sparse_gen_tf.langevin import langevin, log_joint
+
+
+def psnr(mse):
+    """PSNR in dB of images in [-1, 1] (peak-to-peak range 2) for a mean squared error."""
+    return 10.0 * tf.math.log(4.0 / tf.maximum(mse, 1e-12)) / tf.math.log(10.0)
+
+
+class DeadChannels(keras.metrics.Metric):
+    """Number of channels of a sparse layer that no example selected since the last reset.
+
+    Keras resets metrics at the start of every epoch, so this counts channels never
+    selected in an epoch. update_state takes the layer's activation mask [batch, h, w, c].
+    """
+
+    def __init__(self, num_channels, name="dead_channels", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_channels = num_channels
+        self.selected = self.add_variable(shape=(num_channels,), initializer="zeros",
+                                          name="selected")
+
+    def update_state(self, mask):
+        self.selected.assign_add(tf.reduce_sum(tf.cast(mask, "float32"), axis=[0, 1, 2]))
+
+    def result(self):
+        return tf.reduce_sum(tf.cast(tf.equal(self.selected, 0.0), "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "num_channels": self.num_channels}
+
+
+class AlternatingBackprop(keras.Model):
+    """The sparse generator together with its learning algorithm and persistent chains.
+
+    Args:
+      generator: a `Generator`.
+      num_examples: size of the training set; one chain z_i per example id.
+      langevin_steps, langevin_step_size, sigma: L, δ and σ of Eq. (10)-(11).
+      seed: seeds the chains' initial draw and the Langevin noise.
+    Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
+    """
+
+    def __init__(self, generator, num_examples, *, langevin_steps=20,
+                 langevin_step_size=0.1, sigma=0.3, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.num_examples = int(num_examples)
+        self.langevin_steps = int(langevin_steps)
+        self.langevin_step_size = float(langevin_step_size)
+        self.sigma = float(sigma)
+        latent_dim = generator.config.latent_dim
+        # Chains start from the prior, as a fresh Langevin chain would.
+        self.chains = self.add_weight(
+            name="chains", shape=(self.num_examples, latent_dim), trainable=False,
+            initializer=keras.initializers.RandomNormal(seed=seed))
+        self.seed_generator = keras.random.SeedGenerator(seed, name="langevin_seed")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in (
+            "loss", "mse", "psnr", "log_likelihood", "log_prior", "z_norm")}
+        for i, c in enumerate(generator.config.channels, 1):
+            self.trackers[f"nonzero_{i}"] = keras.metrics.Mean(name=f"nonzero_{i}")
+            self.trackers[f"dead_channels_{i}"] = DeadChannels(c, name=f"dead_channels_{i}")
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, z):
+        return self.generator(z)
+
+    def infer(self, z, images, observed=None):
+        """Langevin posterior sampling (Eq. 10) from z [batch, d] for images; returns z."""
+        seed = self.seed_generator.next()
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Replicas see the same seed state; fold in the replica id so that each
+            # replica's chains get independent noise.
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.cast(seed, tf.int32), replica.replica_id_in_sync_group)
+        return langevin(self.generator, z, images, seed, steps=self.langevin_steps,
+                        step_size=self.langevin_step_size, sigma=self.sigma,
+                        observed=observed)
+
+    def train_step(self, data):
+        ids, images = data
+        ids = tf.cast(ids, tf.int32)
+        z = self.infer(tf.gather(self.chains.value, ids), images)
+        self.chains.value.scatter_nd_update(ids[:, None], z)
+
+        with tf.GradientTape() as tape:
+            parse = self.generator.parse(z)
+            squared_error = tf.reduce_sum(tf.square(images - parse["image"]), axis=[1, 2, 3])
+            loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
+            # Keras sums gradients across replicas, so each replica's share is 1/n.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = loss / replicas
+        weights = self.generator.trainable_weights
+        grads = tape.gradient(scaled_loss, weights)
+        self.optimizer.apply(grads, weights)
+
+        mse = tf.reduce_mean(tf.square(images - parse["image"]))
+        log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
+        values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
+                  "log_likelihood": -squared_error / (2.0 * self.sigma ** 2),
+                  "log_prior": log_prior, "z_norm": tf.norm(z, axis=-1)}
+        for i, activation in enumerate(parse["activations"], 1):
+            active = tf.cast(activation != 0, "float32")
+            values[f"nonzero_{i}"] = tf.reduce_mean(active)
+            values[f"dead_channels_{i}"] = active
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def reconstruct(self, images, steps=None, seed=None, observed=None):
+        """Infers z for new images by Langevin from N(0, I); returns (z, g(z)).
+
+        images: [batch, H, W, 3] in [-1, 1]. Uses the training L unless `steps` is given.
+        """
+        images = tf.convert_to_tensor(images, tf.float32)
+        d = self.generator.config.latent_dim
+        seed = tf.constant([0, 0] if seed is None else [seed, 0], tf.int32)
+        z0 = tf.random.stateless_normal([tf.shape(images)[0], d], seed)
+        z = langevin(self.generator, z0, images, seed + 1,
+                     steps=self.langevin_steps if steps is None else steps,
+                     step_size=self.langevin_step_size, sigma=self.sigma, observed=observed)
+        return z, self.generator(z)
+
+
+__all__ = ["AlternatingBackprop", "DeadChannels", "log_joint", "psnr"]

@@ -1,0 +1,294 @@
+"""The embedded default dataset: images drawn from a known two-level And-Or grammar.
+
+The images need no download: they are rasterized with numpy, deterministically from
+a seed, and the parse graph of every image is kept so that what the generator learns
+can be scored against the truth. The grammar mirrors the generator it is meant for,
+whose top feature map is 2x2 (one AND node per quadrant) and whose bottom feature map
+is 4x4 (one AND node per cell, painted by one bottom kernel):
+
+    image     = AND(quadrant[0, 0], quadrant[0, 1], quadrant[1, 0], quadrant[1, 1])
+    quadrant  = OR(composite[q, 0], ..., composite[q, num_composites - 1])
+    composite = AND(part in its top-left, top-right, bottom-left, bottom-right cell)
+    cell      = coefficient * part,  coefficient ~ Uniform[0.6, 1.0)
+
+- An image is image_size x image_size x 3 and is split into a 4x4 grid of cells of
+  cell = image_size / 4 pixels. Every cell holds exactly one part; there are no empty
+  cells, so every cell has a ground-truth label.
+- The part dictionary holds num_parts cell-sized RGB patterns: the first num_parts
+  entries of `_CATALOGUE`, each a distinct shape (disk, ring, cross, bars, ...) in a
+  distinct fully saturated hue on a black background, with a margin of
+  max(1, cell // 8) pixels so that neighbouring parts never touch. Shapes are
+  rasterized without anti-aliasing, so each part is exactly one colour times a 0/1
+  mask. The hues were assigned to the shapes so that similar shapes get dissimilar
+  hues: the normalized correlation of any two parts (background subtracted) is
+  below 0.6 at every image size.
+- Quadrant q = 2 * row + col has its own table of num_composites composites, each a
+  fixed 2x2 arrangement of part ids. The table is drawn once from `seed`; within a
+  quadrant the composites differ in every cell, and every part occurs somewhere.
+- Each image chooses one composite per quadrant (uniformly) and one intensity
+  coefficient per cell (the sparse coefficient of that cell's part).
+
+Pixel values. In the generator's representation, float32 in [-1, 1], the black
+background is -1 and a part at full intensity is -1 + 2 * colour * mask. A part is
+placed with coefficient s as
+
+    pixel = -1 + s * (part + 1),
+
+i.e. the coefficient scales the part's deviation from the background, as a sparse
+coefficient scales a basis function added to a bias. Stored images are uint8 in
+[0, 255], with value = round((pixel + 1) * 127.5).
+
+The part dictionary and composite tables depend on `seed` only; `image_seed` changes
+only the per-image choices, so held-out images share the grammar of the training
+images.
+"""
+
+import colorsys
+import dataclasses
+import numbers
+
+import numpy as np
+
+GRID = 4  # Cells per image side: the bottom feature map is GRID x GRID.
+MIN_IMAGE_SIZE = 32  # Below 8-pixel cells the shapes blur into one another.
+MIN_PARTS = 4  # A composite needs four parts.
+COEFFICIENT_RANGE = (0.6, 1.0)
+
+# Drawn per image, in order: 4 composite choices, then 16 cell coefficients.
+_DRAWS_PER_IMAGE = 4 + GRID * GRID
+# Separate the stream of the grammar from the stream of the images, so that
+# image_seed == seed does not reuse the same random numbers for both.
+_GRAMMAR_STREAM, _IMAGE_STREAM = 0, 1
+
+# Shapes as predicates on pixel centres (u, v) in [-1, 1]^2 of the drawing area,
+# u to the right and v downwards. Thresholds are in these normalized units so the
+# shapes scale with the cell; 0.34 is one third of the half-width, which makes bars
+# two pixels wide at the smallest (6-pixel) drawing area.
+_BAR = 0.34
+_SHAPES = {
+    "disk": lambda u, v: u * u + v * v <= 1.0,
+    "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.45),
+    "square_outline": lambda u, v: np.maximum(np.abs(u), np.abs(v)) > 0.6,
+    "filled_square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.6,
+    "cross": lambda u, v: (np.abs(u) < _BAR) | (np.abs(v) < _BAR),
+    "horizontal_bar": lambda u, v: np.abs(v) < _BAR,
+    "vertical_bar": lambda u, v: np.abs(u) < _BAR,
+    "diagonal": lambda u, v: np.abs(u - v) < 0.35,
+    "anti_diagonal": lambda u, v: np.abs(u + v) < 0.35,
+    "x": lambda u, v: (np.abs(u - v) < 0.35) | (np.abs(u + v) < 0.35),
+    "triangle": lambda u, v: np.abs(u) <= (v + 1.0) / 2.0,
+    "checker": lambda u, v: u * v > 0,
+    "corners": lambda u, v: (np.abs(u) > _BAR) & (np.abs(v) > _BAR),
+    "ell": lambda u, v: (u < -_BAR) | (v > _BAR),
+    "tee": lambda u, v: (v < -_BAR) | (np.abs(u) < _BAR),
+    "stripes": lambda u, v: (np.abs(v) > _BAR) & (np.abs(v) < 1.0 - _BAR),
+}
+
+# (shape, hue in sixteenths of the colour wheel). The pairing came from a search
+# that minimized the largest correlation between parts: a part is colour x mask, so
+# the correlation of two parts is the product of their shape and colour
+# correlations, and shapes that overlap much (disk, ring, square outline) must get
+# hues far apart.
+_CATALOGUE = (
+    ("disk", 0),
+    ("ring", 4),
+    ("square_outline", 12),
+    ("filled_square", 13),
+    ("cross", 6),
+    ("horizontal_bar", 2),
+    ("vertical_bar", 3),
+    ("diagonal", 15),
+    ("anti_diagonal", 8),
+    ("x", 5),
+    ("triangle", 9),
+    ("checker", 11),
+    ("corners", 1),
+    ("ell", 7),
+    ("tee", 10),
+    ("stripes", 14),
+)
+MAX_PARTS = len(_CATALOGUE)
+PART_NAMES = tuple(shape for shape, _ in _CATALOGUE)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """The grammar and the parse graph of every generated image.
+
+    Attributes:
+        parts: [num_parts, cell, cell, 3] float32 in [-1, 1], each part at full
+            intensity (coefficient 1).
+        part_labels: [N, 4, 4] int32, the part id in each cell (row, col).
+        composite_labels: [N, 2, 2] int32, the composite chosen in each quadrant.
+        coefficients: [N, 4, 4] float32, the intensity of each placed part.
+        composites: [4, num_composites, 2, 2] int32, the part ids of each quadrant's
+            composites; quadrant q = 2 * row + col.
+    """
+
+    parts: np.ndarray
+    part_labels: np.ndarray
+    composite_labels: np.ndarray
+    coefficients: np.ndarray
+    composites: np.ndarray
+
+
+def generate(num_images: int, image_size: int = 32, seed: int = 0, num_parts: int = 16,
+             num_composites: int = 8,
+             image_seed: int | None = None) -> tuple[np.ndarray, GroundTruth]:
+    """Draws images from the And-Or grammar of this module.
+
+    The first k images of generate(n) equal generate(k) for every k < n, because each
+    image takes a fixed number of draws from one sequential stream.
+
+    Args:
+        num_images: N, the number of images (0 gives only the grammar).
+        image_size: side in pixels, divisible by 4 and at least 32.
+        seed: seeds the part dictionary and the composite tables, and the images
+            too unless `image_seed` is given.
+        num_parts: size of the part dictionary, 4 to 16.
+        num_composites: composites per quadrant (the OR node's branching), 1 to
+            num_parts.
+        image_seed: seeds only the per-image choices; None means `seed`.
+
+    Returns:
+        (images, truth): images uint8 [N, image_size, image_size, 3] and the
+        GroundTruth of the grammar and of each image.
+
+    Raises:
+        ValueError: if an argument is out of range.
+    """
+    _check_int("num_images", num_images, minimum=0)
+    _check_int("image_size", image_size, minimum=MIN_IMAGE_SIZE)
+    if image_size % GRID:
+        raise ValueError(f"image_size must be divisible by {GRID}, got {image_size}; "
+                         f"use e.g. 32 or 64.")
+    _check_int("seed", seed, minimum=0)
+    image_seed = seed if image_seed is None else image_seed
+    _check_int("image_seed", image_seed, minimum=0)
+    _check_int("num_parts", num_parts, minimum=MIN_PARTS, maximum=MAX_PARTS)
+    _check_int("num_composites", num_composites, minimum=1)
+    if num_composites > num_parts:
+        # Each cell of a quadrant takes a distinct part in each composite.
+        raise ValueError(f"num_composites ({num_composites}) must not exceed num_parts "
+                         f"({num_parts}); lower num_composites or raise num_parts.")
+
+    parts = _make_parts(image_size // GRID, num_parts)
+    grammar_rng = np.random.default_rng([seed, _GRAMMAR_STREAM])
+    composites = _draw_composites(grammar_rng, num_parts, num_composites)
+
+    image_rng = np.random.default_rng([image_seed, _IMAGE_STREAM])
+    # One block of draws per image, so image i never depends on num_images.
+    draws = image_rng.random((num_images, _DRAWS_PER_IMAGE))
+    composite_labels = np.minimum((draws[:, :4] * num_composites).astype(np.int32),
+                                  num_composites - 1).reshape(num_images, 2, 2)
+    low, high = COEFFICIENT_RANGE
+    coefficients = (low + (high - low) * draws[:, 4:]).astype(np.float32)
+    coefficients = coefficients.reshape(num_images, GRID, GRID)
+
+    # composites[quadrant, choice] is [2, 2]; gathering gives [N, qrow, qcol, r, c],
+    # and cell (2 * qrow + r, 2 * qcol + c) is then a transpose away.
+    quadrant = np.arange(4).reshape(1, 2, 2)
+    part_labels = composites[quadrant, composite_labels]
+    part_labels = part_labels.transpose(0, 1, 3, 2, 4).reshape(num_images, GRID, GRID)
+
+    pixels = render(part_labels, coefficients, parts)
+    pixels += 1.0
+    pixels *= 127.5
+    images = np.clip(np.round(pixels, out=pixels), 0, 255, out=pixels).astype(np.uint8)
+    truth = GroundTruth(parts=parts, part_labels=part_labels.astype(np.int32),
+                        composite_labels=composite_labels, coefficients=coefficients,
+                        composites=composites)
+    return images, truth
+
+
+def render(part_labels, coefficients, parts) -> np.ndarray:
+    """Paints each cell with its part scaled by its coefficient.
+
+    A cell with part p and coefficient s is -1 + s * (parts[p] + 1): the coefficient
+    scales the part's deviation from the black background.
+
+    Args:
+        part_labels: [N, 4, 4] integer part ids in [0, num_parts).
+        coefficients: [N, 4, 4] intensities (the grammar draws them from [0.6, 1)).
+        parts: [num_parts, cell, cell, 3] parts in [-1, 1] at full intensity.
+
+    Returns:
+        [N, 4 * cell, 4 * cell, 3] float32 in [-1, 1] when coefficients are in [0, 1].
+
+    Raises:
+        ValueError: if the shapes disagree or a label is not a part id.
+    """
+    part_labels = np.asarray(part_labels)
+    coefficients = np.asarray(coefficients, dtype=np.float32)
+    parts = np.asarray(parts, dtype=np.float32)
+    if parts.ndim != 4 or parts.shape[1] != parts.shape[2] or parts.shape[3] != 3:
+        raise ValueError(f"parts must be [num_parts, cell, cell, 3], got {parts.shape}.")
+    if part_labels.ndim != 3 or part_labels.shape[1:] != (GRID, GRID):
+        raise ValueError(f"part_labels must be [N, {GRID}, {GRID}], got "
+                         f"{part_labels.shape}.")
+    if coefficients.shape != part_labels.shape:
+        raise ValueError(f"coefficients must have the shape of part_labels "
+                         f"{part_labels.shape}, got {coefficients.shape}.")
+    if not np.issubdtype(part_labels.dtype, np.integer):
+        raise ValueError(f"part_labels must be integers, got {part_labels.dtype}.")
+    if part_labels.size and (part_labels.min() < 0 or part_labels.max() >= len(parts)):
+        raise ValueError(f"part_labels must lie in [0, {len(parts)}), got "
+                         f"[{part_labels.min()}, {part_labels.max()}].")
+
+    num_images, cell = len(part_labels), parts.shape[1]
+    # [N, row, col, y, x, 3] -> [N, row, y, col, x, 3] lays the cells out as the image.
+    # In place: the gathered array is the only large temporary.
+    cells = parts[part_labels]
+    cells += 1.0
+    cells *= coefficients[..., None, None, None]
+    cells -= 1.0
+    image = cells.transpose(0, 1, 3, 2, 4, 5)
+    return image.reshape(num_images, GRID * cell, GRID * cell, 3)
+
+
+def _make_parts(cell: int, num_parts: int) -> np.ndarray:
+    """Rasterizes the first num_parts catalogue entries; [num_parts, cell, cell, 3]."""
+    margin = max(1, cell // 8)
+    size = cell - 2 * margin
+    centres = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    v, u = np.meshgrid(centres, centres, indexing="ij")
+    parts = np.full((num_parts, cell, cell, 3), -1.0, dtype=np.float32)
+    for index, (shape, hue) in enumerate(_CATALOGUE[:num_parts]):
+        mask = _SHAPES[shape](u, v)
+        colour = np.asarray(colorsys.hsv_to_rgb(hue / 16.0, 1.0, 1.0), dtype=np.float32)
+        parts[index, margin:cell - margin, margin:cell - margin] = (
+            -1.0 + 2.0 * mask[..., None] * colour)
+    return parts
+
+
+def _draw_composites(rng: np.random.Generator, num_parts: int,
+                     num_composites: int) -> np.ndarray:
+    """Draws each quadrant's composite table; [4, num_composites, 2, 2] int32.
+
+    Each of the 16 cells gets num_composites distinct parts (one per composite), so
+    the composites of a quadrant differ in every cell and a cell's part identifies
+    the quadrant's composite. Parts the draw missed then replace surplus copies of
+    the most frequent part, so every part is seen in training.
+    """
+    table = np.stack([rng.permutation(num_parts)[:num_composites]
+                      for _ in range(GRID * GRID)])  # [cell, composite]
+    counts = np.bincount(table.ravel(), minlength=num_parts)
+    for missing in np.flatnonzero(counts == 0):
+        # 16 * num_composites >= num_parts slots, so while a part is missing another
+        # has a copy to spare; the missing part is in no cell, so no cell repeats it.
+        surplus = int(np.argmax(counts))
+        cell, choice = np.argwhere(table == surplus)[0]
+        table[cell, choice] = missing
+        counts[surplus] -= 1
+        counts[missing] += 1
+    # Cells are ordered [quadrant, r, c]; reorder to [quadrant, composite, r, c].
+    return table.reshape(4, 2, 2, num_composites).transpose(0, 3, 1, 2).astype(np.int32)
+
+
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    """Raises ValueError unless value is an int in [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise ValueError(f"{name} must be at least {minimum}{upper}, got {value}.")

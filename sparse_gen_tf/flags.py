@@ -1,0 +1,124 @@
+"""Command-line flags of train.py, their validators, and their conversion to TrainConfig.
+
+Validators run while absl parses the command line, so a bad value stops the program with
+one line (absl's "Flags parsing error: ...") before anything is written.
+"""
+
+import dataclasses
+
+from absl import flags
+
+from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.data.pipeline import DATASETS
+from sparse_gen_tf.generator import GeneratorConfig
+
+_D = TrainConfig()
+
+
+def _ints(values):
+    return ",".join(str(v) for v in values)
+
+
+flags.DEFINE_string("workdir", _D.workdir,
+                    "Checkpoints, TensorBoard events and flags go here; rerunning resumes.")
+flags.DEFINE_enum("dataset", _D.dataset, list(DATASETS),
+                  "parts: embedded And-Or grammar images (no download); celeb_a: TFDS "
+                  "celeb_a from --data_dir; folder: JPEG/PNG files under --data_dir.")
+flags.DEFINE_string("data_dir", _D.data_dir,
+                    "TFDS data_dir for celeb_a, or the image folder for --dataset=folder.")
+flags.DEFINE_integer("image_size", _D.image_size, "Side of the square images, pixels.",
+                     lower_bound=4)
+flags.DEFINE_integer("num_images", _D.num_images,
+                     "Training images to use (the paper uses 5000 CelebA images).",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", _D.batch_size, "Examples per train step.", lower_bound=1)
+flags.DEFINE_integer("train_steps", _D.train_steps,
+                     "Total train steps, rounded up to whole epochs.", lower_bound=1)
+flags.DEFINE_integer("latent_dim", _D.latent_dim, "Dimension d of z.", lower_bound=1)
+flags.DEFINE_list("channels", _ints(_D.channels),
+                  "Channels of each sparse feature map, top (FC) first.")
+flags.DEFINE_list("topk", _ints(_D.topk), "K of each sparse feature map, top first.")
+flags.DEFINE_list("kernel_sizes", _ints(_D.kernel_sizes),
+                  "Kernel size of each transposed conv (the conv leaving feature map i).")
+flags.DEFINE_list("strides", _ints(_D.strides),
+                  "Stride of each transposed conv; their product divides image_size.")
+flags.DEFINE_integer("langevin_steps", _D.langevin_steps,
+                     "Langevin steps L per train step (Eq. 10).", lower_bound=0)
+flags.DEFINE_float("langevin_step_size", _D.langevin_step_size,
+                   "Langevin step size δ (Eq. 10).", lower_bound=0.0)
+flags.DEFINE_float("sigma", _D.sigma, "Observation noise σ (Eq. 7, 11).")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
+flags.DEFINE_boolean("jit_compile", _D.jit_compile,
+                     "Compile the train step, Langevin included, with XLA.")
+flags.DEFINE_integer("seed", _D.seed, "Seeds data generation, chains and Langevin noise.")
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
+                     "Epochs between checkpoints (and TensorBoard image grids).",
+                     lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
+                     "How many of the latest checkpoints to keep.", lower_bound=1)
+flags.DEFINE_integer("log_every", _D.log_every,
+                     "Train steps between TensorBoard scalar summaries.", lower_bound=1)
+
+FLAGS = flags.FLAGS
+
+
+def _positive_ints(name):
+    def check(values):
+        try:
+            return all(int(v) > 0 for v in values) and len(values) > 0
+        except ValueError:
+            return False
+    flags.register_validator(name, check,
+                             message=f"--{name} must be a comma list of positive integers")
+
+
+for _name in ("channels", "topk", "kernel_sizes", "strides"):
+    _positive_ints(_name)
+
+flags.register_validator("sigma", lambda v: v > 0, message="--sigma must be > 0")
+flags.register_validator("learning_rate", lambda v: v > 0,
+                         message="--learning_rate must be > 0")
+flags.register_validator("langevin_step_size", lambda v: v > 0,
+                         message="--langevin_step_size must be > 0 (try 0.1)")
+
+
+@flags.multi_flags_validator(
+    ["image_size", "latent_dim", "channels", "topk", "kernel_sizes", "strides"],
+    message="inconsistent generator architecture")
+def _check_architecture(values):
+    try:
+        GeneratorConfig(**{k: (tuple(int(v) for v in x) if isinstance(x, list) else x)
+                           for k, x in values.items()})
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
+@flags.multi_flags_validator(["dataset", "data_dir"])
+def _check_data_dir(values):
+    if values["dataset"] == "folder" and not values["data_dir"]:
+        raise flags.ValidationError(
+            "--dataset=folder needs --data_dir=PATH, a folder of JPEG or PNG images")
+    return True
+
+
+@flags.multi_flags_validator(["batch_size", "num_images"])
+def _check_batch(values):
+    if values["batch_size"] > values["num_images"]:
+        raise flags.ValidationError(
+            f"--batch_size={values['batch_size']} exceeds --num_images="
+            f"{values['num_images']}; lower the batch size or use more images")
+    return True
+
+
+def train_config():
+    """The parsed flags as a TrainConfig."""
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in FLAGS:  # settings without a flag keep their defaults
+            continue
+        value = FLAGS[field.name].value
+        if isinstance(value, list):
+            value = tuple(int(v) for v in value)
+        values[field.name] = value
+    return TrainConfig(**values)

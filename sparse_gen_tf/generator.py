@@ -1,0 +1,158 @@
+"""The top-down generator with TopK-sparse feature maps, g(Z; θ, tk) of Eq. (7).
+
+    z [batch, d] -> Dense -> reshape [s, s, c_1] -> TopK(K_1) -> ReLU                  fm^1_s
+      -> [TransposedConv -> TopK(K_i) -> ReLU] for i = 2..n                           fm^i_s
+      -> TransposedConv -> tanh                                                       Y
+
+Layer i counts from 1 at the top (the FC map). s = image_size / prod(strides).
+"""
+
+import dataclasses
+import math
+
+import keras
+import tensorflow as tf
+
+from sparse_gen_tf.layers import TopK, TransposedConv
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of the sparse generator.
+
+    channels[i], topk[i]: channels and K of sparse feature map i+1 (top first).
+    kernel_sizes[i], strides[i]: the transposed conv that leaves feature map i+1;
+    the last one paints the 3-channel image.
+    """
+    image_size: int = 32
+    latent_dim: int = 32
+    channels: tuple = (64, 64)
+    topk: tuple = (8, 24)
+    kernel_sizes: tuple = (4, 8)
+    strides: tuple = (2, 8)
+
+    def __post_init__(self):
+        for name in ("channels", "topk", "kernel_sizes", "strides"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
+
+    @property
+    def top_size(self):
+        """Side s of the top (FC) feature map."""
+        return self.image_size // math.prod(self.strides)
+
+    def feature_map_shapes(self):
+        """[(h, w, c)] of each sparse feature map, top first."""
+        shapes, size = [], self.top_size
+        for c, stride in zip(self.channels, (1,) + self.strides[:-1]):
+            size *= stride
+            shapes.append((size, size, c))
+        return shapes
+
+    def problem(self):
+        """Returns a one-line description of what is inconsistent, or None."""
+        n = len(self.channels)
+        if n < 1:
+            return "channels must list at least one sparse feature map"
+        if len(self.topk) != n:
+            return (f"topk has {len(self.topk)} entries but channels has {n}: "
+                    "give one K per sparse feature map")
+        if len(self.kernel_sizes) != n or len(self.strides) != n:
+            return (f"kernel_sizes and strides need {n} entries each (one per transposed "
+                    f"conv, i.e. one per entry of channels), got {len(self.kernel_sizes)} "
+                    f"and {len(self.strides)}")
+        if any(v <= 0 for v in self.channels + self.kernel_sizes + self.strides):
+            return "channels, kernel_sizes and strides must all be positive"
+        for k, s in zip(self.kernel_sizes, self.strides):
+            if k < s:
+                return f"kernel size {k} is smaller than its stride {s}; use kernel >= stride"
+        prod = math.prod(self.strides)
+        if self.image_size % prod or self.image_size < prod:
+            return (f"strides {','.join(map(str, self.strides))} multiply to {prod}, which "
+                    f"does not divide image_size {self.image_size}; change strides or "
+                    "image_size so that image_size / prod(strides) is a whole number")
+        for i, (k, (h, w, c)) in enumerate(zip(self.topk, self.feature_map_shapes()), 1):
+            if k <= 0:
+                return f"topk for layer {i} is {k}; K must be at least 1"
+            if k > h * w * c:
+                return (f"topk for layer {i} is {k}, larger than its feature map "
+                        f"{h}x{w}x{c}={h * w * c}; use K <= {h * w * c} (K = size is dense)")
+        return None
+
+
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
+class Generator(keras.Model):
+    """g(z): [batch, latent_dim] -> images [batch, H, W, 3] in [-1, 1].
+
+    `parse(z)` also returns every sparse layer's feature map, TopK and ReLU masks, and
+    surviving activations; `parse(z, masks=...)` freezes the masks, which makes the
+    network linear in each layer's activations (Eq. 2).
+    """
+
+    def __init__(self, config=None, **kwargs):
+        if isinstance(config, dict):
+            config = GeneratorConfig(**config)
+        super().__init__(**kwargs)
+        self.config = config or GeneratorConfig()
+        cfg = self.config
+        s, c1 = cfg.top_size, cfg.channels[0]
+        self.fc = keras.layers.Dense(s * s * c1, name="fc")
+        self.topks = [TopK(k, name=f"topk_{i}") for i, k in enumerate(cfg.topk, 1)]
+        out_channels = cfg.channels[1:] + (3,)
+        self.deconvs = [
+            TransposedConv(c, k, st, name=f"deconv_{i}")
+            for i, (c, k, st) in enumerate(zip(out_channels, cfg.kernel_sizes, cfg.strides), 1)]
+        self.build((None, cfg.latent_dim))
+
+    def build(self, input_shape):
+        cfg = self.config
+        self.fc.build(input_shape)
+        for deconv, (h, w, c) in zip(self.deconvs, cfg.feature_map_shapes()):
+            deconv.build((None, h, w, c))
+        self.built = True
+
+    @property
+    def num_layers(self):
+        return len(self.topks)
+
+    def parse(self, z, masks=None):
+        """Runs g and records the parse (§2.1-2.2).
+
+        Args:
+          z: [batch, latent_dim].
+          masks: optional list, one per sparse layer, of (mask_T, mask_R) [batch, h, w, c]
+            to use instead of computing them: the frozen, linear generator of Eq. (2).
+        Returns:
+          dict with "image" [batch, H, W, 3] = tanh("logits"), "logits" (pre-tanh), and
+          per sparse layer i (lists, top first): "feature_maps" fm^i (before TopK),
+          "topk_masks" mask_T, "relu_masks" mask_R, "activations" fm^i_s (after ReLU).
+        """
+        cfg = self.config
+        s, c1 = cfg.top_size, cfg.channels[0]
+        fm = tf.reshape(self.fc(z), [-1, s, s, c1])
+        record = {"feature_maps": [], "topk_masks": [], "relu_masks": [], "activations": []}
+        for i, topk in enumerate(self.topks):
+            if masks is None:
+                kept, mask_t = topk(fm, return_mask=True)
+                mask_r = tf.cast(kept > 0, fm.dtype)
+            else:
+                mask_t, mask_r = (tf.cast(m, fm.dtype) for m in masks[i])
+            activation = fm * mask_t * mask_r
+            for key, value in zip(record, (fm, mask_t, mask_r, activation)):
+                record[key].append(value)
+            fm = self.deconvs[i](activation)
+        record["logits"] = fm
+        record["image"] = tf.tanh(fm)
+        return record
+
+    def call(self, z):
+        return self.parse(z)["image"]
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,161 @@
+"""Keras layers of the sparse generator: the TopK sparse operation and a transposed conv.
+
+Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.md):
+
+* `TopK` finds each example's K-th largest value with `tf.math.top_k(sorted=False)` and keeps
+  everything at or above it; a sorted top_k lowers to a full sort under XLA.
+* `TransposedConv` is one matmul followed by an overlap-add, instead of the stock
+  `Conv2DTranspose`, whose XLA lowering on CPU is an order of magnitude slower.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
+class TopK(keras.layers.Layer):
+    """The paper's sparse operation fm_s = TopK(fm, K) (§2, Eq. 1).
+
+    For each example it keeps the K largest entries of the whole feature map (all h*w*c
+    of them) and sets the others to zero. The kept set is exactly K entries even when
+    values tie at the threshold: ties are broken towards the lower flat index. The
+    gradient flows only to the kept entries, because the mask is a constant of the
+    forward pass. K >= h*w*c makes the layer the identity: the dense generator.
+
+    Input and output: [batch, h, w, c] (any rank >= 2 works; all non-batch axes count).
+    `call(x, return_mask=True)` also returns the 0/1 mask, the paper's mask_T (Eq. 2).
+    """
+
+    def __init__(self, k, **kwargs):
+        super().__init__(**kwargs)
+        if int(k) <= 0:
+            raise ValueError(f"TopK needs k > 0, got k={k}")
+        self.k = int(k)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def is_dense(self, input_shape):
+        return self.k >= math.prod(input_shape[1:])
+
+    def mask(self, x):
+        """Returns the TopK mask of x as x.dtype, 1 on the K kept entries. Shape of x."""
+        if self.is_dense(x.shape):
+            return tf.ones_like(x)
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        values, _ = tf.math.top_k(flat, k=self.k, sorted=False)
+        threshold = tf.reduce_min(values, axis=-1, keepdims=True)
+        above = flat > threshold
+        at = flat == threshold
+        # Entries equal to the threshold are kept only as far as needed to make exactly K.
+        # Exact ties are not rare here: positions that no active unit reaches all carry the
+        # bare bias. The cumulative count costs O(n log n) only in the rare tie case, so it
+        # sits behind a cond.
+        num_at_needed = self.k - tf.reduce_sum(tf.cast(above, tf.int32), -1, keepdims=True)
+        any_surplus = tf.reduce_any(
+            tf.reduce_sum(tf.cast(at, tf.int32), -1, keepdims=True) > num_at_needed)
+
+        def break_ties():
+            rank_at = tf.cumsum(tf.cast(at, tf.int32), axis=-1)
+            return above | (at & (rank_at <= num_at_needed))
+
+        keep = tf.cond(any_surplus, break_ties, lambda: above | at)
+        return tf.reshape(tf.cast(keep, x.dtype), tf.shape(x))
+
+    def call(self, x, return_mask=False):
+        mask = tf.stop_gradient(self.mask(x))
+        if return_mask:
+            return x * mask, mask
+        return x * mask
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
+
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
+class TransposedConv(keras.layers.Layer):
+    """A 'same'-padded transposed convolution written as one matmul plus overlap-add.
+
+    Computes the same function as `keras.layers.Conv2DTranspose(filters, kernel_size,
+    strides, padding="same")` (out[i*s + p - pad] += x[i] * ker[p]), the paper's
+    deconvolution fm ⊗ ker + bias in Eq. (3). Each input unit paints one kernel-sized
+    patch; the kernel is split into ceil(k/s)^2 stride-sized blocks, each block is a
+    depth_to_space of the matmul result, and the blocks are added with coarse shifts.
+
+    Input [batch, h, w, c_in] -> output [batch, h*s, w*s, filters].
+    The kernel variable has shape [c_in, k, k, filters]: row j is unit j's basis patch.
+    """
+
+    def __init__(self, filters, kernel_size, strides, use_bias=True,
+                 kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.use_bias = use_bias
+        # None means Glorot-uniform with Conv2DTranspose's fans (k*k*c_in, k*k*filters);
+        # Keras' own fan rule would misread the [c_in, k, k, filters] layout.
+        self.kernel_initializer = (None if kernel_initializer is None
+                                   else keras.initializers.get(kernel_initializer))
+        if self.kernel_size < self.strides:
+            raise ValueError(
+                f"kernel_size ({kernel_size}) must be >= strides ({strides}), or the "
+                "output would have holes")
+
+    def build(self, input_shape):
+        c_in = input_shape[-1]
+        k = self.kernel_size
+        initializer = self.kernel_initializer or keras.initializers.RandomUniform(
+            -math.sqrt(6.0 / (k * k * (c_in + self.filters))),
+            math.sqrt(6.0 / (k * k * (c_in + self.filters))))
+        self.kernel = self.add_weight(name="kernel", shape=(c_in, k, k, self.filters),
+                                      initializer=initializer)
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+                     if self.use_bias else None)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.strides
+        return (b, None if h is None else h * s, None if w is None else w * s, self.filters)
+
+    def call(self, x, include_bias=True):
+        k, s, c_out = self.kernel_size, self.strides, self.filters
+        m = -(-k // s)  # blocks per side
+        _, h, w, c_in = x.shape
+        kernel = tf.cast(self.kernel, x.dtype)
+        if m * s != k:  # pad the kernel to a whole number of blocks; the extra rows are 0
+            kernel = tf.pad(kernel, [[0, 0], [0, m * s - k], [0, m * s - k], [0, 0]])
+        # [c_in, m, s, m, s, c_out] -> [c_in, m, m, s, s, c_out]: block (a, b) paints
+        # pixels (a*s + r) of the patch, i.e. the coarse cell i + a at offset r.
+        kernel = tf.reshape(kernel, [c_in, m, s, m, s, c_out])
+        kernel = tf.transpose(kernel, [0, 1, 3, 2, 4, 5])
+        kernel = tf.reshape(kernel, [c_in, m * m * s * s * c_out])
+        batch = tf.shape(x)[0]
+        patches = tf.reshape(tf.matmul(tf.reshape(x, [-1, c_in]), kernel),
+                             [batch, h, w, m, m, s * s * c_out])
+        if m == 1:
+            full = patches[:, :, :, 0, 0]
+        else:
+            full = 0.0
+            for a in range(m):
+                for b in range(m):
+                    full = full + tf.pad(patches[:, :, :, a, b],
+                                         [[0, 0], [a, m - 1 - a], [b, m - 1 - b], [0, 0]])
+        # [batch, h+m-1, w+m-1, s*s*c_out] -> pixels; depth_to_space wants (r_y, r_x, c).
+        if s > 1:
+            full = tf.nn.depth_to_space(full, s)
+        # 'same' padding crops (k - s) // 2 pixels at the top-left, like conv2d_transpose.
+        pad = (k - s) // 2
+        out = full[:, pad:pad + h * s, pad:pad + w * s, :]
+        if self.use_bias and include_bias:
+            out = out + tf.cast(self.bias, x.dtype)
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "use_bias": self.use_bias,
+                "kernel_initializer": (None if self.kernel_initializer is None else
+                                       keras.initializers.serialize(self.kernel_initializer))}

@@ -1,0 +1,153 @@
+"""A training run: data, model, checkpoints and TensorBoard around `model.fit`.
+
+workdir/
+  config.json        the TrainConfig of the run (read back by explain, evaluate, export)
+  flags.txt          the same as a flagfile: `python train.py --flagfile=workdir/flags.txt`
+  checkpoints/       tf.train checkpoints: generator, chains, optimizer, epoch, RNG state
+  tb/train/          Keras TensorBoard scalars (batch_* every --log_every steps, epoch_*)
+  tb/images/         image grids written at each checkpoint
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from sparse_gen_tf.abp import AlternatingBackprop
+from sparse_gen_tf.callbacks import Checkpointing, DivergenceGuard, ImageSummaries
+from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.generator import Generator
+
+
+def write_atomically(path, text):
+    """Writes text to path through a temporary file and a rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_config(workdir):
+    """The TrainConfig saved in workdir, or None when there is none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        values = json.load(f)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in values.items() if k in fields}
+    return TrainConfig(**values)
+
+
+def check_resumable(config):
+    """Raises UserError if workdir holds a run whose state shapes differ from config's."""
+    saved = read_config(config.workdir)
+    if saved is None:
+        return
+    changed = [f"--{name} was {getattr(saved, name)!r}, now {getattr(config, name)!r}"
+               for name in TrainConfig.STATE_FIELDS
+               if getattr(saved, name) != getattr(config, name)]
+    if changed:
+        raise UserError(f"--workdir={config.workdir} holds a run with other settings "
+                        f"({'; '.join(changed)}); use a new --workdir or the old values")
+
+
+def build_model(config, num_examples):
+    """The AlternatingBackprop model for config, compiled with Adam."""
+    model = AlternatingBackprop(
+        Generator(config.generator_config()), num_examples,
+        langevin_steps=config.langevin_steps, langevin_step_size=config.langevin_step_size,
+        sigma=config.sigma, seed=config.seed)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  jit_compile=config.jit_compile)
+    # Build the optimizer's slots now, so that a checkpoint restores them eagerly.
+    model.optimizer.build(model.generator.trainable_weights)
+    return model
+
+
+def checkpoint_for(model):
+    """The tf.train.Checkpoint that holds everything a resumed run needs."""
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch), epoch
+
+
+def restore(config, num_examples=None):
+    """Rebuilds the model of `config.workdir` from its latest checkpoint.
+
+    Returns (model, checkpoint path). Raises UserError if there is none.
+    """
+    manager_dir = os.path.join(config.workdir, "checkpoints")
+    path = tf.train.latest_checkpoint(manager_dir)
+    if path is None:
+        raise UserError(f"no checkpoint in {manager_dir}; train first with "
+                        f"python train.py --workdir={config.workdir}")
+    model = build_model(config, num_examples or config.num_images)
+    checkpoint, _ = checkpoint_for(model)
+    checkpoint.restore(path).expect_partial()
+    return model, path
+
+
+def train(config: TrainConfig):
+    """Trains (or resumes) the run described by config; returns the Keras History."""
+    check_resumable(config)
+    data = pipeline.load(config.dataset, image_size=config.image_size,
+                         num_images=config.num_images, data_dir=config.data_dir,
+                         seed=config.seed)
+    dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed)
+    steps_per_epoch = data.num_examples // config.batch_size
+    epochs = math.ceil(config.train_steps / steps_per_epoch)
+
+    model = build_model(config, data.num_examples)
+    checkpoint, epoch = checkpoint_for(model)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.workdir, "checkpoints"),
+                                         max_to_keep=config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s (epoch %d)", manager.latest_checkpoint, int(epoch))
+    initial_epoch = int(epoch)
+
+    os.makedirs(config.workdir, exist_ok=True)
+    write_atomically(os.path.join(config.workdir, "config.json"),
+                     json.dumps(dataclasses.asdict(config), indent=2))
+    write_atomically(os.path.join(config.workdir, "flags.txt"), "".join(
+        f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
+        for k, v in dataclasses.asdict(config).items() if v is not None))
+
+    images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
+                            num_images=config.num_summary_images, seed=config.seed)
+    callbacks = [
+        DivergenceGuard(),
+        ResumableTensorBoard(int(model.optimizer.iterations),
+                             log_dir=os.path.join(config.workdir, "tb"),
+                             update_freq=config.log_every, write_graph=False),
+        Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
+    ]
+    if initial_epoch >= epochs:
+        logging.info("Already trained for %d epochs; nothing to do", initial_epoch)
+        return None
+    return model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
+                     callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+
+
+class ResumableTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, counting batches from the restored optimizer step so a
+    resumed run continues its curves instead of restarting them at 0."""
+
+    def __init__(self, initial_step, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_step = initial_step
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = self.initial_step
+
+
+__all__ = ["train", "restore", "build_model", "read_config", "UserError"]

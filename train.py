@@ -1,0 +1,32 @@
+"""Trains the sparse generator by alternating back-propagation.
+
+    python train.py                          # embedded And-Or "parts" dataset
+    python train.py --flagfile=celeba.flags  # the paper's CelebA setup
+
+Rerunning the same command resumes from the latest checkpoint in --workdir.
+"""
+
+import sys
+
+from absl import app
+
+from sparse_gen_tf import flags as train_flags
+from sparse_gen_tf import trainer
+from sparse_gen_tf.errors import UserError
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"train.py: unexpected arguments {' '.join(argv[1:])}; flags look like "
+                 "--name=value")
+    try:
+        trainer.train(train_flags.train_config())
+    except UserError as e:
+        sys.exit(f"train.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("train.py: interrupted; rerun the same command to resume from the last "
+                 "checkpoint")
+
+
+if __name__ == "__main__":
+    app.run(main)
