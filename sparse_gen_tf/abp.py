@@ -53,18 +53,20 @@ class AlternatingBackprop(keras.Model):
       generator: a `Generator`.
       num_examples: size of the training set; one chain z_i per example id.
       langevin_steps, langevin_step_size, sigma: L, δ and σ of Eq. (10)-(11).
+      langevin_noise: False drops the δ·E term (deterministic inference, for tests).
       seed: seeds the chains' initial draw and the Langevin noise.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin_steps=20,
-                 langevin_step_size=0.1, sigma=0.3, seed=0, **kwargs):
+                 langevin_step_size=0.1, sigma=0.3, langevin_noise=True, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.num_examples = int(num_examples)
         self.langevin_steps = int(langevin_steps)
         self.langevin_step_size = float(langevin_step_size)
         self.sigma = float(sigma)
+        self.langevin_noise = bool(langevin_noise)
         latent_dim = generator.config.latent_dim
         # Chains start from the prior, as a fresh Langevin chain would.
         self.chains = self.add_weight(
@@ -95,7 +97,7 @@ class AlternatingBackprop(keras.Model):
                 tf.cast(seed, tf.int32), replica.replica_id_in_sync_group)
         return langevin(self.generator, z, images, seed, steps=self.langevin_steps,
                         step_size=self.langevin_step_size, sigma=self.sigma,
-                        observed=observed)
+                        noise=self.langevin_noise, observed=observed)
 
     def train_step(self, data):
         ids, images = data

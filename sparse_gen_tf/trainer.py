@@ -112,6 +112,9 @@ def train(config: TrainConfig):
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Resumed from %s (epoch %d)", manager.latest_checkpoint, int(epoch))
+    else:
+        model.generator.initialize_output_bias(
+            data.images.mean(axis=(0, 1, 2)) / 127.5 - 1.0)
     initial_epoch = int(epoch)
 
     os.makedirs(config.workdir, exist_ok=True)

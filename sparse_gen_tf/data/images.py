@@ -111,14 +111,14 @@ def load_folder(path: str, image_size: int, num_images: int | None = None) -> np
     except tf.errors.OpError as error:
         # A tf.data error does not say which element failed. Batches arrive in order, so the
         # culprit is in the batch that failed: decode from there one file at a time to name it.
-        for file_path in paths[done + 1:]:
+        for file_path in paths[done:]:
             try:
                 decode(tf.constant(file_path))
             except tf.errors.OpError as file_error:
                 raise DataError(
                     f"corrupt image file {file_path}: {_reason(file_error)}; "
                     "remove or replace it"
-                ) from error
+                ) from file_error
         raise DataError(
             f"could not read the images in {path}: {_reason(error)}; "
             "check that the folder is readable and rerun"
@@ -245,8 +245,13 @@ def _find_image_files(path):
 
 def _check_signature(file_path):
     """Raises DataError unless the file starts with a JPEG or PNG signature."""
-    with open(file_path, "rb") as file:
-        head = file.read(len(_PNG_MAGIC))
+    try:
+        with open(file_path, "rb") as file:
+            head = file.read(len(_PNG_MAGIC))
+    except OSError as error:
+        raise DataError(
+            f"cannot read image file {file_path}: {error.strerror}; check its permissions"
+        ) from error
     if not head:
         reason = "the file is empty"
     elif head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC):
