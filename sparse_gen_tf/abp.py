@@ -100,7 +100,7 @@ class AlternatingBackprop(keras.Model):
                         noise=self.langevin_noise, observed=observed)
 
     def train_step(self, data):
-        ids, images = data
+        ids, images, _ = keras.utils.unpack_x_y_sample_weight(data)
         ids = tf.cast(ids, tf.int32)
         z = self.infer(tf.gather(self.chains.value, ids), images)
         self.chains.value.scatter_nd_update(ids[:, None], z)

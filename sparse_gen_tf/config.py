@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from sparse_gen_tf.descriptor import DescriptorConfig
 from sparse_gen_tf.generator import GeneratorConfig
 
 
@@ -21,22 +22,42 @@ class TrainConfig:
     kernel_sizes: tuple = (4, 8)
     strides: tuple = (2, 8)
     langevin_steps: int = 20
-    langevin_step_size: float = 0.1
+    langevin_step_size: float = 0.3
     sigma: float = 0.3
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3     # cosine-decayed to a tenth over train_steps
     jit_compile: bool = True
     seed: int = 0
     checkpoint_every: int = 5      # epochs
     keep_checkpoints: int = 3
     log_every: int = 10            # steps between TensorBoard scalars
     num_summary_images: int = 16   # images per TensorBoard grid
+    # Cooperative learning with a descriptor (§2.4, cooperative.py). Steps, δ, s and the
+    # kernels/strides are the CoopNets descriptor's; its channels (64, 128, 256) are cut
+    # to a quarter for the 32x32 parts data, whose 15 descriptor Langevin steps per train
+    # step would otherwise dominate the CPU time.
+    descriptor: bool = False
+    descriptor_channels: tuple = (16, 32, 64)
+    descriptor_kernel_sizes: tuple = (5, 3, 3)
+    descriptor_strides: tuple = (2, 2, 1)
+    descriptor_steps: int = 15
+    descriptor_step_size: float = 0.002
+    descriptor_reference: float = 0.016
+    descriptor_learning_rate: float = 0.007   # Adam, β1 = 0.5, constant (as CoopNets)
+    descriptor_fresh_samples: bool = False
 
     def generator_config(self):
         return GeneratorConfig(image_size=self.image_size, latent_dim=self.latent_dim,
                                channels=self.channels, topk=self.topk,
                                kernel_sizes=self.kernel_sizes, strides=self.strides)
 
+    def descriptor_config(self):
+        return DescriptorConfig(channels=self.descriptor_channels,
+                                kernel_sizes=self.descriptor_kernel_sizes,
+                                strides=self.descriptor_strides)
+
     # Settings that shape the checkpointed state: a resumed run must agree on all of them.
     # (K may change between runs: the weights and chains keep their shapes.)
     STATE_FIELDS = ("dataset", "image_size", "num_images", "latent_dim", "channels",
-                    "kernel_sizes", "strides", "seed")
+                    "kernel_sizes", "strides", "seed",
+                    "descriptor", "descriptor_channels", "descriptor_kernel_sizes",
+                    "descriptor_strides")

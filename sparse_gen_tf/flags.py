@@ -10,6 +10,7 @@ from absl import flags
 
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.data.pipeline import DATASETS
+from sparse_gen_tf.descriptor import DescriptorConfig
 from sparse_gen_tf.generator import GeneratorConfig
 
 _D = TrainConfig()
@@ -47,7 +48,8 @@ flags.DEFINE_integer("langevin_steps", _D.langevin_steps,
 flags.DEFINE_float("langevin_step_size", _D.langevin_step_size,
                    "Langevin step size δ (Eq. 10).", lower_bound=0.0)
 flags.DEFINE_float("sigma", _D.sigma, "Observation noise σ (Eq. 7, 11).")
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
+flags.DEFINE_float("learning_rate", _D.learning_rate,
+                   "Initial Adam learning rate; cosine-decayed to a tenth by --train_steps.")
 flags.DEFINE_boolean("jit_compile", _D.jit_compile,
                      "Compile the train step, Langevin included, with XLA.")
 flags.DEFINE_integer("seed", _D.seed, "Seeds data generation, chains and Langevin noise.")
@@ -58,6 +60,28 @@ flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
                      "How many of the latest checkpoints to keep.", lower_bound=1)
 flags.DEFINE_integer("log_every", _D.log_every,
                      "Train steps between TensorBoard scalar summaries.", lower_bound=1)
+flags.DEFINE_boolean("descriptor", _D.descriptor,
+                     "Cooperative learning (§2.4): an energy-based descriptor revises g(z) "
+                     "and the generator learns from the revision.")
+flags.DEFINE_list("descriptor_channels", _ints(_D.descriptor_channels),
+                  "Channels of each descriptor conv, image side first (CoopNets: "
+                  "64,128,256).")
+flags.DEFINE_list("descriptor_kernel_sizes", _ints(_D.descriptor_kernel_sizes),
+                  "Kernel size of each descriptor conv.")
+flags.DEFINE_list("descriptor_strides", _ints(_D.descriptor_strides),
+                  "Stride of each descriptor conv.")
+flags.DEFINE_integer("descriptor_steps", _D.descriptor_steps,
+                     "Descriptor Langevin steps per train step (revision of g(z)).",
+                     lower_bound=1)
+flags.DEFINE_float("descriptor_step_size", _D.descriptor_step_size,
+                   "Descriptor Langevin step size δ.")
+flags.DEFINE_float("descriptor_reference", _D.descriptor_reference,
+                   "Standard deviation s of the descriptor's Gaussian reference q (Eq. 13).")
+flags.DEFINE_float("descriptor_learning_rate", _D.descriptor_learning_rate,
+                   "The descriptor's Adam learning rate (constant, β1 = 0.5).")
+flags.DEFINE_boolean("descriptor_fresh_samples", _D.descriptor_fresh_samples,
+                     "Also revise g(z) for fresh z ~ N(0, I) (CoopNets); they join the "
+                     "descriptor's negative phase and the generator's regression.")
 
 FLAGS = flags.FLAGS
 
@@ -108,6 +132,42 @@ def _check_batch(values):
         raise flags.ValidationError(
             f"--batch_size={values['batch_size']} exceeds --num_images="
             f"{values['num_images']}; lower the batch size or use more images")
+    return True
+
+
+for _name in ("descriptor_channels", "descriptor_kernel_sizes", "descriptor_strides"):
+    _positive_ints(_name)
+for _name, _hint in (("descriptor_step_size", "0.002"), ("descriptor_reference", "0.016"),
+                     ("descriptor_learning_rate", "0.007")):
+    flags.register_validator(_name, lambda v: v > 0,
+                             message=f"--{_name} must be > 0 (try {_hint})")
+
+_DESCRIPTOR_ONLY = ("descriptor_channels", "descriptor_kernel_sizes", "descriptor_strides",
+                    "descriptor_steps", "descriptor_step_size", "descriptor_reference",
+                    "descriptor_learning_rate", "descriptor_fresh_samples")
+
+
+@flags.multi_flags_validator(["descriptor", *_DESCRIPTOR_ONLY])
+def _check_descriptor(values):
+    def value(name):
+        v = values[name]
+        return tuple(int(x) for x in v) if isinstance(v, list) else v
+
+    try:
+        if values["descriptor"]:
+            DescriptorConfig(channels=value("descriptor_channels"),
+                             kernel_sizes=value("descriptor_kernel_sizes"),
+                             strides=value("descriptor_strides"))
+            return True
+        # Compared with the defaults, not "given", so that a run's own flags.txt (which
+        # spells out every setting) still parses.
+        unused = [name for name in _DESCRIPTOR_ONLY if value(name) != getattr(_D, name)]
+    except ValueError as e:  # non-integers: the list validators say so
+        raise flags.ValidationError(str(e)) from None
+    if unused:
+        raise flags.ValidationError(
+            f"--{unused[0]} configures the descriptor, which only --descriptor trains; add "
+            "--descriptor (cooperative learning, §2.4) or drop the descriptor flags")
     return True
 
 

@@ -21,7 +21,9 @@ from absl import logging
 from sparse_gen_tf.abp import AlternatingBackprop
 from sparse_gen_tf.callbacks import Checkpointing, DivergenceGuard, ImageSummaries
 from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.descriptor import Descriptor
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.generator import Generator
 
@@ -61,12 +63,30 @@ def check_resumable(config):
 
 
 def build_model(config, num_examples):
-    """The AlternatingBackprop model for config, compiled with Adam."""
-    model = AlternatingBackprop(
-        Generator(config.generator_config()), num_examples,
-        langevin_steps=config.langevin_steps, langevin_step_size=config.langevin_step_size,
-        sigma=config.sigma, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+    """The AlternatingBackprop model for config (CooperativeLearning with --descriptor),
+    compiled with Adam."""
+    abp = dict(langevin_steps=config.langevin_steps,
+               langevin_step_size=config.langevin_step_size, sigma=config.sigma,
+               seed=config.seed)
+    if config.descriptor:
+        # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
+        # checkpoint restores them eagerly like the generator's below.
+        model = CooperativeLearning(
+            Generator(config.generator_config()),
+            Descriptor(config.descriptor_config(), image_size=config.image_size),
+            num_examples, descriptor_optimizer=keras.optimizers.Adam(
+                config.descriptor_learning_rate, beta_1=0.5),
+            descriptor_steps=config.descriptor_steps,
+            descriptor_step_size=config.descriptor_step_size,
+            descriptor_reference=config.descriptor_reference,
+            fresh_samples=config.descriptor_fresh_samples, **abp)
+    else:
+        model = AlternatingBackprop(Generator(config.generator_config()), num_examples, **abp)
+    # Cosine decay to a tenth: fast early progress, then a small rate to settle the kernels.
+    # It is a function of the optimizer's step, so a resumed run continues the schedule.
+    learning_rate = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=config.train_steps, alpha=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   jit_compile=config.jit_compile)
     # Build the optimizer's slots now, so that a checkpoint restores them eagerly.
     model.optimizer.build(model.generator.trainable_weights)

@@ -1,0 +1,49 @@
+"""Writes the example REST requests of export/requests/ for a SavedModel export.
+
+    python export/make_requests.py                         # untrained default config
+    python export/make_requests.py --export_dir=exports/sparse_gen/3 --out_dir=/tmp/req
+
+Without --export_dir it exports an untrained generator of the default config (only the
+shapes matter), so the committed files follow sparse_gen_tf/config.py.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sparse_gen_tf import export  # noqa: E402
+from sparse_gen_tf.config import TrainConfig  # noqa: E402
+from sparse_gen_tf.generator import Generator  # noqa: E402
+
+flags.DEFINE_string("export_dir", None, "A SavedModel version directory (E/<version>).")
+flags.DEFINE_string("out_dir", os.path.join(ROOT, "export", "requests"),
+                    "Where the <signature>.rows.json / .columns.json files go.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = FLAGS.export_dir
+        if export_dir is None:
+            defaults = TrainConfig()
+            export_dir = export.export_generator(
+                Generator(defaults.generator_config()), tmp, reconstruct_steps=1,
+                step_size=defaults.langevin_step_size, sigma=defaults.sigma)
+        bodies = export.example_requests(export_dir)
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    for name, body in bodies.items():
+        with open(os.path.join(FLAGS.out_dir, name), "w") as f:
+            json.dump(body, f, separators=(",", ":"))
+            f.write("\n")
+    print(f"Wrote {len(bodies)} requests to {FLAGS.out_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,171 @@
+"""Cooperative learning (§2.4): the descriptor revises the generator's output, the
+generator learns from the revision, the descriptor learns by maximum likelihood.
+
+The paper replaces Y_i by Ỹ_i, "sampled from the descriptor", in Eq. (12) and leaves the
+rest open. Each `train_step` on a batch (example ids, images Y_obs) does exactly:
+
+  1. Inference (as in ABP): z_i <- L Langevin steps of Eq. (10) on p(z | Y_i; θ) from the
+     example's persistent chain; z_i is stored back into the chain.
+  2. [--descriptor_fresh_samples] z_f ~ N(0, I), one per example of the batch.
+     Let z = [z_i; z_f] (only z_i without the flag), n = its length.
+  3. Revision: Ŷ = g(z; θ), then Ỹ = T Langevin steps of the descriptor (Eq. 13) from Ŷ,
+     Y <- Y + δ²/2 (∂f/∂Y - Y/s²) + δE, with φ as it is before this step's update.
+  4. Descriptor update (its own Adam), maximum likelihood of Eq. (13), whose gradient is
+     E_data[∂f/∂φ] - E_φ[∂f/∂φ] with Ỹ as the model's samples: descend
+         mean_batch f(Ỹ; φ) - mean_batch f(Y_obs; φ)
+     (the negative phase averages over all n revised images, fresh ones included).
+  5. Generator update (the model's Adam), Eq. (12) with Ỹ in place of Y: descend
+         mean_n ‖Ỹ - g(z; θ)‖² / (2σ²),   Ỹ held fixed (stop-gradient),
+     regressing each Ỹ on the z it was revised from: z_i for the examples, z_f for the
+     fresh samples.
+
+Steps 4 and 5 only read Ỹ, Y_obs and z, which are fixed by then, so their order does not
+matter; both use the parameters from before the step (CoopNets updates D, then G, the same).
+
+Choices the paper leaves open, and why:
+  - z is inferred from Y_obs, not re-inferred from Ỹ: Ỹ starts at g(z_i) and the
+    descriptor's small steps (δ = 0.002) move it a little, so z_i is already a posterior
+    sample for Ỹ_i; re-inferring would double the cost for nothing the generator can use.
+    The chains thus stay tied to the data, as in ABP.
+  - The revision starts from g(z_i), the generator's reconstruction, not from Y_obs:
+    starting at the data would teach the generator the data plus a descriptor-made
+    perturbation, and the descriptor's negative phase would then sit on the data itself.
+  - The generator sees the data only through z_i and the descriptor: g(z_i) is pulled
+    towards Ỹ_i, i.e. along the descriptor's revision, as the paper's "replace Y_i by
+    Ỹ_i" says. Its reconstruction error against Y_obs is still tracked (mse, psnr).
+  - Ỹ is not clipped to [-1, 1]: Eq. (13) lives on R^D and tanh keeps g in range anyway.
+"""
+
+import keras
+import tensorflow as tf
+
+from sparse_gen_tf.abp import AlternatingBackprop, psnr
+from sparse_gen_tf.descriptor import descriptor_langevin, energy
+
+# Metrics added to ABP's (all means over the step's examples, reset every epoch).
+COOPERATIVE_METRICS = (
+    "descriptor_loss",   # mean f(Ỹ) - mean f(Y_obs); the descriptor descends it
+    "f_observed",        # mean f(Y_obs)
+    "f_revised",         # mean f(Ỹ) over every revised image
+    "revision",          # ‖Ỹ - g(z)‖ per image (L2 over all pixels)
+    "energy_before",     # E(g(z)) = -f + ‖·‖²/(2s²), before the descriptor's Langevin
+    "energy_after",      # E(Ỹ), after it
+)
+
+
+class CooperativeLearning(AlternatingBackprop):
+    """ABP whose generator learns from descriptor-revised images (§2.4).
+
+    Args:
+      generator: a `Generator`.
+      descriptor: a `Descriptor`, f(Y; φ) of Eq. (13).
+      num_examples: size of the training set (one persistent chain per example).
+      descriptor_optimizer: the descriptor's own optimizer (the model's `compile`
+        optimizer updates the generator); default Adam(0.007, β1 = 0.5) as in CoopNets.
+      descriptor_steps, descriptor_step_size, descriptor_reference: T, δ and s of the
+        descriptor's Langevin dynamics.
+      fresh_samples: also revise g(z_f) for z_f ~ N(0, I) (step 2 of the module doc).
+      descriptor_noise: False drops the δ·E term of the revision (for tests).
+      **kwargs: AlternatingBackprop's (langevin_steps, langevin_step_size, sigma, seed...).
+    Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
+    """
+
+    def __init__(self, generator, descriptor, num_examples, *, descriptor_optimizer=None,
+                 descriptor_steps=15, descriptor_step_size=0.002, descriptor_reference=0.016,
+                 fresh_samples=False, descriptor_noise=True, **kwargs):
+        super().__init__(generator, num_examples, **kwargs)
+        self.descriptor = descriptor
+        self.descriptor_steps = int(descriptor_steps)
+        self.descriptor_step_size = float(descriptor_step_size)
+        self.descriptor_reference = float(descriptor_reference)
+        self.fresh_samples = bool(fresh_samples)
+        self.descriptor_noise = bool(descriptor_noise)
+        self.descriptor_optimizer = descriptor_optimizer or keras.optimizers.Adam(
+            0.007, beta_1=0.5)
+        # Build the slots now: inside the compiled step they could not be created, and a
+        # checkpoint restores only variables that exist.
+        self.descriptor_optimizer.build(self.descriptor.trainable_weights)
+        for name in COOPERATIVE_METRICS:
+            self.trackers[name] = keras.metrics.Mean(name=name)
+
+    def next_seed(self):
+        """A fresh int32 [2] stateless seed, distinct per replica (as in `infer`)."""
+        seed = tf.cast(self.seed_generator.next(), tf.int32)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica.replica_id_in_sync_group)
+        return seed
+
+    def revise(self, images, seed=None):
+        """The descriptor's Langevin revision Ỹ of images [batch, H, W, 3] (step 3)."""
+        return descriptor_langevin(
+            self.descriptor, tf.stop_gradient(images),
+            self.next_seed() if seed is None else seed, steps=self.descriptor_steps,
+            step_size=self.descriptor_step_size, reference=self.descriptor_reference,
+            noise=self.descriptor_noise)
+
+    def train_step(self, data):
+        ids, images = data
+        ids = tf.cast(ids, tf.int32)
+        batch = tf.shape(ids)[0]
+        # 1. Posterior z for the examples, warm-started from and stored into the chains.
+        z_examples = self.infer(tf.gather(self.chains.value, ids), images)
+        self.chains.value.scatter_nd_update(ids[:, None], z_examples)
+        z = z_examples
+        if self.fresh_samples:
+            # 2. Prior draws, as CoopNets' generator proposes.
+            z = tf.concat([z, tf.random.stateless_normal(tf.shape(z_examples),
+                                                         self.next_seed())], axis=0)
+        # 3. The descriptor revises the generator's proposals.
+        generated = self.generator(z)
+        revised = tf.stop_gradient(self.revise(generated))
+        # Energies under the φ that did the revision, i.e. before step 4 moves it.
+        energy_before = energy(self.descriptor, generated, self.descriptor_reference)
+        energy_after = energy(self.descriptor, revised, self.descriptor_reference)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+
+        # 4. Descriptor: maximum likelihood, positive phase on data, negative on Ỹ.
+        with tf.GradientTape() as tape:
+            f_observed = self.descriptor(images)
+            f_revised = self.descriptor(revised)
+            descriptor_loss = tf.reduce_mean(f_revised) - tf.reduce_mean(f_observed)
+            # Keras sums gradients across replicas, so each replica's share is 1/n.
+            scaled_loss = descriptor_loss / replicas
+        weights = self.descriptor.trainable_weights
+        self.descriptor_optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+
+        # 5. Generator: Eq. (12) with Ỹ for Y, each Ỹ regressed on the z it came from.
+        with tf.GradientTape() as tape:
+            parse = self.generator.parse(z)
+            squared_error = tf.reduce_sum(tf.square(revised - parse["image"]), axis=[1, 2, 3])
+            loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
+            scaled_loss = loss / replicas
+        weights = self.generator.trainable_weights
+        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+
+        # Reconstruction of the data by g(z_i), as ABP reports it.
+        reconstruction = parse["image"][:batch]
+        data_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
+        mse = tf.reduce_mean(tf.square(images - reconstruction))
+        values = {
+            "loss": loss, "mse": mse, "psnr": psnr(mse),
+            "log_likelihood": -data_error / (2.0 * self.sigma ** 2),
+            "log_prior": -0.5 * tf.reduce_sum(tf.square(z_examples), axis=-1),
+            "z_norm": tf.norm(z_examples, axis=-1),
+            "descriptor_loss": descriptor_loss, "f_observed": f_observed,
+            "f_revised": f_revised,
+            "revision": tf.norm(tf.reshape(revised - generated, [tf.shape(z)[0], -1]),
+                                axis=-1),
+            "energy_before": energy_before, "energy_after": energy_after,
+        }
+        for i, activation in enumerate(parse["activations"], 1):
+            active = tf.cast(activation[:batch] != 0, "float32")
+            values[f"nonzero_{i}"] = tf.reduce_mean(active)
+            values[f"dead_channels_{i}"] = active
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+__all__ = ["CooperativeLearning", "COOPERATIVE_METRICS"]

@@ -1,0 +1,160 @@
+"""Scores a trained generator on the embedded parts dataset against its ground truth.
+
+    python -m sparse_gen_tf.evaluate --workdir=runs/parts[,runs/parts_dense]
+
+For each workdir it prints, and writes to WORKDIR/evaluation.json (see parts_metrics for
+the definitions):
+
+  dictionary_recovery   mean over true parts of the best r with a bottom kernel
+  kernel_purity         fraction of bottom kernels in use with |r| > 0.9 to one part
+  parse_accuracy        held-out cells whose dominant OR node maps to the true part
+  psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
+  psnr_train            training images, z = their persistent chains
+  *_plain               held-out, plain Langevin from N(0, I) (the calibration baseline)
+
+Channels are mapped to parts on the first --num_fit training images (persistent chains);
+"in use" means surviving in at least one of their parses. With several workdirs it also
+prints one markdown table with a column per run.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from sparse_gen_tf import inference, parts_metrics
+from sparse_gen_tf.data import parts
+from sparse_gen_tf.data.pipeline import to_model_range
+from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.explain import heldout_images, load_run
+
+ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
+        ("kernel_purity", "Kernel purity (clean / in use)", None),
+        ("parse_accuracy", "Parse accuracy, held-out", "{:.3f}"),
+        ("parse_accuracy_train", "Parse accuracy, training (persistent chains)", "{:.3f}"),
+        ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
+        ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
+        ("parse_accuracy_plain", "Parse accuracy, held-out, plain Langevin", "{:.3f}"),
+        ("psnr_heldout_plain", "PSNR held-out, plain Langevin (dB)", "{:.2f}"))
+
+
+def score_latents(generator, z, images, part_labels, channel_parts):
+    """(PSNR, parse accuracy) of latents z for images with true labels."""
+    dominant = parts_metrics.dominant_channels(
+        parts_metrics.bottom_contributions(generator, z))
+    return (parts_metrics.psnr(images, generator(z).numpy()),
+            parts_metrics.parse_accuracy(dominant, channel_parts, part_labels))
+
+
+def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
+             baseline=True, seed=0):
+    """Computes the scores of workdir's latest checkpoint; writes evaluation.json."""
+    config, model = load_run(workdir)
+    generator = model.generator
+    if config.dataset != "parts":
+        raise UserError(f"evaluate needs a run on --dataset=parts (its ground truth), "
+                        f"but {workdir} was trained on {config.dataset}")
+    train_images, truth = parts.generate(config.num_images, image_size=config.image_size,
+                                         seed=config.seed)
+    cell = truth.parts.shape[1]
+    problem = parts_metrics.check_geometry(generator.config, cell)
+    if problem:
+        raise UserError(f"cannot score {workdir}: {problem}")
+
+    num_fit = min(num_fit, config.num_images)
+    chains = model.chains.numpy()[:num_fit]
+    train = to_model_range(train_images[:num_fit]).numpy()
+    fit_contributions = parts_metrics.bottom_contributions(generator, chains)
+    fit_dominant = parts_metrics.dominant_channels(fit_contributions)
+    labels = truth.part_labels[:num_fit]
+    channel_parts = parts_metrics.fit_channel_parts(fit_dominant, labels,
+                                                    generator.config.channels[-1])
+    kernels = parts_metrics.bottom_kernels(generator)
+    recovery, per_part, _ = parts_metrics.dictionary_recovery(kernels, truth.parts)
+    in_use = (fit_contributions > 0).any(axis=(0, 1, 2))
+    purity, num_pure, num_used = parts_metrics.kernel_purity(kernels, truth.parts, in_use)
+
+    heldout, heldout_truth = heldout_images(config, num_heldout)
+    heldout = to_model_range(heldout).numpy()
+    z = inference.reconstruct(model, heldout, settings=settings, seed=seed).numpy()
+    psnr_heldout, accuracy = score_latents(generator, z, heldout,
+                                           heldout_truth.part_labels, channel_parts)
+    results = {
+        "workdir": workdir, "topk": list(config.topk), "train_steps": config.train_steps,
+        "dictionary_recovery": recovery, "recovery_per_part": per_part.tolist(),
+        "kernel_purity": purity, "kernels_pure": num_pure, "kernels_in_use": num_used,
+        "parse_accuracy": accuracy,
+        "parse_accuracy_train": parts_metrics.parse_accuracy(fit_dominant, channel_parts,
+                                                             labels),
+        "psnr_heldout": psnr_heldout,
+        "psnr_train": parts_metrics.psnr(train, generator(chains).numpy()),
+        "num_heldout": num_heldout, "num_fit": num_fit, "inference": settings.to_dict(),
+        "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
+    if baseline:
+        z = inference.reconstruct(model, heldout, settings=inference.PLAIN_SETTINGS,
+                                  seed=seed).numpy()
+        results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score_latents(
+            generator, z, heldout, heldout_truth.part_labels, channel_parts)
+    with open(os.path.join(workdir, "evaluation.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def run_label(results):
+    k = ",".join(map(str, results["topk"]))
+    return f"K = {k}"
+
+
+def markdown_table(all_results):
+    """A markdown table, one row per score and one column per run."""
+    lines = ["| | " + " | ".join(run_label(r) for r in all_results) + " |",
+             "|---|" + "---|" * len(all_results)]
+    for key, label, fmt in ROWS:
+        cells = []
+        for r in all_results:
+            if key not in r:
+                cells.append("")
+            elif key == "kernel_purity":
+                cells.append(f"{r['kernel_purity']:.2f} ({r['kernels_pure']}/"
+                             f"{r['kernels_in_use']})")
+            else:
+                cells.append(fmt.format(r[key]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    from absl import flags
+    values = flags.FLAGS
+    if len(argv) > 1:
+        sys.exit(f"evaluate: unexpected arguments {' '.join(argv[1:])}; flags look like "
+                 "--name=value")
+    try:
+        settings = inference.settings_from_flags(values)
+        all_results = [evaluate(w, num_heldout=values.num_heldout, num_fit=values.num_fit,
+                                settings=settings, baseline=values.baseline,
+                                seed=values.seed)
+                       for w in values.workdir]
+    except UserError as e:
+        sys.exit(f"evaluate: error: {e}")
+    print(markdown_table(all_results))
+
+
+def define_flags():
+    from absl import flags
+    flags.DEFINE_list("workdir", None, "Training run(s) to score, comma separated.",
+                      required=True)
+    flags.DEFINE_integer("num_heldout", 256, "Held-out images to infer and score.",
+                         lower_bound=1)
+    flags.DEFINE_integer("num_fit", 512, "Training images that fit the channel-to-part "
+                         "map and give the training PSNR.", lower_bound=1)
+    flags.DEFINE_boolean("baseline", True, "Also score plain Langevin from N(0, I).")
+    flags.DEFINE_integer("seed", 0, "Seeds the inference.", lower_bound=0)
+    inference.define_flags()
+
+
+if __name__ == "__main__":
+    from absl import app
+    define_flags()
+    app.run(main)

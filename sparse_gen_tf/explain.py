@@ -1,0 +1,144 @@
+"""Explains a trained generator: kernels, parse figures and parse graphs, as files.
+
+    python -m sparse_gen_tf.explain --workdir=runs/parts [--output_dir=DIR]
+
+writes into DIR (default WORKDIR/explain):
+
+  kernels_bottom.png         the bottom kernels as image patches (Fig. 2a)
+  kernels_top.png            each top unit as its basis function in image space (Fig. 2b)
+  sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of g(z),
+                             z ~ N(0, I)
+  image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
+  reconstructions.png        held-out images (odd columns) beside g(z) (even columns)
+  summary.json               the files, inference settings, and the Eq. (5) identity
+                             error of every parse and layer
+
+Held-out images are images the model was not trained on: for the parts dataset, new
+draws of its grammar (another image seed); for image datasets, the images after the
+first --num_images.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from sparse_gen_tf import basis, inference, parse_graph, trainer, visualize
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.figures import image_grid
+
+HELDOUT_IMAGE_SEED = 10_000  # added to the run's seed: parts images never trained on
+
+
+def load_run(workdir):
+    """(TrainConfig, AlternatingBackprop model) of workdir's latest checkpoint."""
+    config = trainer.read_config(workdir)
+    if config is None:
+        raise UserError(f"no training run in {workdir} (no config.json); train first with "
+                        f"python train.py --workdir={workdir}")
+    model, _ = trainer.restore(config)
+    return config, model
+
+
+def heldout_images(config, num):
+    """(uint8 images [num, H, W, 3] the model never saw, parts GroundTruth or None)."""
+    if config.dataset == "parts":
+        from sparse_gen_tf.data import parts
+        return parts.generate(num, image_size=config.image_size, seed=config.seed,
+                              image_seed=config.seed + HELDOUT_IMAGE_SEED)
+    data = pipeline.load(config.dataset, image_size=config.image_size,
+                         num_images=config.num_images + num, data_dir=config.data_dir,
+                         seed=config.seed)
+    return data.images[-num:], None
+
+
+def write_png(path, image):
+    tf.io.write_file(path, tf.io.encode_png(np.asarray(image, np.uint8)))
+
+
+def explain_latents(generator, z, output_dir, prefix):
+    """Writes <prefix>_<i>.png (parse figure) and .json (parse graph) for each z [n, d];
+    returns [{file, identity_error per layer}]."""
+    parse = generator.parse(z)
+    graphs = parse_graph.build(generator, z, parse)
+    errors = [basis.identity_error(generator, parse, layer).numpy()
+              for layer in range(1, generator.num_layers + 1)]
+    records = []
+    for i, graph in enumerate(graphs):
+        write_png(os.path.join(output_dir, f"{prefix}_{i}.png"),
+                  visualize.parse_figure(generator, z[i]))
+        with open(os.path.join(output_dir, f"{prefix}_{i}.json"), "w") as f:
+            f.write(graph.to_json())
+        records.append({"figure": f"{prefix}_{i}.png", "parse_graph": f"{prefix}_{i}.json",
+                        "eq5_relative_error": [float(e[i]) for e in errors]})
+    return records
+
+
+def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
+            settings=inference.DEFAULT_SETTINGS, seed=0):
+    """Writes the explanation files of workdir's latest checkpoint; returns output_dir."""
+    config, model = load_run(workdir)
+    generator = model.generator
+    output_dir = output_dir or os.path.join(workdir, "explain")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --output_dir={output_dir} ({e.strerror}); choose "
+                        "a writable directory") from None
+
+    latents = visualize.sample_latents(generator, max(128, num_samples), seed)
+    figures = visualize.kernel_figures(generator, latents)
+    write_png(os.path.join(output_dir, "kernels_bottom.png"), figures["bottom"])
+    write_png(os.path.join(output_dir, "kernels_top.png"), figures["top"])
+    summary = {"workdir": workdir, "topk": list(config.topk),
+               "samples": explain_latents(generator, latents[:num_samples], output_dir,
+                                          "sample")}
+
+    if num_images:
+        images, _ = heldout_images(config, num_images)
+        images = pipeline.to_model_range(images).numpy()
+        z = inference.reconstruct(model, images, settings=settings, seed=seed).numpy()
+        recon = generator(z).numpy()
+        pairs = np.stack([images, recon], 1).reshape((-1,) + images.shape[1:])
+        write_png(os.path.join(output_dir, "reconstructions.png"),
+                  image_grid(pairs, columns=2 * min(num_images, 4)))
+        summary["images"] = explain_latents(generator, z, output_dir, "image")
+        summary["inference"] = settings.to_dict()
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return output_dir
+
+
+def main(argv):
+    from absl import flags
+    flags_ = flags.FLAGS
+    if len(argv) > 1:
+        sys.exit(f"explain: unexpected arguments {' '.join(argv[1:])}; flags look like "
+                 "--name=value")
+    try:
+        path = explain(flags_.workdir, flags_.output_dir, num_samples=flags_.num_samples,
+                       num_images=flags_.num_images, seed=flags_.seed,
+                       settings=inference.settings_from_flags(flags_))
+    except UserError as e:
+        sys.exit(f"explain: error: {e}")
+    print(f"Wrote the explanation to {path}")
+
+
+def define_flags():
+    from absl import flags
+    flags.DEFINE_string("workdir", None, "Training run to explain.", required=True)
+    flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/explain).")
+    flags.DEFINE_integer("num_samples", 4, "Samples z ~ N(0, I) to parse.", lower_bound=0)
+    flags.DEFINE_integer("num_images", 4, "Held-out images to infer and parse.",
+                         lower_bound=0)
+    flags.DEFINE_integer("seed", 0, "Seeds the samples and the inference.", lower_bound=0)
+    inference.define_flags()
+
+
+if __name__ == "__main__":
+    from absl import app
+    define_flags()
+    app.run(main)

@@ -1,0 +1,176 @@
+"""Inference of z for images the model has not seen: Langevin (Eq. 10) made robust.
+
+With TopK the posterior p(z | Y) is multimodal: every change of a TopK or ReLU switch is a
+change of linear piece, and a chain started from N(0, I) often settles on a parse that
+explains some cells with the wrong parts. A persistent training chain does not have this
+problem, because it followed its image for the whole run. `infer` closes the gap by
+
+  1. starting points: `restarts` chains per image, drawn from N(0, I); if a bank of
+     latents is given (the persistent chains of the training images), the best-scoring
+     bank entries replace the first draws, where "best" is the log joint of Eq. (11) at
+     the bank entry: the nearest training reconstruction, counting only observed pixels;
+  2. annealing: the chains first run with a larger σ, lowered geometrically to the
+     model's σ in `anneal_stages` stages, so they can cross between pieces while the
+     likelihood is still flat;
+  3. selection: each image keeps the chain with the highest log joint (Eq. 11);
+  4. refinement: `refine_steps` noise-free steps (gradient ascent on Eq. 11) on the kept
+     chain, which returns the posterior mode near it rather than one noisy sample.
+
+Everything is standard TF ops with static shapes (restarts and stages are Python ints), so
+`tf.function(infer, jit_compile=True)` compiles it whole.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from sparse_gen_tf.langevin import langevin, log_joint
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How `reconstruct` runs `infer`; δ and σ always come from the trained model.
+
+    use_bank: start from the persistent chains of the training images (the model's
+    `chains`), in addition to N(0, I) draws.
+    """
+    steps: int = 200
+    restarts: int = 8
+    anneal_sigma: float = 1.0
+    anneal_stages: int = 1
+    refine_steps: int = 0
+    use_bank: bool = True
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+DEFAULT_SETTINGS = InferenceSettings()
+# The calibration's plain Langevin: one chain from N(0, I), as `AlternatingBackprop.reconstruct`.
+PLAIN_SETTINGS = InferenceSettings(restarts=1, use_bank=False)
+
+
+def _energies_against_bank(generator, images, bank, sigma, observed):
+    """-log p(z_m, Y_b) of Eq. (11) for every image b and bank entry m: [batch, M].
+
+    ‖o ⊙ (Y - g)‖² expands into three terms so that the whole [batch, M] table is one
+    matmul, not a [batch, M, H, W, 3] tensor.
+    """
+    rendered = tf.reshape(generator(bank), [tf.shape(bank)[0], -1])  # [M, D]
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])  # [B, D]
+    if observed is None:
+        weight = tf.ones_like(flat)
+    else:
+        weight = tf.reshape(tf.broadcast_to(tf.cast(observed, images.dtype),
+                                            tf.shape(images)), tf.shape(flat))
+    squared = (tf.reduce_sum(weight * tf.square(flat), -1, keepdims=True)
+               - 2.0 * tf.matmul(weight * flat, rendered, transpose_b=True)
+               + tf.matmul(weight, tf.square(rendered), transpose_b=True))
+    prior = 0.5 * tf.reduce_sum(tf.square(bank), -1)
+    return squared / (2.0 * sigma ** 2) + prior[None, :]
+
+
+def starting_points(generator, images, seed, *, restarts, sigma, bank=None,
+                    observed=None):
+    """Initial latents [restarts, batch, d]: the best bank entries, then N(0, I) draws."""
+    batch = tf.shape(images)[0]
+    d = generator.config.latent_dim
+    z0 = tf.random.stateless_normal([restarts, batch, d], seed)
+    if bank is None:
+        return z0
+    bank = tf.convert_to_tensor(bank, images.dtype)
+    from_bank = min(restarts, int(bank.shape[0]))
+    energies = _energies_against_bank(generator, images, bank, sigma, observed)
+    _, nearest = tf.math.top_k(-energies, k=from_bank)  # [batch, from_bank]
+    chosen = tf.transpose(tf.gather(bank, nearest), [1, 0, 2])
+    return tf.concat([chosen, z0[from_bank:]], axis=0)
+
+
+def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
+          observed=None, bank=None, anneal_sigma=1.0, anneal_stages=1, refine_steps=0):
+    """Infers z for images: restarts, σ annealing, best-chain selection, refinement.
+
+    Args:
+      generator: a `Generator` (any callable z -> images with `.config.latent_dim`).
+      images: [batch, H, W, 3] in [-1, 1].
+      steps: Langevin steps per chain, split evenly over the annealing stages.
+      step_size, sigma: δ and σ of Eq. (10)-(11); take them from the TrainConfig.
+      restarts: chains per image (Python int); the one with the highest log joint wins.
+      seed: int, or an int32 [2] stateless seed; the same seed gives the same z.
+      observed: optional 0/1 [batch, H, W, 1 or 3]: the likelihood counts only these
+        pixels, in every stage (occlusion recovery); z itself is never masked.
+      bank: optional [M, d] latents to start from, e.g. the training chains.
+      anneal_sigma: the first stage's σ is anneal_sigma * sigma (1 = no annealing).
+      anneal_stages: number of σ stages, geometric from anneal_sigma * σ to σ.
+      refine_steps: noise-free steps on the selected chain at the end.
+    Returns:
+      z [batch, d].
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    seed = tf.cast([seed, 0] if isinstance(seed, int) else seed, tf.int32)
+    batch = tf.shape(images)[0]
+    d = generator.config.latent_dim
+    z = starting_points(generator, images, seed, restarts=restarts, sigma=sigma, bank=bank,
+                        observed=observed)
+    z = tf.reshape(z, [-1, d])  # [restarts * batch, d], restart-major
+    tiled = tf.tile(images, [restarts, 1, 1, 1])
+    tiled_observed = None if observed is None else tf.tile(observed, [restarts, 1, 1, 1])
+
+    stages = max(int(anneal_stages), 1)
+    per_stage = [steps // stages + (1 if i < steps % stages else 0) for i in range(stages)]
+    for i, stage_steps in enumerate(per_stage):
+        ratio = anneal_sigma ** (1.0 - i / (stages - 1)) if stages > 1 else 1.0
+        stage_seed = tf.random.experimental.stateless_fold_in(seed, i + 1)
+        z = langevin(generator, z, tiled, stage_seed, steps=stage_steps,
+                     step_size=step_size, sigma=sigma * ratio, observed=tiled_observed)
+
+    log_likelihood, log_prior = log_joint(generator, z, tiled, sigma, tiled_observed)
+    score = tf.reshape(log_likelihood + log_prior, [restarts, batch])
+    best = tf.argmax(score, axis=0, output_type=tf.int32)  # [batch]
+    z = tf.gather_nd(tf.reshape(z, [restarts, batch, d]),
+                     tf.stack([best, tf.range(batch)], axis=-1))
+    if refine_steps:
+        z = langevin(generator, z, images, seed, steps=refine_steps, step_size=step_size,
+                     sigma=sigma, noise=False, observed=observed)
+    return z
+
+
+def reconstruct(model, images, *, settings=DEFAULT_SETTINGS, seed=0, observed=None):
+    """Infers z [batch, d] for images [batch, H, W, 3] in [-1, 1] with a trained
+    `AlternatingBackprop` model: its generator, δ, σ and (if settings.use_bank) chains."""
+    run = tf.function(lambda x, o: infer(
+        model.generator, x, steps=settings.steps, step_size=model.langevin_step_size,
+        sigma=model.sigma, restarts=settings.restarts, seed=seed, observed=o,
+        bank=model.chains.value if settings.use_bank else None,
+        anneal_sigma=settings.anneal_sigma, anneal_stages=settings.anneal_stages,
+        refine_steps=settings.refine_steps), jit_compile=True)
+    images = tf.convert_to_tensor(images, tf.float32)
+    if observed is not None:
+        observed = tf.convert_to_tensor(observed, tf.float32)
+    return run(images, observed)
+
+
+def define_flags():
+    """absl flags for InferenceSettings (for the explain and evaluate commands)."""
+    from absl import flags
+    d = DEFAULT_SETTINGS
+    flags.DEFINE_integer("inference_steps", d.steps, "Langevin steps per chain.",
+                         lower_bound=0)
+    flags.DEFINE_integer("restarts", d.restarts, "Chains per image; the best one is kept.",
+                         lower_bound=1)
+    flags.DEFINE_float("anneal_sigma", d.anneal_sigma,
+                       "First-stage σ as a multiple of the model's σ (1 = no annealing).",
+                       lower_bound=1.0)
+    flags.DEFINE_integer("anneal_stages", d.anneal_stages, "Stages of σ annealing.",
+                         lower_bound=1)
+    flags.DEFINE_integer("refine_steps", d.refine_steps,
+                         "Noise-free steps on the selected chain.", lower_bound=0)
+    flags.DEFINE_boolean("use_bank", d.use_bank,
+                         "Start chains from the training images' persistent chains too.")
+
+
+def settings_from_flags(values):
+    return InferenceSettings(
+        steps=values.inference_steps, restarts=values.restarts,
+        anneal_sigma=values.anneal_sigma, anneal_stages=values.anneal_stages,
+        refine_steps=values.refine_steps, use_bank=values.use_bank)

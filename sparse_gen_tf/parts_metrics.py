@@ -1,0 +1,120 @@
+"""Scores of a learned generator against the ground truth of the embedded parts dataset.
+
+The parts grammar (data/parts.py) paints each of the 4x4 cells of an image with one part,
+pixel = -1 + s * (part + 1); the default generator's bottom feature map is 4x4 and each
+bottom unit paints its cell with its kernel. The scores:
+
+* dictionary recovery: for each true part, the best normalized correlation r with any
+  learned bottom basis function; the mean over parts.
+* kernel purity: of the bottom kernels in use, the fraction with |r| > 0.9 to some part.
+* parse accuracy: the dominant OR node of each bottom AND cell, mapped to a part by the
+  majority vote fitted on training parses, against the true part of the cell.
+* PSNR of reconstructions.
+
+Comparing basis functions with parts. A bottom basis function lives before the tanh: the
+unit adds s * ker to the logits, on top of the bias that paints the black background.
+tanh is monotone, so a unit that paints a part has a kernel that is large exactly where
+the part is bright; the kernel patch itself (the part of it that falls in the unit's own
+cell, which for kernel = stride is all of it) is compared with the part's deviation from
+the background, part + 1. r is the Pearson correlation over the cell's pixels and colour
+channels, so it ignores the kernel's scale and offset.
+"""
+
+import numpy as np
+
+from sparse_gen_tf import basis as basis_lib
+
+PURE = 0.9  # |r| above which a kernel counts as one clean part
+
+
+def check_geometry(config, cell):
+    """Returns a sentence saying why `config` cannot be scored on parts cells, or None."""
+    h = config.feature_map_shapes()[-1][0]
+    if h * cell != config.image_size or config.strides[-1] != cell:
+        return (f"the parts scores need a bottom feature map of one unit per cell "
+                f"({config.image_size // cell}x{config.image_size // cell}, last stride "
+                f"{cell}); this generator's is {h}x{h} with last stride "
+                f"{config.strides[-1]}")
+    return None
+
+
+def bottom_kernels(generator):
+    """The bottom kernels cropped to the cell each unit owns: [channels, s, s, 3]."""
+    deconv = generator.deconvs[-1]
+    k, s = deconv.kernel_size, deconv.strides
+    pad = (k - s) // 2
+    return deconv.kernel.numpy()[:, pad:pad + s, pad:pad + s, :]
+
+
+def correlations(a, b):
+    """Pearson r of every row of a [n, ...] with every row of b [m, ...]: [n, m]."""
+    a = np.reshape(a, (len(a), -1)).astype(np.float64)
+    b = np.reshape(b, (len(b), -1)).astype(np.float64)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def dictionary_recovery(kernels, parts):
+    """(mean over parts of the best r, [num_parts] best r, [num_parts] best channel)."""
+    r = correlations(parts + 1.0, kernels)
+    return float(r.max(1).mean()), r.max(1), r.argmax(1)
+
+
+def kernel_purity(kernels, parts, in_use):
+    """(fraction of in-use kernels with max |r| > PURE, number pure, number in use)."""
+    r = np.abs(correlations(kernels, parts + 1.0)).max(1)
+    used = np.asarray(in_use, bool)
+    pure = int((r[used] > PURE).sum())
+    return pure / max(int(used.sum()), 1), pure, int(used.sum())
+
+
+def bottom_contributions(generator, z, chunk=16):
+    """Energy ‖s_j B_j‖ of every bottom channel at every bottom location: [N, h, w, c].
+
+    Zero where the channel does not survive. Runs in chunks of z to bound the memory of
+    the one-hot pass for dense layers.
+    """
+    z = np.asarray(z, np.float32)
+    n = generator.num_layers
+    out = []
+    for start in range(0, len(z), chunk):
+        parse = generator.parse(z[start:start + chunk])
+        found = basis_lib.basis_functions(generator, parse, n)
+        energy = np.sqrt(np.sum(np.square(np.asarray(found["basis"])), axis=(2, 3, 4)))
+        energy *= np.asarray(found["coefficient"])
+        position = np.asarray(found["position"])
+        table = np.zeros(np.asarray(parse["activations"][-1]).shape, np.float32)
+        b = np.repeat(np.arange(len(table)), position.shape[1])
+        y, x, c = position.reshape(-1, 3).T
+        np.add.at(table, (b, y, x, c), energy.reshape(-1))
+        out.append(table)
+    return np.concatenate(out)
+
+
+def dominant_channels(contributions):
+    """The dominant OR node of each bottom AND cell: [N, h, w] channel, -1 if none."""
+    best = contributions.argmax(-1)
+    return np.where(contributions.max(-1) > 0, best, -1)
+
+
+def fit_channel_parts(dominant, part_labels, num_channels):
+    """Majority part of each channel where it dominates a cell: [channels], -1 if never."""
+    votes = np.zeros((num_channels, int(part_labels.max()) + 1), np.int64)
+    keep = dominant >= 0
+    np.add.at(votes, (dominant[keep], part_labels[keep]), 1)
+    return np.where(votes.sum(1) > 0, votes.argmax(1), -1)
+
+
+def parse_accuracy(dominant, channel_parts, part_labels):
+    """Fraction of cells whose dominant channel maps to the true part."""
+    predicted = np.where(dominant >= 0, channel_parts[np.maximum(dominant, 0)], -1)
+    return float(np.mean(predicted == part_labels))
+
+
+def psnr(images, reconstructions):
+    """PSNR in dB of the whole set (mean squared error over all pixels), range [-1, 1]."""
+    mse = np.mean(np.square(np.asarray(images, np.float64) - np.asarray(reconstructions)))
+    return float(10.0 * np.log10(4.0 / max(mse, 1e-12)))

@@ -1,0 +1,192 @@
+"""Figures of the explanation, drawn with numpy: kernels (Fig. 2) and parses (Fig. 3).
+
+Every basis function is drawn as the image it paints on its own: tanh(bias_n + s_j B_j),
+bias_n being the image layer's bias, i.e. the picture of an empty parse. That is how a
+unit looks in the generated image (on the background), and it is the same rule for every
+layer, so the top layer's pictures are directly the combinations of the bottom layer's.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from sparse_gen_tf import basis as basis_lib
+from sparse_gen_tf.bitmap_font import draw_text, format_number, text_mask
+from sparse_gen_tf.figures import image_grid, to_uint8
+from sparse_gen_tf.parse_graph import image_boxes
+
+WHITE, PANEL, BAR, GRID_LINE = 255, 225, (200, 40, 40), (255, 255, 0)
+
+
+def upscale(image, scale):
+    """Nearest-neighbour upscaling of [H, W, C] by an integer factor."""
+    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
+def paint(generator, terms):
+    """tanh(bias_n + terms) for pre-tanh contributions terms [..., H, W, 3]; in [-1, 1]."""
+    return np.tanh(generator.deconvs[-1].bias.numpy() + np.asarray(terms))
+
+
+def sample_latents(generator, num, seed=0):
+    """num draws of z ~ N(0, I), [num, d], from a stateless seed."""
+    return tf.random.stateless_normal([num, generator.config.latent_dim], [seed, 7]).numpy()
+
+
+def channel_usage(generator, z, layer):
+    """(count [c], mean coefficient [c]) of each channel of a 1-based layer over parses of z."""
+    activation = np.asarray(generator.parse(z)["activations"][layer - 1])
+    count = (activation > 0).sum(axis=(0, 1, 2))
+    mean = activation.sum(axis=(0, 1, 2)) / np.maximum(count, 1)
+    return count, mean
+
+
+def bottom_kernels(generator, z):
+    """Bottom kernels as patches [c, k, k, 3] in [-1, 1] (Fig. 2a): tanh(bias + s̄_c ker_c),
+    s̄_c the channel's mean coefficient over the parses of z. Channels no parse of z uses
+    are drawn at the mean coefficient of all channels and dimmed to a third."""
+    count, mean = channel_usage(generator, z, generator.num_layers)
+    used = count > 0
+    scale = np.where(used, mean, mean[used].mean() if used.any() else 1.0)
+    kernels = generator.deconvs[-1].kernel.numpy()
+    patches = paint(generator, scale[:, None, None, None] * kernels)
+    return np.where(used[:, None, None, None], patches, (patches + 1.0) / 3.0 - 1.0)
+
+
+def unit_images(generator, z, layer):
+    """Each channel of a layer seen in image space (Fig. 2b): [c, H, W, 3] in [-1, 1].
+
+    For channel c, the OR node of that channel with the largest coefficient among the
+    parses of z, drawn through the frozen layers below as tanh(bias_n + s_j B_j) (Eq. 6).
+    Channels no parse uses are mid-grey.
+    """
+    parse = generator.parse(z)
+    found = basis_lib.basis_functions(generator, parse, layer)
+    channel = np.asarray(found["position"])[..., 2].reshape(-1)
+    coefficient = np.asarray(found["coefficient"]).reshape(-1)
+    basis = np.asarray(found["basis"])
+    basis = basis.reshape((-1,) + basis.shape[2:])
+    c = generator.config.channels[layer - 1]
+    size = generator.config.image_size
+    images = np.zeros((c, size, size, 3), np.float32)
+    for ch in range(c):
+        mine = np.flatnonzero((channel == ch) & (coefficient > 0))
+        if len(mine):
+            j = mine[np.argmax(coefficient[mine])]
+            images[ch] = paint(generator, coefficient[j] * basis[j])
+    return images
+
+
+def kernel_figures(generator, z, columns=16):
+    """{"bottom": uint8 grid of the bottom kernels, "top": uint8 grid of the top units
+    in image space} (Fig. 2a, 2b)."""
+    bottom = bottom_kernels(generator, z)
+    bottom = np.stack([upscale(p, max(1, 24 // p.shape[0])) for p in bottom])
+    top = unit_images(generator, z, 1)
+    top = np.stack([upscale(p, max(1, 48 // p.shape[0])) for p in top])
+    return {"bottom": image_grid(bottom, columns=columns, pad=2),
+            "top": image_grid(top, columns=min(columns, 8), pad=2)}
+
+
+def _and_panel(crop, thumbs, coefficients, max_coefficient, max_or, scale):
+    """One AND node: the image crop, then up to max_or OR-node thumbnails, each with its
+    coefficient in digits and as a bar; '+N' when more OR nodes survive."""
+    t = crop.shape[0] * scale
+    cell_w = max(t, 4 * 4 * 2)  # room for four digits at scale 2
+    height = t + 2 + 10 + 2 + 3
+    width = (1 + max_or) * (cell_w + 3) + 14
+    panel = np.full((height, width, 3), PANEL, np.uint8)
+    panel[:t, :t] = upscale(to_uint8(crop), scale)
+    for i, (thumb, s) in enumerate(zip(thumbs[:max_or], coefficients[:max_or])):
+        x = (1 + i) * (cell_w + 3)
+        panel[:t, x:x + t] = upscale(to_uint8(thumb), scale)
+        draw_text(panel, format_number(s), t + 2, x, scale=2)
+        bar = int(round(t * s / max(max_coefficient, 1e-12)))
+        panel[t + 14:t + 17, x:x + max(bar, 1)] = BAR
+    if len(thumbs) > max_or:
+        draw_text(panel, f"+{len(thumbs) - max_or}", 2, width - 13)
+    return panel
+
+
+def parse_figure(generator, z, max_or=3, thumb=40):
+    """The parse of one latent z [d] as a picture (Fig. 3): uint8 [H', W', 3].
+
+    One block per sparse layer, bottom first. Left: the generated image with the layer's
+    AND cells outlined; right: one panel per AND node, holding the crop of the image its
+    units can paint and its OR nodes, largest coefficient first, each drawn as
+    tanh(bias_n + s_j B_j) with s_j printed and shown as a bar (full width = the largest
+    s_j of the layer).
+    """
+    parse = generator.parse(np.asarray(z, np.float32)[None])
+    image = np.asarray(parse["image"])[0]
+    size = image.shape[0]
+    blocks = []
+    for layer in range(generator.num_layers, 0, -1):
+        found = basis_lib.basis_functions(generator, parse, layer)
+        valid = np.asarray(found["valid"])[0]
+        position = np.asarray(found["position"])[0][valid]
+        coefficient = np.asarray(found["coefficient"])[0][valid]
+        terms = coefficient[:, None, None, None] * np.asarray(found["basis"])[0][valid]
+        boxes = image_boxes(generator.config)[layer - 1]
+        h, w = boxes.shape[:2]
+        box_size = max(int(b[2] - b[0]) for b in boxes.reshape(-1, 4))
+        scale = max(1, round(thumb / box_size))
+        top = coefficient.max() if len(coefficient) else 1.0
+        panels = []
+        for y in range(h):
+            for x in range(w):
+                y0, x0, y1, x1 = boxes[y, x]
+                here = np.flatnonzero((position[:, 0] == y) & (position[:, 1] == x))
+                thumbs = [_pad_to(paint(generator, terms[j])[y0:y1, x0:x1], box_size)
+                          for j in here]
+                panels.append(_and_panel(_pad_to(image[y0:y1, x0:x1], box_size), thumbs,
+                                         coefficient[here], top, max_or, scale))
+        grid = image_grid(np.stack(panels), columns=w, pad=4)
+        outlined = _outline(image, h, max(1, grid.shape[0] // size))
+        title = np.full((12, outlined.shape[1] + 6 + grid.shape[1], 3), WHITE, np.uint8)
+        draw_text(title, f"L{layer} K={generator.topks[layer - 1].k}", 1, 1, scale=2)
+        body = np.full((max(outlined.shape[0], grid.shape[0]), title.shape[1], 3), WHITE,
+                       np.uint8)
+        body[:outlined.shape[0], :outlined.shape[1]] = outlined
+        body[:grid.shape[0], outlined.shape[1] + 6:] = grid
+        blocks.append(np.concatenate([title, body]))
+    width = max(b.shape[1] for b in blocks)
+    blocks = [np.pad(b, [(0, 8), (0, width - b.shape[1]), (0, 0)], constant_values=WHITE)
+              for b in blocks]
+    return np.concatenate(blocks)
+
+
+def _pad_to(image, size):
+    """Pads [h, w, 3] at the bottom right with mid-grey to [size, size, 3]."""
+    return np.pad(image, [(0, size - image.shape[0]), (0, size - image.shape[1]), (0, 0)])
+
+
+def _outline(image, cells, scale):
+    """The image upscaled, with yellow lines between its cells x cells AND cells."""
+    big = upscale(to_uint8(image), scale)
+    step = big.shape[0] / cells
+    for i in range(1, cells):
+        edge = int(round(i * step))
+        big[edge, :] = GRID_LINE
+        big[:, edge] = GRID_LINE
+    return big
+
+
+def explanation_summaries(model, num_samples=128, seed=0):
+    """A callable(step) writing the kernel grids and the parse of training image 0 (from
+    its persistent chain) as TensorBoard images; call it inside a writer's context, as
+    `ImageSummaries.extra` does."""
+    z = sample_latents(model.generator, num_samples, seed)
+
+    def write(step):
+        figures = kernel_figures(model.generator, z)
+        tf.summary.image("kernels/bottom", figures["bottom"][None], step=step)
+        tf.summary.image("kernels/top_in_image_space", figures["top"][None], step=step)
+        chain = model.chains.value[0].numpy()
+        tf.summary.image("parse/train_0", parse_figure(model.generator, chain)[None],
+                         step=step)
+
+    return write
+
+
+__all__ = ["bottom_kernels", "explanation_summaries", "kernel_figures", "parse_figure",
+           "text_mask", "unit_images"]

@@ -1,0 +1,374 @@
+"""SavedModel export for TF Serving: signatures, plain-TF loading, requests and refusals.
+
+One tiny run is trained and exported once for the module (the `exported` fixture).
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import types
+import urllib.error
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sparse_gen_tf import export, trainer
+from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.generator import Generator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
+TINY = TrainConfig(num_images=64, batch_size=32, langevin_steps=2, channels=(8, 8),
+                   topk=(4, 8), latent_dim=4, train_steps=2, jit_compile=False,
+                   num_summary_images=4)
+RECONSTRUCT_STEPS = 5
+
+
+def run_export(*flags, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, EXPORT_SCRIPT, *flags], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def request_tensors(body, signature):
+    """The named input tensors TF Serving builds from a REST predict body.
+
+    Row format ("instances"): one object per row, stacked along a new dimension 0.
+    Columnar format ("inputs"): each named input as a whole tensor.
+    """
+    specs = signature.structured_input_signature[1]
+    if "instances" in body:
+        assert all(set(row) == set(specs) for row in body["instances"])
+        columns = {key: [row[key] for row in body["instances"]] for key in specs}
+    else:
+        assert set(body["inputs"]) == set(specs)
+        columns = body["inputs"]
+    tensors = {key: tf.constant(columns[key], dtype=spec.dtype) for key, spec in specs.items()}
+    for key, spec in specs.items():
+        assert spec.is_compatible_with(tensors[key]), (key, spec, tensors[key].shape)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny trained workdir, its export E/1 through the command line, and its model."""
+    tmp = tmp_path_factory.mktemp("export")
+    config = dataclasses.replace(TINY, workdir=str(tmp / "run"))
+    trainer.train(config)
+    base = str(tmp / "exports")
+    result = run_export(f"--workdir={config.workdir}", f"--export_base={base}",
+                        f"--reconstruct_steps={RECONSTRUCT_STEPS}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, _ = trainer.restore(config)
+    return types.SimpleNamespace(workdir=config.workdir, base=base,
+                                 path=os.path.join(base, "1"), model=model,
+                                 generator=model.generator, tmp=tmp)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported.path)
+
+
+def test_saved_model_cli_lists_the_three_signatures_with_named_inputs(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run([cli, "show", "--dir", exported.path, "--all"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = result.stdout
+    for name in export.SIGNATURES:
+        assert f"signature_def['{name}']" in shown
+    for line in ("inputs['z'] tensor_info:", "inputs['image'] tensor_info:",
+                 "inputs['seed'] tensor_info:", "outputs['reconstruction'] tensor_info:",
+                 "outputs['mask_2'] tensor_info:", "outputs['activation_1'] tensor_info:",
+                 "shape: (-1, 4)", "shape: (-1, 32, 32, 3)", "dtype: DT_INT64"):
+        assert line in shown, line
+
+
+def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported):
+    rng = np.random.RandomState(1)
+    inputs = {"z": rng.standard_normal([3, 4]).astype(np.float32),
+              "image": rng.uniform(0, 1, [2, 32, 32, 3]).astype(np.float32),
+              "seed": np.array([3, -5], np.int64)}
+    np.savez(exported.tmp / "inputs.npz", **inputs)
+    # No sparse_gen_tf: the import is blocked, and the package is not on the path.
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["sparse_gen_tf"] = None
+        import numpy as np
+        import tensorflow as tf
+        inputs = np.load({str(exported.tmp / "inputs.npz")!r})
+        signatures = tf.saved_model.load({exported.path!r}).signatures
+        outputs = {{}}
+        for name, key in [("serving_default", "z"), ("reconstruct", "image"),
+                          ("sample", "seed")]:
+            for output, value in signatures[name](**{{key: inputs[key]}}).items():
+                outputs[name + "/" + output] = value.numpy()
+        np.savez({str(exported.tmp / "outputs.npz")!r}, **outputs)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=str(exported.tmp),
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                 "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = dict(np.load(exported.tmp / "outputs.npz"))
+
+    generator = exported.generator
+    reconstruct_z = export.infer_latent(
+        generator, inputs["image"] * 2 - 1, steps=RECONSTRUCT_STEPS,
+        step_size=exported.model.langevin_step_size, sigma=exported.model.sigma)
+    sample_z = export.latent_from_seeds(inputs["seed"], 4)
+    expected = {}
+    for name, z, extra in [("serving_default", inputs["z"], {}),
+                           ("reconstruct", reconstruct_z, {"z": reconstruct_z}),
+                           ("sample", sample_z, {"z": sample_z})]:
+        parse = generator.parse(tf.constant(z))
+        image_key = "reconstruction" if name == "reconstruct" else "image"
+        outputs = {image_key: (parse["image"] + 1) / 2, **extra,
+                   **{f"mask_{i}": t * r for i, (t, r) in enumerate(
+                       zip(parse["topk_masks"], parse["relu_masks"]), 1)},
+                   **{f"activation_{i}": a for i, a in enumerate(parse["activations"], 1)}}
+        expected.update({f"{name}/{k}": np.asarray(v) for k, v in outputs.items()})
+    assert set(served) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(served[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_masks_keep_at_most_k_and_activations_are_the_surviving_values(exported, loaded):
+    z = tf.random.stateless_normal([6, 4], [2, 0])
+    served = loaded.signatures["serving_default"](z=z)
+    parse = exported.generator.parse(z)
+    for i, k in enumerate(TINY.topk, 1):
+        mask = served[f"mask_{i}"].numpy()
+        assert mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
+        kept = mask.reshape(6, -1).sum(axis=1)
+        assert (kept <= k).all() and (kept > 0).any(), kept
+        feature_map = parse["feature_maps"][i - 1].numpy()
+        np.testing.assert_allclose(served[f"activation_{i}"], mask * feature_map,
+                                   rtol=1e-5, atol=1e-6)
+        assert (served[f"activation_{i}"].numpy()[mask == 1] > 0).all()  # ReLU kept them
+
+
+def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(loaded):
+    sample = loaded.signatures["sample"]
+    first = sample(seed=tf.constant([7, 8], tf.int64))
+    again = sample(seed=tf.constant([7, 8], tf.int64))
+    alone = sample(seed=tf.constant([8], tf.int64))
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+        np.testing.assert_allclose(alone[key][0], first[key][1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first["image"][0], first["image"][1])
+    assert first["image"].shape == (2, 32, 32, 3)
+    assert 0.0 <= first["image"].numpy().min() and first["image"].numpy().max() <= 1.0
+
+
+def test_reconstruct_moves_z_towards_the_image_and_ignores_the_batch(exported, loaded):
+    images = loaded.signatures["sample"](seed=tf.constant([1, 2, 3], tf.int64))["image"]
+    reconstruct = loaded.signatures["reconstruct"]
+    served = reconstruct(image=images)
+    alone = reconstruct(image=images[2:])
+    np.testing.assert_allclose(alone["z"][0], served["z"][2], rtol=1e-4, atol=1e-5)
+    start = tf.random.stateless_normal([1, 4], export.RECONSTRUCT_START_SEED)
+    start_error = tf.reduce_mean(tf.square(
+        (exported.generator(start) + 1) / 2 - images), axis=[1, 2, 3])
+    error = tf.reduce_mean(tf.square(served["reconstruction"] - images), axis=[1, 2, 3])
+    assert (error.numpy() < start_error.numpy()).all(), (error, start_error)
+
+
+@pytest.mark.parametrize("name,inputs,message", [
+    ("serving_default", {"z": tf.zeros([2, 5])}, "not compatible with expected shape"),
+    ("serving_default", {"z": tf.zeros([2, 4], tf.int32)}, "expected to be a float tensor"),
+    ("reconstruct", {"image": tf.zeros([1, 16, 16, 3])}, "not compatible with expected shape"),
+    ("sample", {"seed": tf.constant(7, tf.int64)}, "not compatible with expected shape"),
+    ("sample", {"seed": tf.constant([7.0])}, "expected to be a int64 tensor"),
+])
+def test_a_wrong_shape_or_dtype_is_a_clear_error_and_the_model_still_works(
+        loaded, name, inputs, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures[name](**inputs)
+    assert loaded.signatures["serving_default"](z=tf.zeros([1, 4]))["image"].shape[0] == 1
+
+
+def test_example_requests_fit_each_signature_and_rows_equal_columns(exported, loaded):
+    bodies = export.example_requests(exported.path)
+    assert set(bodies) == {f"{name}.{form}.json" for name in export.SIGNATURES
+                           for form in ("rows", "columns")}
+    for name in export.SIGNATURES:
+        signature = loaded.signatures[name]
+        rows = signature(**request_tensors(bodies[f"{name}.rows.json"], signature))
+        columns = signature(**request_tensors(bodies[f"{name}.columns.json"], signature))
+        for key in rows:
+            np.testing.assert_allclose(rows[key], columns[key], rtol=1e-5, atol=1e-6)
+
+
+def test_committed_requests_fit_an_export_of_the_default_config(tmp_path):
+    defaults = TrainConfig()
+    path = export.export_generator(Generator(defaults.generator_config()), str(tmp_path),
+                                   reconstruct_steps=1, step_size=0.1, sigma=0.3)
+    signatures = tf.saved_model.load(path).signatures
+    files = sorted(glob.glob(os.path.join(ROOT, "export", "requests", "*.json")))
+    assert {os.path.basename(f) for f in files} == set(export.example_requests(path))
+    for file in files:
+        with open(file) as f:
+            body = json.load(f)
+        signature = signatures[body["signature_name"]]
+        try:
+            tensors = request_tensors(body, signature)
+        except AssertionError as e:
+            pytest.fail(f"{file} does not fit the default config ({e}); regenerate the "
+                        "requests with python export/make_requests.py")
+        outputs = signature(**tensors)
+        assert outputs[next(iter(outputs))].shape[0] == len(next(iter(tensors.values())))
+
+
+def test_versions_increase_and_an_existing_version_is_never_overwritten(exported, tmp_path):
+    base = str(tmp_path / "exports")
+
+    def export_version(version=None):
+        return export.export_generator(exported.generator, base, reconstruct_steps=1,
+                                       step_size=0.1, sigma=0.3, version=version)
+
+    assert export_version() == os.path.join(base, "1")
+    assert export_version() == os.path.join(base, "2")
+    assert export_version(5) == os.path.join(base, "5")
+    assert export_version() == os.path.join(base, "6")
+    assert sorted(os.listdir(base)) == ["1", "2", "5", "6"]  # no temporary directory left
+    saved = os.path.join(base, "5", "saved_model.pb")
+    before = (os.stat(saved).st_mtime_ns, open(saved, "rb").read())
+    with pytest.raises(UserError, match="version 5 already exists"):
+        export_version(5)
+    assert (os.stat(saved).st_mtime_ns, open(saved, "rb").read()) == before
+    assert sorted(os.listdir(base)) == ["1", "2", "5", "6"]
+    with open(os.path.join(base, "6", export.INFO_FILE)) as f:
+        info = json.load(f)
+    assert info["signatures"]["reconstruct"]["langevin"]["steps"] == 1
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_checkpoint", "no checkpoint in"),
+    ("file_in_the_way", "cannot create --export_base"),
+    ("existing_version", "version 1 already exists"),
+])
+def test_export_refuses_in_one_line_and_writes_nothing(exported, tmp_path, case, message):
+    workdir, base, flags = exported.workdir, str(tmp_path / "exports"), []
+    if case == "no_checkpoint":
+        workdir = str(tmp_path / "empty_run")
+        os.makedirs(workdir)
+    elif case == "file_in_the_way":
+        (tmp_path / "a_file").write_text("not a directory")
+        base = str(tmp_path / "a_file" / "exports")
+    else:
+        base, flags = exported.base, ["--version=1"]
+    listing = sorted(os.listdir(exported.base))
+    saved = os.path.join(exported.base, "1", "saved_model.pb")
+    before = os.stat(saved).st_mtime_ns
+    result = run_export(f"--workdir={workdir}", f"--export_base={base}", *flags)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert message in last_line(result.stderr), result.stderr[-2000:]
+    assert last_line(result.stderr).startswith("export_saved_model.py: error:")
+    assert not os.path.exists(str(tmp_path / "exports"))
+    assert sorted(os.listdir(exported.base)) == listing
+    assert os.stat(saved).st_mtime_ns == before
+
+
+def test_generator_round_trips_through_a_keras_file(exported, tmp_path):
+    path = str(tmp_path / "generator.keras")
+    exported.generator.save(path)
+    reloaded = keras.models.load_model(path)
+    assert isinstance(reloaded, Generator)
+    assert reloaded.config == exported.generator.config
+    z = tf.random.stateless_normal([3, 4], [5, 0])
+    before, after = exported.generator.parse(z), reloaded.parse(z)
+    np.testing.assert_allclose(after["image"], before["image"], rtol=1e-6, atol=1e-6)
+    for a, b in zip(after["activations"], before["activations"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url, body=None, timeout=60):
+    """(status, JSON reply) of a GET, or of a POST of body."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="tensorflow_model_server is not on PATH (TF Serving cannot be "
+                           "installed on this machine); the export is checked with "
+                           "TensorFlow directly by the other tests")
+def test_tensorflow_model_server_serves_the_example_requests(exported, loaded, tmp_path):
+    with open(os.path.join(ROOT, "export", "models.config")) as f:
+        config = f.read()
+    assert 'base_path: "/models/sparse_gen"' in config
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config.replace("/models/sparse_gen", exported.base))
+    rest_port = free_port()
+    server = subprocess.Popen(
+        ["tensorflow_model_server", f"--port={free_port()}", f"--rest_api_port={rest_port}",
+         "--rest_api_num_threads=2", f"--model_config_file={config_file}",
+         "--enable_batching",
+         f"--batching_parameters_file={os.path.join(ROOT, 'export', 'batching_parameters.txt')}"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
+    url = f"http://127.0.0.1:{rest_port}/v1/models/sparse_gen"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                status, reply = http(url, timeout=5)
+                if status == 200 and reply["model_version_status"][0]["state"] == "AVAILABLE":
+                    break
+            except (urllib.error.URLError, ConnectionError, KeyError):
+                pass
+            assert time.time() < deadline, "the model server did not load the export"
+            time.sleep(0.5)
+
+        for name, body in export.example_requests(exported.path).items():
+            signature = loaded.signatures[body["signature_name"]]
+            expected = signature(**request_tensors(body, signature))
+            status, reply = http(f"{url}:predict", body)
+            assert status == 200, (name, reply)
+            if "instances" in body:
+                rows = reply["predictions"]
+                got = {key: np.array([row[key] for row in rows]) for key in expected}
+            else:
+                got = {key: np.array(value) for key, value in reply["outputs"].items()}
+            assert set(got) == set(expected), name
+            for key, value in expected.items():
+                np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4,
+                                           err_msg=f"{name}: {key}")
+
+        status, reply = http(f"{url}:predict", {"inputs": {"z": [[0.0] * 5]}})
+        assert status == 400 and "error" in reply, reply  # a wrongly shaped z
+        assert http(url)[0] == 200  # still serving
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
