@@ -99,11 +99,15 @@ class AlternatingBackprop(keras.Model):
                         step_size=self.langevin_step_size, sigma=self.sigma,
                         noise=self.langevin_noise, observed=observed)
 
+    def update_chains(self, ids, z):
+        """Stores the inferred z [batch, d] as the persistent chains of examples ids [batch]."""
+        self.chains.value.scatter_nd_update(ids[:, None], z)
+
     def train_step(self, data):
         ids, images, _ = keras.utils.unpack_x_y_sample_weight(data)
         ids = tf.cast(ids, tf.int32)
         z = self.infer(tf.gather(self.chains.value, ids), images)
-        self.chains.value.scatter_nd_update(ids[:, None], z)
+        self.update_chains(ids, z)
 
         with tf.GradientTape() as tape:
             parse = self.generator.parse(z)

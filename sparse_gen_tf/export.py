@@ -29,13 +29,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import trainer
+from sparse_gen_tf import inference, trainer
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.langevin import langevin
 
 SIGNATURES = ("serving_default", "reconstruct", "sample")
 INFO_FILE = os.path.join("assets.extra", "signatures.json")
-# Every reconstruct chain starts from this one N(0, I) draw, whatever its batch position.
+# Seeds `fixed_start`, the one starting point of an export that has no training chains.
 RECONSTRUCT_START_SEED = (0, 0)
 
 
@@ -63,19 +62,23 @@ def explanation(parse):
     return outputs
 
 
-def infer_latent(generator, images, *, steps, step_size, sigma):
+def fixed_start(latent_dim):
+    """One fixed N(0, I) draw [1, latent_dim]: the bank of an export without training chains."""
+    return tf.random.stateless_normal([1, latent_dim], RECONSTRUCT_START_SEED).numpy()
+
+
+def infer_latent(generator, images, *, steps, step_size, sigma, bank):
     """The served inference of z for images [batch, H, W, 3] in [-1, 1]; returns [batch, d].
 
-    `steps` noise-free Langevin steps (Eq. 10 without δ·E: gradient ascent on
-    log p(z, Y), Eq. 11) from one fixed N(0, I) draw shared by all rows. Without noise
-    and with a shared start, a row's z depends on its image only, not on the other rows
-    TF Serving batched it with, so a served answer is reproducible.
+    `inference.infer` with its deterministic parts only: start from the bank entry [M, d]
+    (the training run's persistent chains) whose rendering best explains the image
+    (log joint, Eq. 11), then `steps` noise-free Langevin steps (Eq. 10 without δ·E:
+    gradient ascent on Eq. 11). Its restarts and noisy annealing stages draw noise by
+    batch position, so under TF Serving's batching a request's answer would depend on
+    the requests it was batched with; without them a row's z depends on its image only.
     """
-    start = tf.random.stateless_normal([1, generator.config.latent_dim],
-                                       RECONSTRUCT_START_SEED)
-    z = tf.tile(start, [tf.shape(images)[0], 1])
-    return langevin(generator, z, images, RECONSTRUCT_START_SEED, steps=steps,
-                    step_size=step_size, sigma=sigma, noise=False)
+    return inference.infer(generator, images, steps=0, refine_steps=steps,
+                           step_size=step_size, sigma=sigma, restarts=1, bank=bank)
 
 
 def latent_from_seeds(seeds, latent_dim):
@@ -90,14 +93,16 @@ def latent_from_seeds(seeds, latent_dim):
         seeds, fn_output_signature=tf.float32)
 
 
-def build_archive(generator, *, reconstruct_steps, step_size, sigma):
+def build_archive(generator, *, reconstruct_steps, step_size, sigma, bank=None):
     """A `keras.export.ExportArchive` of generator with the three signatures (module doc).
 
     reconstruct_steps, step_size (δ), sigma (σ): the Langevin settings of `reconstruct`,
-    fixed in its graph.
+    fixed in its graph. bank: [M, d] starting points of `reconstruct` (the persistent
+    chains of the training images), stored in the graph; None uses `fixed_start`.
     """
     cfg = generator.config
     d, size = cfg.latent_dim, cfg.image_size
+    bank = fixed_start(d) if bank is None else np.asarray(bank, np.float32)
 
     # ensure_shape turns a wrongly shaped request into one clear error ("Shape of tensor
     # image [1,16,16,3] is not compatible with expected shape [?,32,32,3]"): a called
@@ -109,7 +114,7 @@ def build_archive(generator, *, reconstruct_steps, step_size, sigma):
     def reconstruct(image):
         image = tf.ensure_shape(image, [None, size, size, 3])
         z = infer_latent(generator, from_unit_range(image), steps=reconstruct_steps,
-                         step_size=step_size, sigma=sigma)
+                         step_size=step_size, sigma=sigma, bank=bank)
         parse = generator.parse(z)
         return {"z": z, "reconstruction": to_unit_range(parse["image"]),
                 **explanation(parse)}
@@ -129,7 +134,7 @@ def build_archive(generator, *, reconstruct_steps, step_size, sigma):
     return archive
 
 
-def describe(generator, *, reconstruct_steps, step_size, sigma, source=None):
+def describe(generator, *, reconstruct_steps, step_size, sigma, bank=None, source=None):
     """The JSON-able description written to assets.extra/signatures.json."""
     cfg = generator.config
     size, d = cfg.image_size, cfg.latent_dim
@@ -138,6 +143,9 @@ def describe(generator, *, reconstruct_steps, step_size, sigma, source=None):
         explained[f"mask_{i}"] = [-1, h, w, c]
         explained[f"activation_{i}"] = [-1, h, w, c]
     image = [-1, size, size, 3]
+    start = (f"the training chain, of {len(bank)}, with the highest log joint (Eq. 11)"
+             if bank is not None else
+             f"one fixed draw, stateless_normal(seed={list(RECONSTRUCT_START_SEED)})")
     return {
         "source": source,
         "generator_config": dataclasses.asdict(cfg),
@@ -152,11 +160,11 @@ def describe(generator, *, reconstruct_steps, step_size, sigma, source=None):
                 "outputs": {"image": image, **explained}},
             "reconstruct": {
                 "doc": (f"Infers z for each image by {reconstruct_steps} noise-free Langevin "
-                        "steps (Eq. 10 without noise) from a fixed N(0, I) start, and "
-                        "returns g(z) with its parse. Deterministic."),
+                        "steps (Eq. 10 without noise) from the best of the start bank, and "
+                        "returns g(z) with its parse. Deterministic; a row's answer does "
+                        "not depend on the other rows."),
                 "langevin": {"steps": reconstruct_steps, "step_size": step_size,
-                             "sigma": sigma, "noise": False,
-                             "start": f"stateless_normal(seed={list(RECONSTRUCT_START_SEED)})"},
+                             "sigma": sigma, "noise": False, "start": start},
                 "inputs": {"image": {"dtype": "float32", "shape": image}},
                 "outputs": {"z": [-1, d], "reconstruction": image, **explained}},
             "sample": {
@@ -229,11 +237,14 @@ def write_version(archive, export_base, version, info):
 
 
 def export_generator(generator, export_base, *, reconstruct_steps, step_size, sigma,
-                     version=None, source=None):
-    """Exports generator as the next (or the given) version in export_base; returns its path."""
+                     bank=None, version=None, source=None):
+    """Exports generator as the next (or the given) version in export_base; returns its path.
+
+    bank: optional [M, d] starting points of `reconstruct`, see `build_archive`.
+    """
     version = choose_version(export_base, version)
     settings = dict(reconstruct_steps=int(reconstruct_steps), step_size=float(step_size),
-                    sigma=float(sigma))
+                    sigma=float(sigma), bank=bank)
     archive = build_archive(generator, **settings)
     return write_version(archive, export_base, version,
                          describe(generator, source=source, **settings))
@@ -252,7 +263,7 @@ def export_workdir(workdir, export_base, *, reconstruct_steps, version=None):
     return export_generator(model.generator, export_base,
                             reconstruct_steps=reconstruct_steps,
                             step_size=model.langevin_step_size, sigma=model.sigma,
-                            version=version, source=checkpoint)
+                            bank=model.chains.numpy(), version=version, source=checkpoint)
 
 
 def example_requests(export_dir, rows=2):
@@ -294,4 +305,5 @@ def _example_input(key, spec, rows, rng):
 
 
 __all__ = ["SIGNATURES", "build_archive", "example_requests", "explanation",
-           "export_generator", "export_workdir", "infer_latent", "latent_from_seeds"]
+           "export_generator", "export_workdir", "fixed_start", "infer_latent",
+           "latent_from_seeds"]

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import export, trainer
+from sparse_gen_tf import export, inference, trainer
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.generator import Generator
+from sparse_gen_tf.langevin import log_joint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
@@ -133,7 +134,8 @@ def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported)
     generator = exported.generator
     reconstruct_z = export.infer_latent(
         generator, inputs["image"] * 2 - 1, steps=RECONSTRUCT_STEPS,
-        step_size=exported.model.langevin_step_size, sigma=exported.model.sigma)
+        step_size=exported.model.langevin_step_size, sigma=exported.model.sigma,
+        bank=exported.model.chains.numpy())
     sample_z = export.latent_from_seeds(inputs["seed"], 4)
     expected = {}
     for name, z, extra in [("serving_default", inputs["z"], {}),
@@ -179,17 +181,22 @@ def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(loade
     assert 0.0 <= first["image"].numpy().min() and first["image"].numpy().max() <= 1.0
 
 
-def test_reconstruct_moves_z_towards_the_image_and_ignores_the_batch(exported, loaded):
+def test_reconstruct_climbs_the_log_joint_from_the_best_chain_and_ignores_the_batch(
+        exported, loaded):
     images = loaded.signatures["sample"](seed=tf.constant([1, 2, 3], tf.int64))["image"]
     reconstruct = loaded.signatures["reconstruct"]
     served = reconstruct(image=images)
     alone = reconstruct(image=images[2:])
     np.testing.assert_allclose(alone["z"][0], served["z"][2], rtol=1e-4, atol=1e-5)
-    start = tf.random.stateless_normal([1, 4], export.RECONSTRUCT_START_SEED)
-    start_error = tf.reduce_mean(tf.square(
-        (exported.generator(start) + 1) / 2 - images), axis=[1, 2, 3])
-    error = tf.reduce_mean(tf.square(served["reconstruction"] - images), axis=[1, 2, 3])
-    assert (error.numpy() < start_error.numpy()).all(), (error, start_error)
+
+    model, targets = exported.model, images * 2 - 1
+    start = inference.starting_points(model.generator, targets, [0, 0], restarts=1,
+                                      sigma=model.sigma, bank=model.chains.numpy())[0]
+    start_log_p = tf.add_n(log_joint(model.generator, start, targets, model.sigma))
+    served_log_p = tf.add_n(log_joint(model.generator, served["z"], targets, model.sigma))
+    assert (served_log_p.numpy() > start_log_p.numpy()).all(), (served_log_p, start_log_p)
+    chains = model.chains.numpy()
+    assert not np.isclose(served["z"].numpy()[:, None], chains[None]).all(-1).any()
 
 
 @pytest.mark.parametrize("name,inputs,message", [
