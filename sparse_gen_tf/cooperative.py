@@ -106,12 +106,12 @@ class CooperativeLearning(AlternatingBackprop):
             noise=self.descriptor_noise)
 
     def train_step(self, data):
-        ids, images = data
+        ids, images, _ = keras.utils.unpack_x_y_sample_weight(data)
         ids = tf.cast(ids, tf.int32)
         batch = tf.shape(ids)[0]
         # 1. Posterior z for the examples, warm-started from and stored into the chains.
         z_examples = self.infer(tf.gather(self.chains.value, ids), images)
-        self.chains.value.scatter_nd_update(ids[:, None], z_examples)
+        self.update_chains(ids, z_examples)
         z = z_examples
         if self.fresh_samples:
             # 2. Prior draws, as CoopNets' generator proposes.

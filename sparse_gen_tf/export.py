@@ -160,9 +160,9 @@ def describe(generator, *, reconstruct_steps, step_size, sigma, bank=None, sourc
                 "outputs": {"image": image, **explained}},
             "reconstruct": {
                 "doc": (f"Infers z for each image by {reconstruct_steps} noise-free Langevin "
-                        "steps (Eq. 10 without noise) from the best of the start bank, and "
-                        "returns g(z) with its parse. Deterministic; a row's answer does "
-                        "not depend on the other rows."),
+                        "steps (Eq. 10 without noise) from langevin.start, and returns "
+                        "g(z) with its parse. Deterministic; a row's answer does not "
+                        "depend on the other rows."),
                 "langevin": {"steps": reconstruct_steps, "step_size": step_size,
                              "sigma": sigma, "noise": False, "start": start},
                 "inputs": {"image": {"dtype": "float32", "shape": image}},

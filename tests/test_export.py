@@ -168,6 +168,24 @@ def test_masks_keep_at_most_k_and_activations_are_the_surviving_values(exported,
         assert (served[f"activation_{i}"].numpy()[mask == 1] > 0).all()  # ReLU kept them
 
 
+def test_a_unit_that_topk_keeps_but_relu_zeroes_is_not_in_the_mask(tmp_path):
+    generator = Generator(TINY.generator_config())
+    # Layer 1 is its bias alone: 2 positive units, the other 30 at -1. TopK (K = 4) keeps
+    # the 2 positives and 2 of the -1s; ReLU then zeroes those two.
+    bias = -np.ones(generator.fc.bias.shape, np.float32)
+    bias[[3, 17]] = [0.5, 2.0]
+    generator.fc.kernel.assign(np.zeros(generator.fc.kernel.shape, np.float32))
+    generator.fc.bias.assign(bias)
+    path = export.export_generator(generator, str(tmp_path), reconstruct_steps=1,
+                                   step_size=0.1, sigma=0.3)
+    served = tf.saved_model.load(path).signatures["serving_default"](z=tf.ones([2, 4]))
+    assert tf.reduce_sum(generator.parse(tf.ones([2, 4]))["topk_masks"][0]) == 2 * 4
+    mask = served["mask_1"].numpy().reshape(2, -1)
+    np.testing.assert_array_equal(np.argwhere(mask[0]).ravel(), [3, 17])
+    np.testing.assert_array_equal(served["activation_1"].numpy().reshape(2, -1)[:, [3, 17]],
+                                  [[0.5, 2.0], [0.5, 2.0]])
+
+
 def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(loaded):
     sample = loaded.signatures["sample"]
     first = sample(seed=tf.constant([7, 8], tf.int64))
