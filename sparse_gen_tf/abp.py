@@ -46,6 +46,10 @@ class DeadChannels(keras.metrics.Metric):
         return {**super().get_config(), "num_channels": self.num_channels}
 
 
+# The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
+_compiled_langevin = tf.function(langevin, jit_compile=True)
+
+
 class AlternatingBackprop(keras.Model):
     """The sparse generator together with its learning algorithm and persistent chains.
 
@@ -55,12 +59,16 @@ class AlternatingBackprop(keras.Model):
       langevin_steps, langevin_step_size, sigma: L, δ and σ of Eq. (10)-(11).
       langevin_noise: False drops the δ·E term (deterministic inference, for tests).
       seed: seeds the chains' initial draw and the Langevin noise.
+      jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
+        cannot be (several replicas; `distribute.compile_options`).
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin_steps=20,
-                 langevin_step_size=0.1, sigma=0.3, langevin_noise=True, seed=0, **kwargs):
+                 langevin_step_size=0.1, sigma=0.3, langevin_noise=True, seed=0,
+                 jit_langevin=False, **kwargs):
         super().__init__(**kwargs)
+        self.jit_langevin = bool(jit_langevin)
         self.generator = generator
         self.num_examples = int(num_examples)
         self.langevin_steps = int(langevin_steps)
@@ -95,13 +103,25 @@ class AlternatingBackprop(keras.Model):
             # replica's chains get independent noise.
             seed = tf.random.experimental.stateless_fold_in(
                 tf.cast(seed, tf.int32), replica.replica_id_in_sync_group)
-        return langevin(self.generator, z, images, seed, steps=self.langevin_steps,
-                        step_size=self.langevin_step_size, sigma=self.sigma,
-                        noise=self.langevin_noise, observed=observed)
+        run = _compiled_langevin if self.jit_langevin else langevin
+        return run(self.generator, z, images, seed, steps=self.langevin_steps,
+                   step_size=self.langevin_step_size, sigma=self.sigma,
+                   noise=self.langevin_noise, observed=observed)
 
     def update_chains(self, ids, z):
-        """Stores the inferred z [batch, d] as the persistent chains of examples ids [batch]."""
-        self.chains.value.scatter_nd_update(ids[:, None], z)
+        """Stores the inferred z [batch, d] as the persistent chains of examples ids [batch].
+
+        Under a multi-replica strategy every replica holds a copy of all chains but infers
+        only its share of the batch; each writes the whole global batch, gathered from all
+        replicas, so that the copies stay identical.
+        """
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            ids = replica.all_gather(ids, axis=0)
+            z = replica.all_gather(z, axis=0)
+        # A MirroredVariable has scatter_update, not scatter_nd_update; with aggregation
+        # "none" (the chains') it writes this replica's copy only.
+        self.chains.value.scatter_update(tf.IndexedSlices(z, ids))
 
     def train_step(self, data):
         ids, images, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -111,16 +131,19 @@ class AlternatingBackprop(keras.Model):
 
         with tf.GradientTape() as tape:
             parse = self.generator.parse(z)
-            squared_error = tf.reduce_sum(tf.square(images - parse["image"]), axis=[1, 2, 3])
+            # Under a mixed policy g computes in 16 bits; the loss is summed in float32.
+            reconstruction = tf.cast(parse["image"], images.dtype)
+            squared_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
             loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
             # Keras sums gradients across replicas, so each replica's share is 1/n.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = loss / replicas
+            # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
         weights = self.generator.trainable_weights
         grads = tape.gradient(scaled_loss, weights)
         self.optimizer.apply(grads, weights)
 
-        mse = tf.reduce_mean(tf.square(images - parse["image"]))
+        mse = tf.reduce_mean(tf.square(images - reconstruction))
         log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
         values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
                   "log_likelihood": -squared_error / (2.0 * self.sigma ** 2),

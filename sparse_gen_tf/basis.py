@@ -23,6 +23,7 @@ are exactly Eq. (3): fm_sj ⊗ ker + bias / K'. `identity_error` checks all of i
 precision.
 """
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -137,3 +138,24 @@ def identity_error(generator, parse, layer):
 
     return tf.maximum(norm(by_terms - logits), norm(by_basis - logits)) / tf.maximum(
         norm(logits), 1e-12)
+
+
+def mean_coefficients(generator, z, layer):
+    """(count [c], mean coefficient [c]) of each channel of a 1-based layer over the parses
+    of z [n, d]; the mean is 0 for channels that never survive."""
+    activation = np.asarray(generator.parse(z)["activations"][layer - 1])
+    count = (activation > 0).sum(axis=(0, 1, 2))
+    return count, activation.sum(axis=(0, 1, 2)) / np.maximum(count, 1)
+
+
+def painted_kernels(generator, coefficients):
+    """The bottom basis functions as the patches they paint: [c, k, k, 3] in [-1, 1].
+
+    A bottom unit with coefficient s adds s * ker_c to the logits (Eq. 3), on top of the
+    image layer's bias; alone on an otherwise empty parse it paints tanh(bias_n + s ker_c).
+    coefficients: [c], the s to paint each channel with (e.g. its mean coefficient).
+    """
+    deconv = generator.deconvs[-1]
+    kernels = deconv.kernel.numpy()
+    scale = np.asarray(coefficients, np.float32)[:, None, None, None]
+    return np.tanh(deconv.bias.numpy() + scale * kernels)

@@ -10,7 +10,9 @@ the definitions):
   parse_accuracy        held-out cells whose dominant OR node maps to the true part
   psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
   psnr_train            training images, z = their persistent chains
-  *_plain               held-out, plain Langevin from N(0, I) (the calibration baseline)
+  *_train_infer         training images, z from `inference.infer` like the held-out ones
+  *_plain               held-out, plain Langevin from N(0, I), 200 steps: the calibration
+                        baseline, `inference.PLAIN_SETTINGS`
 
 Channels are mapped to parts on the first --num_fit training images (persistent chains);
 "in use" means surviving in at least one of their parses. With several workdirs it also
@@ -33,8 +35,11 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("kernel_purity", "Kernel purity (clean / in use)", None),
         ("parse_accuracy", "Parse accuracy, held-out", "{:.3f}"),
         ("parse_accuracy_train", "Parse accuracy, training (persistent chains)", "{:.3f}"),
+        ("parse_accuracy_train_infer", "Parse accuracy, training, same inference as "
+         "held-out", "{:.3f}"),
         ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
         ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
+        ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
         ("parse_accuracy_plain", "Parse accuracy, held-out, plain Langevin", "{:.3f}"),
         ("psnr_heldout_plain", "PSNR held-out, plain Langevin (dB)", "{:.2f}"))
 
@@ -70,10 +75,9 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     labels = truth.part_labels[:num_fit]
     channel_parts = parts_metrics.fit_channel_parts(fit_dominant, labels,
                                                     generator.config.channels[-1])
-    kernels = parts_metrics.bottom_kernels(generator)
-    recovery, per_part, _ = parts_metrics.dictionary_recovery(kernels, truth.parts)
-    in_use = (fit_contributions > 0).any(axis=(0, 1, 2))
-    purity, num_pure, num_used = parts_metrics.kernel_purity(kernels, truth.parts, in_use)
+    patches, in_use = parts_metrics.bottom_patches(generator, chains)
+    recovery, per_part, _ = parts_metrics.dictionary_recovery(patches, truth.parts)
+    purity, num_pure, num_used = parts_metrics.kernel_purity(patches, truth.parts, in_use)
 
     heldout, heldout_truth = heldout_images(config, num_heldout)
     heldout = to_model_range(heldout).numpy()
@@ -91,6 +95,10 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         "psnr_train": parts_metrics.psnr(train, generator(chains).numpy()),
         "num_heldout": num_heldout, "num_fit": num_fit, "inference": settings.to_dict(),
         "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
+    num_train = min(num_heldout, num_fit)
+    z = inference.reconstruct(model, train[:num_train], settings=settings, seed=seed).numpy()
+    results["psnr_train_infer"], results["parse_accuracy_train_infer"] = score_latents(
+        generator, z, train[:num_train], labels[:num_train], channel_parts)
     if baseline:
         z = inference.reconstruct(model, heldout, settings=inference.PLAIN_SETTINGS,
                                   seed=seed).numpy()

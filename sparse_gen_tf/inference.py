@@ -34,8 +34,8 @@ class InferenceSettings:
     use_bank: start from the persistent chains of the training images (the model's
     `chains`), in addition to N(0, I) draws.
     """
-    steps: int = 200
-    restarts: int = 8
+    steps: int = 100
+    restarts: int = 16
     anneal_sigma: float = 1.0
     anneal_stages: int = 1
     refine_steps: int = 0
@@ -47,7 +47,7 @@ class InferenceSettings:
 
 DEFAULT_SETTINGS = InferenceSettings()
 # The calibration's plain Langevin: one chain from N(0, I), as `AlternatingBackprop.reconstruct`.
-PLAIN_SETTINGS = InferenceSettings(restarts=1, use_bank=False)
+PLAIN_SETTINGS = InferenceSettings(steps=200, restarts=1, use_bank=False)
 
 
 def _energies_against_bank(generator, images, bank, sigma, observed):

@@ -25,7 +25,9 @@ def log_joint(generator, z, images, sigma, observed=None):
     Returns:
       (log_likelihood [batch], log_prior [batch]), without the constant C.
     """
-    residual = images - generator(z)
+    images = tf.convert_to_tensor(images)
+    # Under a mixed precision policy g(z) is 16-bit; the likelihood and ∂/∂z stay float32.
+    residual = images - tf.cast(generator(z), images.dtype)
     if observed is not None:
         residual = residual * tf.cast(observed, residual.dtype)
     log_likelihood = -tf.reduce_sum(tf.square(residual), axis=[1, 2, 3]) / (2.0 * sigma ** 2)

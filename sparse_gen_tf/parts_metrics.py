@@ -11,13 +11,15 @@ bottom unit paints its cell with its kernel. The scores:
   majority vote fitted on training parses, against the true part of the cell.
 * PSNR of reconstructions.
 
-Comparing basis functions with parts. A bottom basis function lives before the tanh: the
-unit adds s * ker to the logits, on top of the bias that paints the black background.
-tanh is monotone, so a unit that paints a part has a kernel that is large exactly where
-the part is bright; the kernel patch itself (the part of it that falls in the unit's own
-cell, which for kernel = stride is all of it) is compared with the part's deviation from
-the background, part + 1. r is the Pearson correlation over the cell's pixels and colour
-channels, so it ignores the kernel's scale and offset.
+Comparing basis functions with parts. A bottom unit adds s * ker to the logits, over the
+image layer's bias; what it contributes to the image is the patch it paints, tanh(bias_n
++ s ker), at its typical coefficient s (its mean over the training parses; channels that
+never survive take the mean of the others). tanh is monotone, so this patch is large exactly
+where the kernel is, but unlike the raw kernel it does not carry the arbitrary depth of the
+saturated background (a logit of -4 and one of -9 both paint black). The patch, cropped to
+the unit's own cell (all of it when kernel = stride), is compared with the part by Pearson
+r over pixels and colour channels; r subtracts each one's mean (the background level) and
+ignores scale.
 """
 
 import numpy as np
@@ -38,12 +40,18 @@ def check_geometry(config, cell):
     return None
 
 
-def bottom_kernels(generator):
-    """The bottom kernels cropped to the cell each unit owns: [channels, s, s, 3]."""
+def bottom_patches(generator, z):
+    """The bottom basis functions as painted patches, cropped to each unit's own cell:
+    [channels, s, s, 3] in [-1, 1], at each channel's mean coefficient over the parses of
+    z; also returns the bool [channels] of channels that survive in some parse of z."""
+    count, mean = basis_lib.mean_coefficients(generator, z, generator.num_layers)
+    used = count > 0
+    patches = basis_lib.painted_kernels(
+        generator, np.where(used, mean, mean[used].mean() if used.any() else 1.0))
     deconv = generator.deconvs[-1]
     k, s = deconv.kernel_size, deconv.strides
     pad = (k - s) // 2
-    return deconv.kernel.numpy()[:, pad:pad + s, pad:pad + s, :]
+    return patches[:, pad:pad + s, pad:pad + s, :], used
 
 
 def correlations(a, b):
@@ -57,15 +65,15 @@ def correlations(a, b):
     return a @ b.T
 
 
-def dictionary_recovery(kernels, parts):
+def dictionary_recovery(patches, parts):
     """(mean over parts of the best r, [num_parts] best r, [num_parts] best channel)."""
-    r = correlations(parts + 1.0, kernels)
+    r = correlations(parts, patches)
     return float(r.max(1).mean()), r.max(1), r.argmax(1)
 
 
-def kernel_purity(kernels, parts, in_use):
+def kernel_purity(patches, parts, in_use):
     """(fraction of in-use kernels with max |r| > PURE, number pure, number in use)."""
-    r = np.abs(correlations(kernels, parts + 1.0)).max(1)
+    r = np.abs(correlations(patches, parts)).max(1)
     used = np.asarray(in_use, bool)
     pure = int((r[used] > PURE).sum())
     return pure / max(int(used.sum()), 1), pure, int(used.sum())

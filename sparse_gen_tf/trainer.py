@@ -26,6 +26,7 @@ from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.descriptor import Descriptor
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.generator import Generator
+from sparse_gen_tf.visualize import explanation_summaries
 
 
 def write_atomically(path, text):
@@ -146,6 +147,7 @@ def train(config: TrainConfig):
 
     images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
                             num_images=config.num_summary_images, seed=config.seed)
+    images.extra.append(explanation_summaries(model, seed=config.seed))
     callbacks = [
         DivergenceGuard(),
         ResumableTensorBoard(int(model.optimizer.iterations),

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf import basis as basis_lib
-from sparse_gen_tf.bitmap_font import draw_text, format_number, text_mask
+from sparse_gen_tf.bitmap_font import draw_text, format_number
 from sparse_gen_tf.figures import image_grid, to_uint8
 from sparse_gen_tf.parse_graph import image_boxes
 
@@ -32,23 +32,14 @@ def sample_latents(generator, num, seed=0):
     return tf.random.stateless_normal([num, generator.config.latent_dim], [seed, 7]).numpy()
 
 
-def channel_usage(generator, z, layer):
-    """(count [c], mean coefficient [c]) of each channel of a 1-based layer over parses of z."""
-    activation = np.asarray(generator.parse(z)["activations"][layer - 1])
-    count = (activation > 0).sum(axis=(0, 1, 2))
-    mean = activation.sum(axis=(0, 1, 2)) / np.maximum(count, 1)
-    return count, mean
-
-
 def bottom_kernels(generator, z):
-    """Bottom kernels as patches [c, k, k, 3] in [-1, 1] (Fig. 2a): tanh(bias + s̄_c ker_c),
+    """Bottom kernels as patches [c, k, k, 3] in [-1, 1] (Fig. 2a): tanh(bias_n + s̄_c ker_c),
     s̄_c the channel's mean coefficient over the parses of z. Channels no parse of z uses
     are drawn at the mean coefficient of all channels and dimmed to a third."""
-    count, mean = channel_usage(generator, z, generator.num_layers)
+    count, mean = basis_lib.mean_coefficients(generator, z, generator.num_layers)
     used = count > 0
     scale = np.where(used, mean, mean[used].mean() if used.any() else 1.0)
-    kernels = generator.deconvs[-1].kernel.numpy()
-    patches = paint(generator, scale[:, None, None, None] * kernels)
+    patches = basis_lib.painted_kernels(generator, scale)
     return np.where(used[:, None, None, None], patches, (patches + 1.0) / 3.0 - 1.0)
 
 
@@ -80,11 +71,11 @@ def kernel_figures(generator, z, columns=16):
     """{"bottom": uint8 grid of the bottom kernels, "top": uint8 grid of the top units
     in image space} (Fig. 2a, 2b)."""
     bottom = bottom_kernels(generator, z)
-    bottom = np.stack([upscale(p, max(1, 24 // p.shape[0])) for p in bottom])
+    bottom = np.stack([upscale(p, max(1, 32 // p.shape[0])) for p in bottom])
     top = unit_images(generator, z, 1)
-    top = np.stack([upscale(p, max(1, 48 // p.shape[0])) for p in top])
-    return {"bottom": image_grid(bottom, columns=columns, pad=2),
-            "top": image_grid(top, columns=min(columns, 8), pad=2)}
+    top = np.stack([upscale(p, max(1, 64 // p.shape[0])) for p in top])
+    return {"bottom": image_grid(bottom, columns=min(columns, len(bottom)), pad=2),
+            "top": image_grid(top, columns=min(columns // 2, len(top)), pad=2)}
 
 
 def _and_panel(crop, thumbs, coefficients, max_coefficient, max_or, scale):
@@ -189,4 +180,4 @@ def explanation_summaries(model, num_samples=128, seed=0):
 
 
 __all__ = ["bottom_kernels", "explanation_summaries", "kernel_figures", "parse_figure",
-           "text_mask", "unit_images"]
+           "unit_images"]

@@ -1,0 +1,161 @@
+"""Cooperative learning (§2.4): the train step, its metrics, checkpoints and flags."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sparse_gen_tf import Generator, GeneratorConfig
+from sparse_gen_tf.cooperative import COOPERATIVE_METRICS, CooperativeLearning
+from sparse_gen_tf.descriptor import Descriptor, DescriptorConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENERATOR = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
+                            kernel_sizes=(4, 4), strides=(2, 4))
+DESCRIPTOR = DescriptorConfig(channels=(4, 8, 8))
+N = 16
+
+
+def make_model(jit_compile=True, generator_optimizer=None, **kwargs):
+    model = CooperativeLearning(
+        Generator(GENERATOR), Descriptor(DESCRIPTOR, image_size=16), N,
+        descriptor_optimizer=keras.optimizers.Adam(0.01, beta_1=0.5), langevin_steps=3,
+        seed=1, **kwargs)
+    model.compile(optimizer=generator_optimizer or keras.optimizers.Adam(1e-3),
+                  jit_compile=jit_compile)
+    return model
+
+
+def data():
+    images = tf.random.stateless_uniform([N, 16, 16, 3], [2, 3], -1, 1)
+    return tf.range(N), images
+
+
+def test_steps_under_xla_update_both_nets_and_widen_the_descriptor_gap():
+    model = make_model()
+    ids, images = data()
+    chains = model.chains.numpy().copy()
+    generator_kernel = model.generator.deconvs[-1].kernel.numpy().copy()
+    descriptor_kernel = model.descriptor.score.kernel.numpy().copy()
+    gaps, logs = [], None
+    for step in range(6):
+        batch = slice(4 * (step % 4), 4 * (step % 4) + 4)
+        logs = model.train_on_batch(ids[batch], images[batch], return_dict=True)
+        gaps.append(logs["f_observed"] - logs["f_revised"])
+    # The first gap is measured with the initial φ; maximum likelihood then separates
+    # the data from the revised samples.
+    assert gaps[-1] > gaps[0] + 0.1 and gaps[-1] > 0, gaps
+    assert np.isclose(logs["descriptor_loss"], -gaps[-1], rtol=1e-4)
+    assert int(model.descriptor_optimizer.iterations) == 6
+    assert int(model.optimizer.iterations) == 6
+    assert (np.abs(model.chains.numpy() - chains).max(axis=1) > 0).all()
+    assert not np.allclose(model.generator.deconvs[-1].kernel.numpy(), generator_kernel)
+    assert not np.allclose(model.descriptor.score.kernel.numpy(), descriptor_kernel)
+    for name in ("loss", "mse", "psnr", "z_norm", "nonzero_2") + COOPERATIVE_METRICS:
+        assert np.isfinite(logs[name]), name
+    assert logs["revision"] > 0
+
+
+def test_noise_free_revision_lowers_the_energy_it_reports():
+    model = make_model(descriptor_noise=False, descriptor_step_size=0.01,
+                       descriptor_reference=0.5)
+    ids, images = data()
+    logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
+    assert logs["energy_after"] < logs["energy_before"]
+
+
+def test_generator_learns_only_from_the_revision():
+    # A revision too small to represent in float32 leaves Ỹ = g(z): Eq. (12) with Ỹ for
+    # Y then has a zero gradient, however far g(z) is from the data.
+    model = make_model(generator_optimizer=keras.optimizers.SGD(1.0), descriptor_steps=1,
+                       descriptor_step_size=1e-30, descriptor_noise=False)
+    ids, images = data()
+    weights = [w.numpy().copy() for w in model.generator.trainable_weights]
+    logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
+    assert logs["loss"] == 0.0 and logs["revision"] == 0.0 and logs["mse"] > 0.1
+    for before, after in zip(weights, model.generator.trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_fresh_samples_join_the_step_but_only_the_batch_chains_move():
+    model = make_model(fresh_samples=True)
+    ids, images = data()
+    chains = model.chains.numpy().copy()
+    logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
+    moved = np.abs(model.chains.numpy() - chains).max(axis=1) > 0
+    assert moved[:4].all() and not moved[4:].any()
+    assert all(np.isfinite(logs[name]) for name in COOPERATIVE_METRICS)
+
+
+# --- the real train.py --descriptor -------------------------------------------------------
+
+TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
+        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--log_every=1"]
+DESCRIPTOR_FLAGS = ["--descriptor", "--descriptor_channels=4,4,4", "--descriptor_steps=2"]
+
+
+def run_train(*flags, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def descriptor_tensors(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith("model/descriptor")}
+
+
+def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_them(
+        tmp_path):
+    from sparse_gen_tf import trainer
+
+    workdir = str(tmp_path / "run")
+    first = run_train(f"--workdir={workdir}", "--train_steps=2", *TINY, *DESCRIPTOR_FLAGS)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = descriptor_tensors(workdir)
+    kernel_key = "model/descriptor/score/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    iterations_key = "model/descriptor_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    assert saved[iterations_key] == 2 and saved[kernel_key].shape == (8 * 8 * 4, 1)
+    assert any("descriptor_optimizer/_variables" in k for k in saved)  # Adam's moments
+
+    # Restored into a fresh model: the descriptor and its optimizer are the saved ones.
+    model, _ = trainer.restore(trainer.read_config(workdir))
+    np.testing.assert_array_equal(model.descriptor.score.kernel.numpy(), saved[kernel_key])
+    assert int(model.descriptor_optimizer.iterations) == 2
+
+    second = run_train(f"--workdir={workdir}", "--train_steps=4", *TINY, *DESCRIPTOR_FLAGS)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resumed from" in second.stderr
+    resumed = descriptor_tensors(workdir)
+    assert resumed[iterations_key] == 4  # continued at 2, not from 0
+    assert not np.array_equal(resumed[kernel_key], saved[kernel_key])
+
+    plain = run_train(f"--workdir={workdir}", "--train_steps=6", *TINY)
+    assert plain.returncode != 0
+    assert "--descriptor was True, now False" in plain.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--descriptor_steps=5"], "add --descriptor"),
+    (["--descriptor_fresh_samples"], "add --descriptor"),
+    (["--descriptor", "--descriptor_step_size=0"], "--descriptor_step_size must be > 0"),
+    (["--descriptor", "--descriptor_reference=-1"], "--descriptor_reference must be > 0"),
+    (["--descriptor", "--descriptor_learning_rate=0"], "--descriptor_learning_rate must be"),
+    (["--descriptor", "--descriptor_steps=0"], "descriptor_steps"),
+    (["--descriptor", "--descriptor_channels=8,8"], "need 2 entries each"),
+    (["--descriptor", "--descriptor_strides=2,x,1"], "positive integers"),
+])
+def test_bad_descriptor_flags_fail_with_one_clear_line_and_write_nothing(tmp_path, flags,
+                                                                          message):
+    workdir = tmp_path / "run"
+    result = run_train(f"--workdir={workdir}", *TINY, *flags, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "Flags parsing error" in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert not workdir.exists()
