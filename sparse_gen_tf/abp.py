@@ -14,6 +14,7 @@ Everything runs inside Keras' compiled train function (XLA when `jit_compile`), 
 import keras
 import tensorflow as tf
 
+from sparse_gen_tf import distribute
 from sparse_gen_tf.generator import Generator
 from sparse_gen_tf.langevin import langevin, log_joint
 
@@ -86,6 +87,9 @@ class AlternatingBackprop(keras.Model):
         for i, c in enumerate(generator.config.channels, 1):
             self.trackers[f"nonzero_{i}"] = keras.metrics.Mean(name=f"nonzero_{i}")
             self.trackers[f"dead_channels_{i}"] = DeadChannels(c, name=f"dead_channels_{i}")
+        # All state exists now. Under a tf.distribute strategy Keras would otherwise "build"
+        # the model before fit by calling it on the ids of a batch, which are not a z.
+        self.built = True
 
     @property
     def metrics(self):
@@ -117,8 +121,7 @@ class AlternatingBackprop(keras.Model):
         """
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
-            ids = replica.all_gather(ids, axis=0)
-            z = replica.all_gather(z, axis=0)
+            ids, z = distribute.all_gather(ids), distribute.all_gather(z)
         # A MirroredVariable has scatter_update, not scatter_nd_update; with aggregation
         # "none" (the chains') it writes this replica's copy only.
         self.chains.value.scatter_update(tf.IndexedSlices(z, ids))
@@ -154,7 +157,19 @@ class AlternatingBackprop(keras.Model):
             values[f"dead_channels_{i}"] = active
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self.step_logs()
+
+    def step_logs(self):
+        """The trackers' results: what a train step returns to Keras."""
+        return distribute.step_logs(
+            {name: tracker.result() for name, tracker in self.trackers.items()})
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (TF backend, under a strategy) "builds" a model before fit by running it
+        # symbolically on a batch averaged over replicas. All state here is made in
+        # __init__, so there is nothing to build, and under MultiWorkerMirroredStrategy the
+        # averaging itself fails (keras-team/keras#20585).
+        del iterator, data_batch
 
     def reconstruct(self, images, steps=None, seed=None, observed=None):
         """Infers z for new images by Langevin from N(0, I); returns (z, g(z)).

@@ -22,7 +22,7 @@ class DivergenceGuard(keras.callbacks.Callback):
             if logs and name in logs and not math.isfinite(float(logs[name])):
                 raise DivergenceError(
                     f"Langevin dynamics diverged ({name} is {float(logs[name])}) at step "
-                    f"{int(self.model.optimizer.iterations)}; lower --langevin_step_size or "
+                    f"{int(self.model.optimizer.iterations.numpy())}; lower --langevin_step_size or "
                     "--learning_rate, or raise --sigma; the last good checkpoint is kept")
 
 
@@ -46,7 +46,9 @@ class Checkpointing(keras.callbacks.Callback):
         if logs and not all(math.isfinite(float(v)) for v in logs.values()):
             raise DivergenceError(f"non-finite metrics at epoch {epoch + 1}: not saving; "
                                   "lower --langevin_step_size or --learning_rate")
-        step = int(self.model.optimizer.iterations)
+        # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable,
+        # which int() does not take.
+        step = int(self.model.optimizer.iterations.numpy())
         self.manager.save(checkpoint_number=step)
         for callback in self.on_save:
             callback(step)

@@ -44,6 +44,11 @@ class TrainConfig:
     descriptor_reference: float = 0.016
     descriptor_learning_rate: float = 0.007   # Adam, β1 = 0.5, constant (as CoopNets)
     descriptor_fresh_samples: bool = False
+    # Where the run executes (distribute.py). A run may resume under another strategy or
+    # number of devices: the checkpoint holds one copy of every variable.
+    strategy: str = "default"      # default, mirrored or multi_worker
+    cpu_devices: int = 0           # logical CPU devices for mirrored without GPUs
+    mixed_precision: str = "float32"   # or mixed_float16 / mixed_bfloat16 (Keras policy)
 
     def generator_config(self):
         return GeneratorConfig(image_size=self.image_size, latent_dim=self.latent_dim,
@@ -60,4 +65,6 @@ class TrainConfig:
     STATE_FIELDS = ("dataset", "image_size", "num_images", "latent_dim", "channels",
                     "kernel_sizes", "strides", "seed",
                     "descriptor", "descriptor_channels", "descriptor_kernel_sizes",
-                    "descriptor_strides")
+                    "descriptor_strides",
+                    # mixed_float16 wraps the optimizer (loss scaling), so its slots move.
+                    "mixed_precision")

@@ -165,7 +165,7 @@ class CooperativeLearning(AlternatingBackprop):
             values[f"dead_channels_{i}"] = active
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self.step_logs()  # shaped for Keras' reduction over workers (distribute.py)
 
 
 __all__ = ["CooperativeLearning", "COOPERATIVE_METRICS"]

@@ -6,6 +6,7 @@ writes into DIR (default WORKDIR/explain):
 
   kernels_bottom.png         the bottom kernels as image patches (Fig. 2a)
   kernels_top.png            each top unit as its basis function in image space (Fig. 2b)
+  kernels.png                the two above, one over the other
   sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of g(z),
                              z ~ N(0, I)
   image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
@@ -18,6 +19,7 @@ draws of its grammar (another image seed); for image datasets, the images after 
 first --num_images.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -39,6 +41,8 @@ def load_run(workdir):
     if config is None:
         raise UserError(f"no training run in {workdir} (no config.json); train first with "
                         f"python train.py --workdir={workdir}")
+    # The run may have been moved since training: its checkpoints are where it is now.
+    config = dataclasses.replace(config, workdir=workdir)
     model, _ = trainer.restore(config)
     return config, model
 
@@ -57,6 +61,14 @@ def heldout_images(config, num):
 
 def write_png(path, image):
     tf.io.write_file(path, tf.io.encode_png(np.asarray(image, np.uint8)))
+
+
+def stack(*images, gap=8):
+    """uint8 images [h_i, w_i, 3] one above the other, left-aligned, on white."""
+    width = max(image.shape[1] for image in images)
+    padded = [np.pad(image, [(0, gap), (0, width - image.shape[1]), (0, 0)],
+                     constant_values=255) for image in images]
+    return np.concatenate(padded)[:-gap]
 
 
 def explain_latents(generator, z, output_dir, prefix):
@@ -93,6 +105,8 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
     figures = visualize.kernel_figures(generator, latents)
     write_png(os.path.join(output_dir, "kernels_bottom.png"), figures["bottom"])
     write_png(os.path.join(output_dir, "kernels_top.png"), figures["top"])
+    write_png(os.path.join(output_dir, "kernels.png"), stack(figures["bottom"],
+                                                             figures["top"]))
     summary = {"workdir": workdir, "topk": list(config.topk),
                "samples": explain_latents(generator, latents[:num_samples], output_dir,
                                           "sample")}

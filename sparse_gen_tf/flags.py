@@ -11,6 +11,7 @@ from absl import flags
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.data.pipeline import DATASETS
 from sparse_gen_tf.descriptor import DescriptorConfig
+from sparse_gen_tf.distribute import PRECISIONS, STRATEGIES
 from sparse_gen_tf.generator import GeneratorConfig
 
 _D = TrainConfig()
@@ -83,6 +84,17 @@ flags.DEFINE_boolean("descriptor_fresh_samples", _D.descriptor_fresh_samples,
                      "Also revise g(z) for fresh z ~ N(0, I) (CoopNets); they join the "
                      "descriptor's negative phase and the generator's regression.")
 
+flags.DEFINE_enum("strategy", _D.strategy, list(STRATEGIES),
+                  "default: one device; mirrored: all local GPUs, or --cpu_devices logical "
+                  "CPUs; multi_worker: the hosts in TF_CONFIG. --batch_size is global.")
+flags.DEFINE_integer("cpu_devices", _D.cpu_devices,
+                     "Split the CPU into this many logical devices, the replicas of "
+                     "--strategy=mirrored on a machine without GPUs (0: leave it whole).",
+                     lower_bound=0)
+flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(PRECISIONS),
+                  "Keras dtype policy of the networks; z, Langevin and the losses stay "
+                  "float32. mixed_float16 and mixed_bfloat16 are for GPUs.")
+
 FLAGS = flags.FLAGS
 
 
@@ -123,6 +135,15 @@ def _check_data_dir(values):
     if values["dataset"] == "folder" and not values["data_dir"]:
         raise flags.ValidationError(
             "--dataset=folder needs --data_dir=PATH, a folder of JPEG or PNG images")
+    return True
+
+
+@flags.multi_flags_validator(["strategy", "cpu_devices"])
+def _check_cpu_devices(values):
+    if values["cpu_devices"] > 1 and values["strategy"] != "mirrored":
+        raise flags.ValidationError(
+            f"--cpu_devices={values['cpu_devices']} only makes replicas for "
+            "--strategy=mirrored; add it or drop --cpu_devices")
     return True
 
 

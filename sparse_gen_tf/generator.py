@@ -110,8 +110,11 @@ class Generator(keras.Model):
     def build(self, input_shape):
         cfg = self.config
         self.fc.build(input_shape)
-        for deconv, (h, w, c) in zip(self.deconvs, cfg.feature_map_shapes()):
+        for deconv, topk, (h, w, c) in zip(self.deconvs, self.topks, cfg.feature_map_shapes()):
             deconv.build((None, h, w, c))
+            # TopK has no weights, but Keras checks that every layer is built before fit
+            # under a tf.distribute strategy.
+            topk.build((None, h, w, c))
         self.built = True
 
     @property

@@ -21,6 +21,7 @@ Everything is standard TF ops with static shapes (restarts and stages are Python
 """
 
 import dataclasses
+import functools
 
 import tensorflow as tf
 
@@ -138,16 +139,22 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
 def reconstruct(model, images, *, settings=DEFAULT_SETTINGS, seed=0, observed=None):
     """Infers z [batch, d] for images [batch, H, W, 3] in [-1, 1] with a trained
     `AlternatingBackprop` model: its generator, δ, σ and (if settings.use_bank) chains."""
-    run = tf.function(lambda x, o: infer(
-        model.generator, x, steps=settings.steps, step_size=model.langevin_step_size,
-        sigma=model.sigma, restarts=settings.restarts, seed=seed, observed=o,
-        bank=model.chains.value if settings.use_bank else None,
-        anneal_sigma=settings.anneal_sigma, anneal_stages=settings.anneal_stages,
-        refine_steps=settings.refine_steps), jit_compile=True)
     images = tf.convert_to_tensor(images, tf.float32)
     if observed is not None:
         observed = tf.convert_to_tensor(observed, tf.float32)
-    return run(images, observed)
+    return _compiled(model, settings, seed, observed is not None)(images, observed)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model, settings, seed, masked):
+    """One XLA function per (model, settings, seed, masked), reused across calls."""
+    del masked  # part of the cache key only: None and a mask trace differently
+    return tf.function(lambda images, observed: infer(
+        model.generator, images, steps=settings.steps, step_size=model.langevin_step_size,
+        sigma=model.sigma, restarts=settings.restarts, seed=seed, observed=observed,
+        bank=model.chains.value if settings.use_bank else None,
+        anneal_sigma=settings.anneal_sigma, anneal_stages=settings.anneal_stages,
+        refine_steps=settings.refine_steps), jit_compile=True)
 
 
 def define_flags():

@@ -6,6 +6,8 @@ workdir/
   checkpoints/       tf.train checkpoints: generator, chains, optimizer, epoch, RNG state
   tb/train/          Keras TensorBoard scalars (batch_* every --log_every steps, epoch_*)
   tb/images/         image grids written at each checkpoint
+
+With several workers (--strategy=multi_worker) only the chief writes here (distribute.py).
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ from sparse_gen_tf.callbacks import Checkpointing, DivergenceGuard, ImageSummari
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
+from sparse_gen_tf import distribute
 from sparse_gen_tf.descriptor import Descriptor
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.generator import Generator
@@ -65,10 +68,12 @@ def check_resumable(config):
 
 def build_model(config, num_examples):
     """The AlternatingBackprop model for config (CooperativeLearning with --descriptor),
-    compiled with Adam."""
+    compiled with Adam, for the strategy in scope."""
+    jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
+                                                        config.jit_compile)
     abp = dict(langevin_steps=config.langevin_steps,
                langevin_step_size=config.langevin_step_size, sigma=config.sigma,
-               seed=config.seed)
+               seed=config.seed, jit_langevin=jit_langevin)
     if config.descriptor:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
         # checkpoint restores them eagerly like the generator's below.
@@ -87,8 +92,7 @@ def build_model(config, num_examples):
     # It is a function of the optimizer's step, so a resumed run continues the schedule.
     learning_rate = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=config.train_steps, alpha=0.1)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  jit_compile=config.jit_compile)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_step)
     # Build the optimizer's slots now, so that a checkpoint restores them eagerly.
     model.optimizer.build(model.generator.trainable_weights)
     return model
@@ -119,47 +123,71 @@ def restore(config, num_examples=None):
 def train(config: TrainConfig):
     """Trains (or resumes) the run described by config; returns the Keras History."""
     check_resumable(config)
+    # First TensorFlow work of the process: devices and collectives are fixed after it.
+    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UserError(f"--batch_size={config.batch_size} does not split evenly over "
+                        f"{replicas} replicas; use a multiple of {replicas}")
+    distribute.set_precision(config.mixed_precision)
     data = pipeline.load(config.dataset, image_size=config.image_size,
                          num_images=config.num_images, data_dir=config.data_dir,
                          seed=config.seed)
     dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed)
+    # Every worker runs the same seeded shuffle and keeps its own share of each batch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    dataset = dataset.with_options(options)
     steps_per_epoch = data.num_examples // config.batch_size
     epochs = math.ceil(config.train_steps / steps_per_epoch)
 
-    model = build_model(config, data.num_examples)
+    with strategy.scope():
+        model = build_model(config, data.num_examples)
+    # Outside the scope: the epoch counter is host-side state, read as a Python int.
     checkpoint, epoch = checkpoint_for(model)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.workdir, "checkpoints"),
+    chief = distribute.is_chief(strategy)
+    save_dir = distribute.checkpoint_dir(config.workdir, strategy)
+    manager = tf.train.CheckpointManager(checkpoint, save_dir,
                                          max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s (epoch %d)", manager.latest_checkpoint, int(epoch))
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s (epoch %d)", latest, int(epoch))
     else:
         model.generator.initialize_output_bias(
             data.images.mean(axis=(0, 1, 2)) / 127.5 - 1.0)
     initial_epoch = int(epoch)
 
-    os.makedirs(config.workdir, exist_ok=True)
-    write_atomically(os.path.join(config.workdir, "config.json"),
-                     json.dumps(dataclasses.asdict(config), indent=2))
-    write_atomically(os.path.join(config.workdir, "flags.txt"), "".join(
-        f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
-        for k, v in dataclasses.asdict(config).items() if v is not None))
+    if not chief:  # the other workers save to save_dir only, and log nothing
+        callbacks = [DivergenceGuard(), Checkpointing(manager, epoch, config.checkpoint_every)]
+    else:
+        os.makedirs(config.workdir, exist_ok=True)
+        write_atomically(os.path.join(config.workdir, "config.json"),
+                         json.dumps(dataclasses.asdict(config), indent=2))
+        write_atomically(os.path.join(config.workdir, "flags.txt"), "".join(
+            f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
+            for k, v in dataclasses.asdict(config).items() if v is not None))
 
-    images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
-                            num_images=config.num_summary_images, seed=config.seed)
-    images.extra.append(explanation_summaries(model, seed=config.seed))
-    callbacks = [
-        DivergenceGuard(),
-        ResumableTensorBoard(int(model.optimizer.iterations),
-                             log_dir=os.path.join(config.workdir, "tb"),
-                             update_freq=config.log_every, write_graph=False),
-        Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
-    ]
-    if initial_epoch >= epochs:
-        logging.info("Already trained for %d epochs; nothing to do", initial_epoch)
-        return None
-    return model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                     callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
+                                num_images=config.num_summary_images, seed=config.seed)
+        images.extra.append(explanation_summaries(model, seed=config.seed))
+        callbacks = [
+            DivergenceGuard(),
+            ResumableTensorBoard(int(model.optimizer.iterations.numpy()),
+                                 log_dir=os.path.join(config.workdir, "tb"),
+                                 update_freq=config.log_every, write_graph=False),
+            Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
+        ]
+    try:
+        if initial_epoch >= epochs:
+            logging.info("Already trained for %d epochs; nothing to do", initial_epoch)
+            return None
+        return model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
+                         callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    finally:
+        distribute.cleanup(save_dir, strategy)
 
 
 class ResumableTensorBoard(keras.callbacks.TensorBoard):

@@ -1,0 +1,107 @@
+"""The explain and evaluate commands, run for real on a tiny trained workdir."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sparse_gen_tf import Generator, GeneratorConfig, visualize
+from sparse_gen_tf.bitmap_font import format_number, text_mask
+from sparse_gen_tf.parse_graph import ParseGraph
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
+        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--train_steps=2"]
+FAST_INFERENCE = ["--inference_steps=3", "--restarts=2"]
+
+
+def run(*args, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def png_shape(path):
+    return tuple(tf.io.decode_png(tf.io.read_file(path)).shape)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("explain") / "run")
+    result = run(os.path.join(ROOT, "train.py"), f"--workdir={path}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
+def test_explain_writes_figures_and_parse_graphs(workdir):
+    result = run("-m", "sparse_gen_tf.explain", f"--workdir={workdir}", "--num_samples=2",
+                 "--num_images=2", *FAST_INFERENCE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = os.path.join(workdir, "explain")
+    # 8 bottom kernels of 8x8 drawn at 4x in one row, 2-pixel gaps.
+    assert png_shape(os.path.join(out, "kernels_bottom.png")) == (32, 8 * 34 - 2, 3)
+    # 8 top units as 32x32 images drawn at 2x.
+    assert png_shape(os.path.join(out, "kernels_top.png")) == (64, 8 * 66 - 2, 3)
+    # Two pairs (held-out image, reconstruction) of 32x32 in one row.
+    assert png_shape(os.path.join(out, "reconstructions.png")) == (32, 4 * 33 - 1, 3)
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    for record in summary["samples"] + summary["images"]:
+        assert max(record["eq5_relative_error"]) < 1e-4
+        assert png_shape(os.path.join(out, record["figure"]))[2] == 3
+        with open(os.path.join(out, record["parse_graph"])) as f:
+            graph = ParseGraph.from_json(f.read())
+        assert [len(layer.and_nodes) for layer in graph.layers] == [4, 16]
+    assert summary["inference"]["restarts"] == 2
+
+
+def test_evaluate_prints_the_table_and_writes_json(workdir):
+    result = run("-m", "sparse_gen_tf.evaluate", f"--workdir={workdir}", "--num_heldout=8",
+                 "--num_fit=32", "--nobaseline", *FAST_INFERENCE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| Parse accuracy, held-out |" in result.stdout
+    with open(os.path.join(workdir, "evaluation.json")) as f:
+        scores = json.load(f)
+    assert 0.0 <= scores["parse_accuracy"] <= 1.0
+    assert -1.0 <= scores["dictionary_recovery"] <= 1.0
+    assert scores["kernels_in_use"] <= 8 and np.isfinite(scores["psnr_heldout"])
+
+
+@pytest.mark.parametrize("module", ["sparse_gen_tf.explain", "sparse_gen_tf.evaluate"])
+def test_missing_workdir_or_checkpoint_is_one_line(tmp_path, workdir, module):
+    missing = run("-m", module, f"--workdir={tmp_path / 'nothing'}", timeout=120)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "no training run in" in last_line(missing.stderr)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with open(os.path.join(workdir, "config.json")) as f:
+        (empty / "config.json").write_text(f.read())
+    no_checkpoint = run("-m", module, f"--workdir={empty}", timeout=120)
+    assert no_checkpoint.returncode != 0 and "Traceback" not in no_checkpoint.stderr
+    assert "no checkpoint in" in last_line(no_checkpoint.stderr)
+
+
+def test_parse_figure_has_one_block_per_layer_and_is_rgb():
+    config = GeneratorConfig(image_size=32, latent_dim=4, channels=(8, 8), topk=(4, 8))
+    generator = Generator(config)
+    figure = visualize.parse_figure(generator, np.zeros(4, np.float32))
+    assert figure.dtype == np.uint8 and figure.shape[2] == 3
+    # Each layer block starts with a white title row; two layers, two titles.
+    white_rows = np.flatnonzero((figure == 255).all(axis=(1, 2)))
+    assert figure.shape[0] > 2 * 32 and len(white_rows) > 0
+
+
+def test_font_renders_numbers_at_their_width():
+    assert text_mask("0.83", scale=2).shape == (10, 2 * (4 * 4 - 1))
+    assert text_mask("1").sum() == 8
+    assert [format_number(v) for v in (0.834, 12.44, 153.2, 12345.0)] == [
+        "0.83", "12.4", "153", "12345"]
