@@ -2,15 +2,28 @@
 
     python benchmarks/train_step.py                       # paper-size 64x64, batch 64, L=30
     python benchmarks/train_step.py --batch_sizes=16,64,256 --langevin_steps=10,30,60
+    python benchmarks/train_step.py --sweep=all --memory  # scaling tables + memory vs L
 
-For each configuration it reports the median seconds per train step, the analytic FLOPs per
-step, (2L + 3) x forward FLOPs x batch (L Langevin steps of forward + backward, then one
-forward + backward for the weights: 2L + 3 forward-equivalents, counting a backward as two),
-the peak float32 matmul FLOP/s measured in the same run, and the achieved fraction of peak.
-The first call (trace + compile) is timed separately. Prints a markdown table.
+For each configuration it reports the seconds per train step (best and median of
+--repeats), the analytic FLOPs per step, (2L + 3) x forward FLOPs x batch (L Langevin steps
+of forward + backward, then one forward + backward for the weights: 2L + 3
+forward-equivalents, counting a backward as two), the peak float32 matmul FLOP/s, and the
+achieved fraction of that peak. The peak is measured in the same window as the steps (one
+--peak_size matmul after every step), so that both see the same load from other
+processes, and the fraction compares the best step with the best matmul, the two least
+disturbed. The first call (trace + compile) is timed separately.
+
+--sweep varies one of batch, L and image size around the paper's point (batch 64, L = 30,
+64x64), XLA only. --memory runs a few steps at L = 10 and L = 60, each in a fresh
+process, and reports the peak resident memory (and the GPU's peak allocation when there
+is a GPU): the Langevin loop is a tf.while_loop, so it should not grow with L. Prints
+markdown tables.
 """
 
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import keras
@@ -26,7 +39,18 @@ flags.DEFINE_list("image_sizes", ["64"], "32, 64 or 128 (strides scale the botto
 flags.DEFINE_list("jit_compile", ["true", "false"], "XLA settings to time.")
 flags.DEFINE_integer("repeats", 10, "Timed train steps per configuration.")
 flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures the peak.")
+flags.DEFINE_enum("sweep", "none", ["none", "batch", "langevin_steps", "image_size", "all"],
+                  "Vary one setting around the paper's point instead of the lists above.")
+flags.DEFINE_boolean("memory", False, "Also measure peak memory at L = 10 and L = 60.")
+flags.DEFINE_integer("memory_probe", None, "Internal: run a few steps at this L, print "
+                     "the peak memory and exit (a fresh process per L).")
 FLAGS = flags.FLAGS
+
+SWEEPS = {  # (batch sizes, Langevin steps, image sizes), XLA only
+    "batch": ([16, 32, 64, 128, 256], [30], [64]),
+    "langevin_steps": ([64], [10, 20, 30, 60], [64]),
+    "image_size": ([64], [30], [32, 64, 128]),
+}
 
 
 def paper_config(image_size):
@@ -48,22 +72,23 @@ def forward_flops(config):
     return flops
 
 
-def peak_matmul_flops(n, repeats=10):
-    """Median FLOP/s of an n x n float32 matmul, the same kernel class the model uses."""
+def matmul_timer(n):
+    """A function timing one n x n float32 matmul (seconds), the kernel class the model uses."""
     a = tf.random.normal([n, n])
     b = tf.random.normal([n, n])
     matmul = tf.function(lambda a, b: tf.matmul(a, b))
     matmul(a, b).numpy()
-    times = []
-    for _ in range(repeats):
+
+    def run():
         start = time.perf_counter()
         matmul(a, b).numpy()
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times)
+        return time.perf_counter() - start
+    return run
 
 
-def time_train_step(config, batch_size, langevin_steps, jit_compile, repeats):
-    """Returns (first-call seconds, median seconds per step) of AlternatingBackprop."""
+def time_train_step(config, batch_size, langevin_steps, jit_compile, repeats,
+                    between=None):
+    """Returns (first-call seconds, [seconds per step], [between() after each step])."""
     model = AlternatingBackprop(Generator(config), batch_size, langevin_steps=langevin_steps,
                                 langevin_step_size=0.3, sigma=0.3)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
@@ -73,32 +98,76 @@ def time_train_step(config, batch_size, langevin_steps, jit_compile, repeats):
     start = time.perf_counter()
     model.train_on_batch(ids, images)
     first = time.perf_counter() - start
-    times = []
+    times, between_results = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         model.train_on_batch(ids, images)
         times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+        if between is not None:
+            between_results.append(between())
+    return first, times, between_results
+
+
+def table(title, settings):
+    """Times each (image size, batch, L, XLA) of settings; prints a markdown table."""
+    matmul = matmul_timer(FLAGS.peak_size)
+    print(f"\n{title}\n\n| image | batch | L | XLA | first call s | step s (best) | "
+          "step s (median) | GFLOP/step | GFLOP/s | peak GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for image_size, batch_size, steps, jit in settings:
+        config = paper_config(image_size)
+        first, times, matmuls = time_train_step(config, batch_size, steps, jit,
+                                                FLAGS.repeats, between=matmul)
+        best = min(times)
+        flops = (2 * steps + 3) * forward_flops(config) * batch_size
+        peak = 2 * FLAGS.peak_size ** 3 / min(matmuls)
+        print(f"| {image_size} | {batch_size} | {steps} | {jit} | {first:.2f} | {best:.4f} | "
+              f"{statistics.median(times):.4f} | {flops / 1e9:.1f} | "
+              f"{flops / best / 1e9:.0f} | {peak / 1e9:.0f} | {flops / best / peak:.0%} |",
+              flush=True)
+
+
+def peak_memory(langevin_steps):
+    """(peak RSS MiB, peak GPU allocation MiB or None) of a fresh process training a few
+    steps of the first --image_sizes / --batch_sizes at langevin_steps."""
+    result = subprocess.run(
+        [sys.executable, __file__, f"--memory_probe={langevin_steps}",
+         f"--image_sizes={FLAGS.image_sizes[0]}", f"--batch_sizes={FLAGS.batch_sizes[0]}"],
+        capture_output=True, text=True, check=True)
+    rss, gpu = result.stdout.split()[-2:]
+    return float(rss), None if gpu == "-" else float(gpu)
+
+
+def memory_probe(langevin_steps):
+    config = paper_config(int(FLAGS.image_sizes[0]))
+    time_train_step(config, int(FLAGS.batch_sizes[0]), langevin_steps, True, repeats=2)
+    # ru_maxrss is in KiB on Linux.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = "-"
+    if tf.config.list_logical_devices("GPU"):
+        gpu = f"{tf.config.experimental.get_memory_info('GPU:0')['peak'] / 2 ** 20:.0f}"
+    print(f"{rss:.0f} {gpu}")
 
 
 def main(argv):
     del argv
-    peak = peak_matmul_flops(FLAGS.peak_size)
-    print(f"peak float32 matmul ({FLAGS.peak_size}^2): {peak / 1e9:.0f} GFLOP/s")
-    print("| image | batch | L | XLA | first call s | step s | GFLOP/step | GFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for image_size in map(int, FLAGS.image_sizes):
-        config = paper_config(image_size)
-        for batch_size in map(int, FLAGS.batch_sizes):
-            for steps in map(int, FLAGS.langevin_steps):
-                for jit in FLAGS.jit_compile:
-                    jit = jit.lower() == "true"
-                    first, step = time_train_step(config, batch_size, steps, jit,
-                                                  FLAGS.repeats)
-                    flops = (2 * steps + 3) * forward_flops(config) * batch_size
-                    print(f"| {image_size} | {batch_size} | {steps} | {jit} | {first:.2f} | "
-                          f"{step:.4f} | {flops / 1e9:.1f} | {flops / step / 1e9:.0f} | "
-                          f"{flops / step / peak:.0%} |", flush=True)
+    if FLAGS.memory_probe is not None:
+        memory_probe(FLAGS.memory_probe)
+        return
+    if FLAGS.sweep == "none":
+        table("train step:", [(int(i), int(b), int(s), j.lower() == "true")
+                              for i in FLAGS.image_sizes for b in FLAGS.batch_sizes
+                              for s in FLAGS.langevin_steps for j in FLAGS.jit_compile])
+    for name, (batches, steps, sizes) in SWEEPS.items():
+        if FLAGS.sweep in (name, "all"):
+            table(f"step time against {name} (XLA):",
+                  [(i, b, s, True) for i in sizes for b in batches for s in steps])
+    if FLAGS.memory:
+        print("\n| L | peak RSS MiB | peak GPU MiB |\n|---|---|---|")
+        for steps in (10, 60):
+            rss, gpu = peak_memory(steps)
+            print(f"| {steps} | {rss:.0f} | {'-' if gpu is None else f'{gpu:.0f}'} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ class CooperativeLearning(AlternatingBackprop):
             z = tf.concat([z, tf.random.stateless_normal(tf.shape(z_examples),
                                                          self.next_seed())], axis=0)
         # 3. The descriptor revises the generator's proposals.
-        generated = self.generator(z)
+        # Under a mixed policy g computes in 16 bits; the revision and losses stay float32.
+        generated = tf.cast(self.generator(z), images.dtype)
         revised = tf.stop_gradient(self.revise(generated))
         # Energies under the φ that did the revision, i.e. before step 4 moves it.
         energy_before = energy(self.descriptor, generated, self.descriptor_reference)
@@ -138,14 +139,16 @@ class CooperativeLearning(AlternatingBackprop):
         # 5. Generator: Eq. (12) with Ỹ for Y, each Ỹ regressed on the z it came from.
         with tf.GradientTape() as tape:
             parse = self.generator.parse(z)
-            squared_error = tf.reduce_sum(tf.square(revised - parse["image"]), axis=[1, 2, 3])
+            image = tf.cast(parse["image"], images.dtype)
+            squared_error = tf.reduce_sum(tf.square(revised - image), axis=[1, 2, 3])
             loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
-            scaled_loss = loss / replicas
+            # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
         weights = self.generator.trainable_weights
         self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
 
         # Reconstruction of the data by g(z_i), as ABP reports it.
-        reconstruction = parse["image"][:batch]
+        reconstruction = image[:batch]
         data_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
         mse = tf.reduce_mean(tf.square(images - reconstruction))
         values = {

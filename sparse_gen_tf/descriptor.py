@@ -60,20 +60,25 @@ class DescriptorConfig:
 
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
 class Descriptor(keras.Model):
-    """f(Y; φ) of Eq. (13): images [batch, H, W, 3] in [-1, 1] -> scores [batch]."""
+    """f(Y; φ) of Eq. (13): images [batch, H, W, 3] in [-1, 1] -> scores [batch].
+
+    Always float32, whatever Keras' global dtype policy: with s = 0.016 the energies are
+    of order ‖Y‖²/(2s²) ~ 10⁶-10⁷ and f must match them, far beyond float16's 65504.
+    """
 
     def __init__(self, config=None, image_size=32, **kwargs):
         if isinstance(config, dict):
             config = DescriptorConfig(**config)
+        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         self.config = config or DescriptorConfig()
         self.image_size = int(image_size)
         cfg = self.config
         self.convs = [
-            keras.layers.Conv2D(c, k, s, padding="same", name=f"conv_{i}")
+            keras.layers.Conv2D(c, k, s, padding="same", dtype="float32", name=f"conv_{i}")
             for i, (c, k, s) in enumerate(zip(cfg.channels, cfg.kernel_sizes, cfg.strides), 1)]
-        self.flatten = keras.layers.Flatten()
-        self.score = keras.layers.Dense(1, name="score")
+        self.flatten = keras.layers.Flatten(dtype="float32")
+        self.score = keras.layers.Dense(1, dtype="float32", name="score")
         self.build((None, self.image_size, self.image_size, 3))
 
     def build(self, input_shape):
@@ -124,7 +129,7 @@ def descriptor_langevin(descriptor, images, seed, *, steps, step_size, reference
       the revised images Ỹ, [batch, H, W, 3]. Not clipped: the chain lives in R^D,
       where Eq. (13) is defined.
     """
-    images = tf.convert_to_tensor(images)
+    images = tf.cast(images, tf.float32)  # the descriptor's dtype under any policy
     seed = tf.cast(seed, tf.int32)
 
     def step(t, y):

@@ -11,6 +11,8 @@ the definitions):
   psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
   psnr_train            training images, z = their persistent chains
   *_train_infer         training images, z from `inference.infer` like the held-out ones
+  *_occluded            held-out with the central half hidden from the likelihood,
+                        scored on the hidden cells / pixels only
   *_plain               held-out, plain Langevin from N(0, I), 200 steps: the calibration
                         baseline, `inference.PLAIN_SETTINGS`
 
@@ -29,7 +31,7 @@ from sparse_gen_tf import inference, parts_metrics
 from sparse_gen_tf.data import parts
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.explain import heldout_images, load_run
+from sparse_gen_tf.explain import central_occluder, heldout_images, load_run
 
 ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("kernel_purity", "Kernel purity (clean / in use)", None),
@@ -40,6 +42,9 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
         ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
         ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
+        ("parse_accuracy_occluded", "Parse accuracy, held-out, hidden cells only",
+         "{:.3f}"),
+        ("psnr_occluded", "PSNR held-out, hidden pixels only (dB)", "{:.2f}"),
         ("parse_accuracy_plain", "Parse accuracy, held-out, plain Langevin", "{:.3f}"),
         ("psnr_heldout_plain", "PSNR held-out, plain Langevin (dB)", "{:.2f}"))
 
@@ -52,6 +57,24 @@ def score_latents(generator, z, images, part_labels, channel_parts):
             parts_metrics.parse_accuracy(dominant, channel_parts, part_labels))
 
 
+def occlusion_scores(model, images, part_labels, channel_parts, settings, seed):
+    """(PSNR of the hidden pixels, parse accuracy of the hidden cells) when the central
+    half of each image is hidden from the likelihood (`central_occluder`)."""
+    generator = model.generator
+    observed = central_occluder(images)
+    z = inference.reconstruct(model, images, settings=settings, seed=seed,
+                              observed=observed).numpy()
+    hidden = observed[..., 0] == 0
+    grid = part_labels.shape[1]
+    cell = images.shape[1] // grid
+    hidden_cells = hidden.reshape(len(hidden), grid, cell, grid, cell)[:, :, 0, :, 0]
+    dominant = parts_metrics.dominant_channels(
+        parts_metrics.bottom_contributions(generator, z))
+    return (parts_metrics.psnr(images[hidden], generator(z).numpy()[hidden]),
+            parts_metrics.parse_accuracy(dominant[hidden_cells], channel_parts,
+                                         part_labels[hidden_cells]))
+
+
 def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
              baseline=True, seed=0):
     """Computes the scores of workdir's latest checkpoint; writes evaluation.json."""
@@ -62,48 +85,49 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
                         f"but {workdir} was trained on {config.dataset}")
     train_images, truth = parts.generate(config.num_images, image_size=config.image_size,
                                          seed=config.seed)
-    cell = truth.parts.shape[1]
-    problem = parts_metrics.check_geometry(generator.config, cell)
+    problem = parts_metrics.check_geometry(generator.config, truth.parts.shape[1])
     if problem:
         raise UserError(f"cannot score {workdir}: {problem}")
+    results = {"workdir": workdir, "topk": list(config.topk),
+               "train_steps": config.train_steps, "num_heldout": num_heldout,
+               "inference": settings.to_dict(),
+               "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
 
-    num_fit = min(num_fit, config.num_images)
+    # Training images with their persistent chains: the channel-to-part map, the kernels.
+    num_fit = results["num_fit"] = min(num_fit, config.num_images)
     chains = model.chains.numpy()[:num_fit]
     train = to_model_range(train_images[:num_fit]).numpy()
-    fit_contributions = parts_metrics.bottom_contributions(generator, chains)
-    fit_dominant = parts_metrics.dominant_channels(fit_contributions)
     labels = truth.part_labels[:num_fit]
+    fit_dominant = parts_metrics.dominant_channels(
+        parts_metrics.bottom_contributions(generator, chains))
     channel_parts = parts_metrics.fit_channel_parts(fit_dominant, labels,
                                                     generator.config.channels[-1])
     patches, in_use = parts_metrics.bottom_patches(generator, chains)
-    recovery, per_part, _ = parts_metrics.dictionary_recovery(patches, truth.parts)
-    purity, num_pure, num_used = parts_metrics.kernel_purity(patches, truth.parts, in_use)
+    results["dictionary_recovery"], per_part, _ = parts_metrics.dictionary_recovery(
+        patches, truth.parts)
+    results["recovery_per_part"] = per_part.tolist()
+    (results["kernel_purity"], results["kernels_pure"],
+     results["kernels_in_use"]) = parts_metrics.kernel_purity(patches, truth.parts, in_use)
+    results["parse_accuracy_train"] = parts_metrics.parse_accuracy(
+        fit_dominant, channel_parts, labels)
+    results["psnr_train"] = parts_metrics.psnr(train, generator(chains).numpy())
+
+    def infer_and_score(images, part_labels, how):
+        z = inference.reconstruct(model, images, settings=how, seed=seed).numpy()
+        return score_latents(generator, z, images, part_labels, channel_parts)
 
     heldout, heldout_truth = heldout_images(config, num_heldout)
     heldout = to_model_range(heldout).numpy()
-    z = inference.reconstruct(model, heldout, settings=settings, seed=seed).numpy()
-    psnr_heldout, accuracy = score_latents(generator, z, heldout,
-                                           heldout_truth.part_labels, channel_parts)
-    results = {
-        "workdir": workdir, "topk": list(config.topk), "train_steps": config.train_steps,
-        "dictionary_recovery": recovery, "recovery_per_part": per_part.tolist(),
-        "kernel_purity": purity, "kernels_pure": num_pure, "kernels_in_use": num_used,
-        "parse_accuracy": accuracy,
-        "parse_accuracy_train": parts_metrics.parse_accuracy(fit_dominant, channel_parts,
-                                                             labels),
-        "psnr_heldout": psnr_heldout,
-        "psnr_train": parts_metrics.psnr(train, generator(chains).numpy()),
-        "num_heldout": num_heldout, "num_fit": num_fit, "inference": settings.to_dict(),
-        "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
+    results["psnr_heldout"], results["parse_accuracy"] = infer_and_score(
+        heldout, heldout_truth.part_labels, settings)
     num_train = min(num_heldout, num_fit)
-    z = inference.reconstruct(model, train[:num_train], settings=settings, seed=seed).numpy()
-    results["psnr_train_infer"], results["parse_accuracy_train_infer"] = score_latents(
-        generator, z, train[:num_train], labels[:num_train], channel_parts)
+    results["psnr_train_infer"], results["parse_accuracy_train_infer"] = infer_and_score(
+        train[:num_train], labels[:num_train], settings)
+    results["psnr_occluded"], results["parse_accuracy_occluded"] = occlusion_scores(
+        model, heldout, heldout_truth.part_labels, channel_parts, settings, seed)
     if baseline:
-        z = inference.reconstruct(model, heldout, settings=inference.PLAIN_SETTINGS,
-                                  seed=seed).numpy()
-        results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score_latents(
-            generator, z, heldout, heldout_truth.part_labels, channel_parts)
+        results["psnr_heldout_plain"], results["parse_accuracy_plain"] = infer_and_score(
+            heldout, heldout_truth.part_labels, inference.PLAIN_SETTINGS)
     with open(os.path.join(workdir, "evaluation.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
@@ -133,7 +157,10 @@ def markdown_table(all_results):
 
 
 def main(argv):
-    from absl import flags
+    from absl import flags, logging
+    if not flags.FLAGS["verbosity"].present:
+        # TensorFlow's INFO and retracing WARNING lines are noise in this command's output.
+        logging.set_verbosity(logging.ERROR)
     values = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"evaluate: unexpected arguments {' '.join(argv[1:])}; flags look like "

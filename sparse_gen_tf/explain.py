@@ -11,6 +11,7 @@ writes into DIR (default WORKDIR/explain):
                              z ~ N(0, I)
   image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
   reconstructions.png        held-out images (odd columns) beside g(z) (even columns)
+  occlusion.png              the same with the central half hidden from the likelihood
   summary.json               the files, inference settings, and the Eq. (5) identity
                              error of every parse and layer
 
@@ -59,6 +60,16 @@ def heldout_images(config, num):
     return data.images[-num:], None
 
 
+def central_occluder(images):
+    """Observed-pixel mask [N, H, W, 1]: 0 on the central half (rows and columns H/4 to
+    3H/4), 1 elsewhere. On the parts grid that hides the four central cells, one in each
+    quadrant, whose parts the other three cells of the quadrant's composite imply."""
+    n, h, w = np.shape(images)[:3]
+    observed = np.ones((n, h, w, 1), np.float32)
+    observed[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = 0.0
+    return observed
+
+
 def write_png(path, image):
     tf.io.write_file(path, tf.io.encode_png(np.asarray(image, np.uint8)))
 
@@ -69,6 +80,13 @@ def stack(*images, gap=8):
     padded = [np.pad(image, [(0, gap), (0, width - image.shape[1]), (0, 0)],
                      constant_values=255) for image in images]
     return np.concatenate(padded)[:-gap]
+
+
+def pair_grid(pairs):
+    """(image, reconstruction) pairs [2n, H, W, 3], four pairs a row, drawn at about 96
+    pixels a side."""
+    grid = image_grid(pairs, columns=min(len(pairs), 8))
+    return visualize.upscale(grid, max(1, 96 // pairs.shape[1]))
 
 
 def explain_latents(generator, z, output_dir, prefix):
@@ -117,9 +135,15 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
         z = inference.reconstruct(model, images, settings=settings, seed=seed).numpy()
         recon = generator(z).numpy()
         pairs = np.stack([images, recon], 1).reshape((-1,) + images.shape[1:])
-        write_png(os.path.join(output_dir, "reconstructions.png"),
-                  image_grid(pairs, columns=2 * min(num_images, 4)))
+        write_png(os.path.join(output_dir, "reconstructions.png"), pair_grid(pairs))
         summary["images"] = explain_latents(generator, z, output_dir, "image")
+        # Occlusion recovery: the likelihood sees only the observed pixels.
+        observed = central_occluder(images)
+        z = inference.reconstruct(model, images, settings=settings, seed=seed,
+                                  observed=observed).numpy()
+        shown = images * observed  # hidden pixels drawn mid-grey
+        pairs = np.stack([shown, generator(z).numpy()], 1).reshape((-1,) + images.shape[1:])
+        write_png(os.path.join(output_dir, "occlusion.png"), pair_grid(pairs))
         summary["inference"] = settings.to_dict()
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -127,15 +151,18 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
 
 
 def main(argv):
-    from absl import flags
-    flags_ = flags.FLAGS
+    from absl import flags, logging
+    if not flags.FLAGS["verbosity"].present:
+        # TensorFlow's INFO and retracing WARNING lines are noise in this command's output.
+        logging.set_verbosity(logging.ERROR)
+    values = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"explain: unexpected arguments {' '.join(argv[1:])}; flags look like "
                  "--name=value")
     try:
-        path = explain(flags_.workdir, flags_.output_dir, num_samples=flags_.num_samples,
-                       num_images=flags_.num_images, seed=flags_.seed,
-                       settings=inference.settings_from_flags(flags_))
+        path = explain(values.workdir, values.output_dir, num_samples=values.num_samples,
+                       num_images=values.num_images, seed=values.seed,
+                       settings=inference.settings_from_flags(values))
     except UserError as e:
         sys.exit(f"explain: error: {e}")
     print(f"Wrote the explanation to {path}")

@@ -2,8 +2,8 @@
 
 With TopK the posterior p(z | Y) is multimodal: every change of a TopK or ReLU switch is a
 change of linear piece, and a chain started from N(0, I) often settles on a parse that
-explains some cells with the wrong parts. A persistent training chain does not have this
-problem, because it followed its image for the whole run. `infer` closes the gap by
+explains some cells with the wrong parts. A persistent training chain rarely has this
+problem, because it has followed its image for the whole run. `infer` closes the gap by
 
   1. starting points: `restarts` chains per image, drawn from N(0, I); if a bank of
      latents is given (the persistent chains of the training images), the best-scoring
@@ -18,6 +18,15 @@ problem, because it followed its image for the whole run. `infer` closes the gap
 
 Everything is standard TF ops with static shapes (restarts and stages are Python ints), so
 `tf.function(infer, jit_compile=True)` compiles it whole.
+
+Measured on the parts dataset (default training, K = 8,24, 256 held-out images, δ and σ
+of the run): one chain from N(0, I) for 200 steps reaches 22.8 dB and parse accuracy
+0.923; the defaults below (16 chains x 100 steps, bank starts) reach 28.4 dB and 0.958,
+as good as the same inference on training images (28.7 dB, 0.954) and better than their
+persistent chains (25.6 dB, 0.951), which carry the noise of their last Langevin steps.
+The restarts do most of it; annealing (3σ, 4 stages) and more steps changed the PSNR by
+less than 0.2 dB there, and noise-free refinement at the training δ = 0.3 overshoots (it
+helps only with a smaller step), so both are off by default.
 """
 
 import dataclasses
@@ -103,12 +112,15 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
       bank: optional [M, d] latents to start from, e.g. the training chains.
       anneal_sigma: the first stage's σ is anneal_sigma * sigma (1 = no annealing).
       anneal_stages: number of σ stages, geometric from anneal_sigma * σ to σ.
-      refine_steps: noise-free steps on the selected chain at the end.
+      refine_steps: noise-free steps on the selected chain at the end (with step_size,
+        which must then be small enough for gradient ascent to be stable).
     Returns:
       z [batch, d].
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    seed = tf.cast([seed, 0] if isinstance(seed, int) else seed, tf.int32)
+    seed = tf.cast(seed, tf.int32)
+    if seed.shape.rank == 0:  # an integer seed: the stateless ops want two
+        seed = tf.stack([seed, 0])
     batch = tf.shape(images)[0]
     d = generator.config.latent_dim
     z = starting_points(generator, images, seed, restarts=restarts, sigma=sigma, bank=bank,

@@ -2,8 +2,11 @@
 
 Every basis function is drawn as the image it paints on its own: tanh(bias_n + s_j B_j),
 bias_n being the image layer's bias, i.e. the picture of an empty parse. That is how a
-unit looks in the generated image (on the background), and it is the same rule for every
-layer, so the top layer's pictures are directly the combinations of the bottom layer's.
+unit looks in the generated image, and it is the same rule for every layer, so the top
+layer's pictures are directly the combinations of the bottom layer's. Where a unit adds
+nothing the picture shows the bare bias, which on the parts data is grey, not black: every
+cell always holds a part, so the bottom kernels learn to paint their cell's black
+background themselves.
 """
 
 import numpy as np
@@ -43,28 +46,30 @@ def bottom_kernels(generator, z):
     return np.where(used[:, None, None, None], patches, (patches + 1.0) / 3.0 - 1.0)
 
 
-def unit_images(generator, z, layer):
+def unit_images(generator, z, layer, chunk=16):
     """Each channel of a layer seen in image space (Fig. 2b): [c, H, W, 3] in [-1, 1].
 
     For channel c, the OR node of that channel with the largest coefficient among the
     parses of z, drawn through the frozen layers below as tanh(bias_n + s_j B_j) (Eq. 6).
-    Channels no parse uses are mid-grey.
+    Channels no parse uses are mid-grey. z is parsed in chunks, which bounds the memory
+    of the one-hot pass when the layer is dense.
     """
-    parse = generator.parse(z)
-    found = basis_lib.basis_functions(generator, parse, layer)
-    channel = np.asarray(found["position"])[..., 2].reshape(-1)
-    coefficient = np.asarray(found["coefficient"]).reshape(-1)
-    basis = np.asarray(found["basis"])
-    basis = basis.reshape((-1,) + basis.shape[2:])
     c = generator.config.channels[layer - 1]
     size = generator.config.image_size
-    images = np.zeros((c, size, size, 3), np.float32)
-    for ch in range(c):
-        mine = np.flatnonzero((channel == ch) & (coefficient > 0))
-        if len(mine):
-            j = mine[np.argmax(coefficient[mine])]
-            images[ch] = paint(generator, coefficient[j] * basis[j])
-    return images
+    best = np.zeros(c, np.float32)
+    terms = np.zeros((c, size, size, 3), np.float32)
+    for start in range(0, len(z), chunk):
+        found = basis_lib.basis_functions(generator, generator.parse(z[start:start + chunk]),
+                                          layer)
+        channel = np.asarray(found["position"])[..., 2].reshape(-1)
+        coefficient = np.asarray(found["coefficient"]).reshape(-1)
+        basis = np.asarray(found["basis"])
+        basis = basis.reshape((-1,) + basis.shape[2:])
+        for j in np.flatnonzero(coefficient > 0):
+            if coefficient[j] > best[channel[j]]:
+                best[channel[j]] = coefficient[j]
+                terms[channel[j]] = coefficient[j] * basis[j]
+    return np.where((best > 0)[:, None, None, None], paint(generator, terms), 0.0)
 
 
 def kernel_figures(generator, z, columns=16):

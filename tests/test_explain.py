@@ -42,6 +42,15 @@ def workdir(tmp_path_factory):
     return path
 
 
+def test_training_writes_kernel_and_parse_summaries_at_checkpoints(workdir):
+    tags = set()
+    images = os.path.join(workdir, "tb", "images")
+    for name in os.listdir(images):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(images, name)):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"kernels/bottom", "kernels/top_in_image_space", "parse/train_0"} <= tags, tags
+
+
 def test_explain_writes_figures_and_parse_graphs(workdir):
     result = run("-m", "sparse_gen_tf.explain", f"--workdir={workdir}", "--num_samples=2",
                  "--num_images=2", *FAST_INFERENCE)
@@ -51,8 +60,9 @@ def test_explain_writes_figures_and_parse_graphs(workdir):
     assert png_shape(os.path.join(out, "kernels_bottom.png")) == (32, 8 * 34 - 2, 3)
     # 8 top units as 32x32 images drawn at 2x.
     assert png_shape(os.path.join(out, "kernels_top.png")) == (64, 8 * 66 - 2, 3)
-    # Two pairs (held-out image, reconstruction) of 32x32 in one row.
-    assert png_shape(os.path.join(out, "reconstructions.png")) == (32, 4 * 33 - 1, 3)
+    # Two pairs (held-out image, reconstruction) of 32x32 in one row, drawn at 3x.
+    for name in ("reconstructions.png", "occlusion.png"):
+        assert png_shape(os.path.join(out, name)) == (96, 3 * (4 * 33 - 1), 3)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     for record in summary["samples"] + summary["images"]:
