@@ -141,9 +141,10 @@ def image_boxes(config):
                 y0, y1, x0, x1 = y, y + 1, x, x + 1
                 for j in range(i, len(shapes)):
                     k, s = config.kernel_sizes[j], config.strides[j]
-                    size = shapes[j + 1][0] if j + 1 < len(shapes) else config.image_size
-                    y0, y1 = footprint(y0, k, s, size)[0], footprint(y1 - 1, k, s, size)[1]
-                    x0, x1 = footprint(x0, k, s, size)[0], footprint(x1 - 1, k, s, size)[1]
+                    rows, cols = (shapes[j + 1][:2] if j + 1 < len(shapes)
+                                  else (config.image_size, config.image_size))
+                    y0, y1 = footprint(y0, k, s, rows)[0], footprint(y1 - 1, k, s, rows)[1]
+                    x0, x1 = footprint(x0, k, s, cols)[0], footprint(x1 - 1, k, s, cols)[1]
                 box[y, x] = (y0, x0, y1, x1)
         boxes.append(box)
     return boxes

@@ -92,7 +92,13 @@ def build_model(config, num_examples):
     # It is a function of the optimizer's step, so a resumed run continues the schedule.
     learning_rate = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=config.train_steps, alpha=0.1)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_step)
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        # The loss sums ‖Y - g(z)‖² / 2σ² over pixels, so its gradients are large, not
+        # small: Keras' default loss scale 2^15 overflows float16 and skips the first
+        # dozen steps. Start unscaled; dynamic scaling still raises it when it can.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0)
+    model.compile(optimizer=optimizer, jit_compile=jit_step)
     # Build the optimizer's slots now, so that a checkpoint restores them eagerly.
     model.optimizer.build(model.generator.trainable_weights)
     return model

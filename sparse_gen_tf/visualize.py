@@ -113,15 +113,17 @@ def parse_figure(generator, z, max_or=3, thumb=40):
     s_j of the layer).
     """
     parse = generator.parse(np.asarray(z, np.float32)[None])
-    image = np.asarray(parse["image"])[0]
+    # float32: under a mixed precision policy the parse is 16-bit (bfloat16 has no round).
+    image = np.asarray(parse["image"], np.float32)[0]
     size = image.shape[0]
     blocks = []
     for layer in range(generator.num_layers, 0, -1):
         found = basis_lib.basis_functions(generator, parse, layer)
         valid = np.asarray(found["valid"])[0]
         position = np.asarray(found["position"])[0][valid]
-        coefficient = np.asarray(found["coefficient"])[0][valid]
-        terms = coefficient[:, None, None, None] * np.asarray(found["basis"])[0][valid]
+        coefficient = np.asarray(found["coefficient"], np.float32)[0][valid]
+        terms = (coefficient[:, None, None, None]
+                 * np.asarray(found["basis"], np.float32)[0][valid])
         boxes = image_boxes(generator.config)[layer - 1]
         h, w = boxes.shape[:2]
         box_size = max(int(b[2] - b[0]) for b in boxes.reshape(-1, 4))

@@ -11,12 +11,12 @@ import subprocess
 import sys
 import types
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, distribute, langevin
+from sparse_gen_tf import Generator, GeneratorConfig, distribute, langevin, trainer
+from sparse_gen_tf.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
@@ -214,8 +214,14 @@ def test_mixed_precision_keeps_z_and_loss_float32_and_close_to_float32(policy, n
     tolerance = {"mixed_float16": 0.01, "mixed_bfloat16": 0.05}[name]
     np.testing.assert_allclose(z.numpy(), expected.numpy(), atol=tolerance)
 
-    model = AlternatingBackprop(generator, 4, langevin_steps=2)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    # The trainer's model: under mixed_float16 its loss scale must not overflow float16,
+    # which would skip the step (Keras' default scale 2^15 does, for this loss).
+    model = trainer.build_model(TrainConfig(
+        image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16), kernel_sizes=(4, 4),
+        strides=(2, 4), langevin_steps=2, mixed_precision=name, jit_compile=False), 4)
+    kernel = model.generator.deconvs[-1].kernel.numpy().copy()
     logs = model.train_on_batch(tf.range(4), images, return_dict=True)
     assert model.chains.dtype == "float32"
     assert all(np.isfinite(v) for v in logs.values()), logs
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert not np.array_equal(model.generator.deconvs[-1].kernel.numpy(), kernel)
