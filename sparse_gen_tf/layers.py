@@ -2,10 +2,8 @@
 
 Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.md):
 
-* `TopK` finds each example's K-th largest value and keeps everything at or above it. Eager
-  and in plain graphs that is `tf.math.top_k(sorted=False)` (a sorted top_k lowers to a
-  full sort under XLA); under XLA on CPU, where top_k is still a sort, it is a bisection
-  on the bits of the values, 32 fused compare-and-count passes, about twice as fast.
+* `TopK` finds each example's K-th largest value with `tf.math.top_k(sorted=False)` and keeps
+  everything at or above it; a sorted top_k lowers to a full sort under XLA.
 * `TransposedConv` is one matmul followed by an overlap-add, instead of the stock
   `Conv2DTranspose`, whose XLA lowering on CPU is an order of magnitude slower.
 """
@@ -14,63 +12,6 @@ import math
 
 import keras
 import tensorflow as tf
-
-
-def kth_largest(values, k):
-    """The k-th largest entry of each row of values [batch, n], as [batch, 1].
-
-    Repeated values count with their multiplicity, so this is the minimum of
-    `tf.math.top_k(values, k).values`, whichever way it is computed (see the module doc).
-    """
-    if _xla_on_cpu():
-        return _kth_largest_by_bisection(values, k)
-    top, _ = tf.math.top_k(values, k=k, sorted=False)
-    return tf.reduce_min(top, axis=-1, keepdims=True)
-
-
-def _xla_on_cpu():
-    """True while tracing for XLA (jit_compile) on a machine without GPUs.
-
-    XLA's GPU top_k has its own kernel, so the bisection is only used on CPU. The XLA test
-    is TensorFlow's internal one (it picks XLA-friendly kernels with it too); should it
-    move, this falls back to top_k, which is correct, only slower.
-    """
-    try:
-        from tensorflow.python.ops import control_flow_util
-        in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-    except (ImportError, AttributeError):
-        return False
-    return in_xla and not tf.config.list_logical_devices("GPU")
-
-
-def _kth_largest_by_bisection(values, k):
-    """`kth_largest` as 32 compare-and-count passes, one per bit of a float32.
-
-    Floats map to uint32 keys with the same order (negative floats have their magnitude
-    bits flipped, then the sign bit is flipped). The answer is built from the top bit down:
-    a bit is set when at least k keys are >= the answer with that bit set. Exact; float16
-    and bfloat16 are searched as float32, which holds them exactly.
-    """
-    bits = tf.bitcast(tf.cast(values, tf.float32), tf.int32)
-    sign_bit = tf.constant(-2 ** 31, tf.int32)
-
-    def flip(b):  # float bits <-> order-preserving int32, an involution
-        return tf.bitwise.bitwise_xor(
-            b, tf.bitwise.bitwise_and(tf.bitwise.right_shift(b, 31), 0x7FFFFFFF))
-
-    keys = tf.bitcast(tf.bitwise.bitwise_xor(flip(bits), sign_bit), tf.uint32)
-
-    def step(i, answer):
-        candidate = tf.bitwise.bitwise_or(
-            answer, tf.bitwise.left_shift(tf.constant(1, tf.uint32), tf.cast(31 - i, tf.uint32)))
-        count = tf.reduce_sum(tf.cast(keys >= candidate, tf.int32), axis=-1, keepdims=True)
-        return i + 1, tf.where(count >= k, candidate, answer)
-
-    _, answer = tf.while_loop(
-        lambda i, _: i < 32, step,
-        (tf.constant(0), tf.zeros([tf.shape(values)[0], 1], tf.uint32)), maximum_iterations=32)
-    answer = flip(tf.bitwise.bitwise_xor(tf.bitcast(answer, tf.int32), sign_bit))
-    return tf.cast(tf.bitcast(answer, tf.float32), values.dtype)
 
 
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
@@ -104,7 +45,8 @@ class TopK(keras.layers.Layer):
         if self.is_dense(x.shape):
             return tf.ones_like(x)
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        threshold = kth_largest(flat, self.k)
+        values, _ = tf.math.top_k(flat, k=self.k, sorted=False)
+        threshold = tf.reduce_min(values, axis=-1, keepdims=True)
         above = flat > threshold
         at = flat == threshold
         # Entries equal to the threshold are kept only as far as needed to make exactly K.

@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 from sparse_gen_tf import TopK, TransposedConv
-from sparse_gen_tf.layers import kth_largest
 
 
 def test_topk_keeps_exactly_k_largest_per_example():
@@ -33,25 +32,6 @@ def test_topk_keeps_exactly_k_with_ties_under_xla():
     x = tf.constant(np.repeat([[0.5, -1.0]], 8, axis=1).astype("float32"))
     _, mask = tf.function(lambda x: layer(x, return_mask=True), jit_compile=True)(x)
     assert mask.numpy().sum() == 5
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_kth_largest_by_bisection_under_xla_equals_top_k(dtype):
-    # Under XLA on CPU the threshold comes from a bisection on the float bits; eagerly from
-    # top_k. Negative values, -0.0 next to 0.0, repeats and infinities must all agree.
-    rng = np.random.default_rng(0)
-    rows = np.concatenate([rng.normal(size=(2, 40)), np.round(rng.normal(size=(2, 40)) * 2),
-                           -np.abs(rng.normal(size=(2, 40))),
-                           np.r_[[-0.0] * 10, [0.0] * 10, [-1.0] * 10, [np.inf, -np.inf] * 5][None]])
-    x = tf.constant(rows, dtype)
-    for k in (1, 7, 20, 39, 40):
-        eager = kth_largest(x, k)
-        compiled = tf.function(lambda x: kth_largest(x, k), jit_compile=True)(x)
-        assert compiled.dtype == x.dtype
-        np.testing.assert_array_equal(compiled.numpy(), eager.numpy())
-        exact = x.numpy().astype(np.float32)  # the rows as rounded to dtype
-        np.testing.assert_array_equal(eager.numpy().astype(np.float32)[:, 0],
-                                      -np.sort(-exact, axis=1)[:, k - 1])
 
 
 def test_topk_gradient_flows_only_to_kept_entries():
