@@ -2,10 +2,10 @@
 
     python -m sparse_gen_tf.evaluate --workdir=runs/parts[,runs/parts_dense]
 
-For each workdir it prints, and writes to WORKDIR/evaluation.json (see parts_metrics for
-the definitions):
+For each workdir it writes WORKDIR/evaluation.json, and it prints one markdown table with
+a column per run (see parts_metrics for the definitions):
 
-  dictionary_recovery   mean over true parts of the best r with a bottom kernel
+  dictionary_recovery   mean over true parts of the best r with a bottom basis function
   kernel_purity         fraction of bottom kernels in use with |r| > 0.9 to one part
   parse_accuracy        held-out cells whose dominant OR node maps to the true part
   psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
@@ -17,15 +17,12 @@ the definitions):
                         baseline, `inference.PLAIN_SETTINGS`
 
 Channels are mapped to parts on the first --num_fit training images (persistent chains);
-"in use" means surviving in at least one of their parses. With several workdirs it also
-prints one markdown table with a column per run.
+"in use" means surviving in at least one of their parses.
 """
 
 import json
 import os
 import sys
-
-import numpy as np
 
 from sparse_gen_tf import inference, parts_metrics
 from sparse_gen_tf.data import parts

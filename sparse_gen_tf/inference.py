@@ -20,13 +20,13 @@ Everything is standard TF ops with static shapes (restarts and stages are Python
 `tf.function(infer, jit_compile=True)` compiles it whole.
 
 Measured on the parts dataset (default training, K = 8,24, 256 held-out images, δ and σ
-of the run): one chain from N(0, I) for 200 steps reaches 22.8 dB and parse accuracy
-0.923; the defaults below (16 chains x 100 steps, bank starts) reach 28.4 dB and 0.958,
-as good as the same inference on training images (28.7 dB, 0.954) and better than their
-persistent chains (25.6 dB, 0.951), which carry the noise of their last Langevin steps.
-The restarts do most of it; annealing (3σ, 4 stages) and more steps changed the PSNR by
-less than 0.2 dB there, and noise-free refinement at the training δ = 0.3 overshoots (it
-helps only with a smaller step), so both are off by default.
+of the run; docs/explanation.md): one chain from N(0, I) for 200 steps reaches 22.2 dB
+and parse accuracy 0.881; the defaults below (16 chains x 100 steps, bank starts) reach
+27.9 dB and 0.914, as good as the same inference on training images (28.1 dB, 0.919) and
+better than their persistent chains (25.1 dB, 0.914), which carry the noise of their last
+Langevin steps. The restarts do most of it: on an earlier run, annealing (3σ, 4 stages)
+and twice the steps changed the PSNR by less than 0.2 dB, and noise-free refinement at the
+training δ = 0.3 overshot (it helps only with a smaller step), so both are off by default.
 """
 
 import dataclasses
