@@ -15,8 +15,7 @@ import keras
 import tensorflow as tf
 
 from sparse_gen_tf import distribute
-from sparse_gen_tf.generator import Generator
-from sparse_gen_tf.langevin import langevin, log_joint
+from sparse_gen_tf.langevin import langevin
 
 
 def psnr(mse):
@@ -171,19 +170,5 @@ class AlternatingBackprop(keras.Model):
         # averaging itself fails (keras-team/keras#20585).
         del iterator, data_batch
 
-    def reconstruct(self, images, steps=None, seed=None, observed=None):
-        """Infers z for new images by Langevin from N(0, I); returns (z, g(z)).
 
-        images: [batch, H, W, 3] in [-1, 1]. Uses the training L unless `steps` is given.
-        """
-        images = tf.convert_to_tensor(images, tf.float32)
-        d = self.generator.config.latent_dim
-        seed = tf.constant([0, 0] if seed is None else [seed, 0], tf.int32)
-        z0 = tf.random.stateless_normal([tf.shape(images)[0], d], seed)
-        z = langevin(self.generator, z0, images, seed + 1,
-                     steps=self.langevin_steps if steps is None else steps,
-                     step_size=self.langevin_step_size, sigma=self.sigma, observed=observed)
-        return z, self.generator(z)
-
-
-__all__ = ["AlternatingBackprop", "DeadChannels", "log_joint", "psnr"]
+__all__ = ["AlternatingBackprop", "DeadChannels", "psnr"]

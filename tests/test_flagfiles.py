@@ -3,7 +3,6 @@
 import dataclasses
 import os
 
-from absl import flags
 import pytest
 
 from sparse_gen_tf import flags as train_flags
