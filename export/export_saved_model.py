@@ -4,7 +4,7 @@
 
 writes exports/sparse_gen/<version>/, the next integer version (or --version), with the
 signatures serving_default, reconstruct and sample (see sparse_gen_tf/export.py and
-export/README_serving.md). An existing version is never overwritten.
+README.md, "Serving"). An existing version is never overwritten.
 """
 
 import os
