@@ -36,11 +36,14 @@ Choices the paper leaves open, and why:
   - Ỹ is not clipped to [-1, 1]: Eq. (13) lives on R^D and tanh keeps g in range anyway.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
 from sparse_gen_tf.abp import AlternatingBackprop, psnr
 from sparse_gen_tf.descriptor import descriptor_langevin, energy
+from sparse_gen_tf.errors import DivergenceError
 
 # Metrics added to ABP's (all means over the step's examples, reset every epoch).
 COOPERATIVE_METRICS = (
@@ -87,6 +90,11 @@ class CooperativeLearning(AlternatingBackprop):
         self.descriptor_optimizer.build(self.descriptor.trainable_weights)
         for name in COOPERATIVE_METRICS:
             self.trackers[name] = keras.metrics.Mean(name=name)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """keras.Model.fit, plus a `RevisionGuard` (a diverged revision loses no NaN that
+        the usual guards would see, so it needs its own)."""
+        return super().fit(*args, callbacks=[*(callbacks or []), RevisionGuard()], **kwargs)
 
     def next_seed(self):
         """A fresh int32 [2] stateless seed, distinct per replica (as in `infer`)."""
@@ -171,4 +179,33 @@ class CooperativeLearning(AlternatingBackprop):
         return self.step_logs()  # shaped for Keras' reduction over workers (distribute.py)
 
 
-__all__ = ["CooperativeLearning", "COOPERATIVE_METRICS"]
+class RevisionGuard(keras.callbacks.Callback):
+    """Stops training with DivergenceError once the descriptor's Langevin diverges.
+
+    As f(Y; φ) sharpens, its curvature can outgrow the fixed step δ; the revision then
+    climbs the energy instead of descending it and runs off to |Ỹ| ~ 10⁶ while every
+    metric stays finite, and the generator, regressing on Ỹ, is ruined within an epoch.
+    No sensible revision moves an image in [-1, 1] by more than half that range, so an
+    RMS revision per pixel above `max_rms` (running mean of the epoch) is divergence.
+    Runs on batch end, before any checkpoint of the epoch is written.
+    """
+
+    def __init__(self, max_rms=1.0):
+        super().__init__()
+        self.max_rms = max_rms
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs or "revision" not in logs:
+            return
+        size = self.model.generator.config.image_size
+        rms = float(logs["revision"]) / math.sqrt(size * size * 3)
+        if not rms <= self.max_rms:  # also catches NaN
+            raise DivergenceError(
+                f"the descriptor's Langevin diverged (RMS revision {rms:.3g} per pixel, "
+                f"energy {float(logs.get('energy_before', math.nan)):.3g} -> "
+                f"{float(logs.get('energy_after', math.nan)):.3g}) at step "
+                f"{int(self.model.optimizer.iterations)}; lower --descriptor_step_size or "
+                "--descriptor_learning_rate; the last good checkpoint is kept")
+
+
+__all__ = ["CooperativeLearning", "COOPERATIVE_METRICS", "RevisionGuard"]

@@ -91,6 +91,18 @@ def test_fresh_samples_join_the_step_but_only_the_batch_chains_move():
     assert all(np.isfinite(logs[name]) for name in COOPERATIVE_METRICS)
 
 
+def test_fit_stops_with_one_sentence_when_the_revision_diverges():
+    from sparse_gen_tf.errors import DivergenceError
+
+    model = make_model(descriptor_step_size=50.0)  # noise alone moves pixels by ~190
+    ids, images = data()
+    dataset = tf.data.Dataset.from_tensor_slices((ids, images)).batch(4)
+    with pytest.raises(DivergenceError, match="descriptor's Langevin diverged .* lower "
+                                              "--descriptor_step_size"):
+        model.fit(dataset, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 1  # stopped after the first step
+
+
 # --- the real train.py --descriptor -------------------------------------------------------
 
 TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
