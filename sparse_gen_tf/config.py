@@ -42,7 +42,9 @@ class TrainConfig:
     descriptor_steps: int = 15
     descriptor_step_size: float = 0.002
     descriptor_reference: float = 0.016
-    descriptor_learning_rate: float = 0.007   # Adam, β1 = 0.5, constant (as CoopNets)
+    # Adam, β1 = 0.5, constant. CoopNets' 0.007 made the revision diverge after ~1,700
+    # steps on parts (benchmarks/cooperative_vs_abp.py); 1e-3 stayed stable for 3,000.
+    descriptor_learning_rate: float = 1e-3
     descriptor_fresh_samples: bool = False
     # Where the run executes (distribute.py). A run may resume under another strategy or
     # number of devices: the checkpoint holds one copy of every variable.

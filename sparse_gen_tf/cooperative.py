@@ -34,6 +34,11 @@ Choices the paper leaves open, and why:
     towards Ỹ_i, i.e. along the descriptor's revision, as the paper's "replace Y_i by
     Ỹ_i" says. Its reconstruction error against Y_obs is still tracked (mse, psnr).
   - Ỹ is not clipped to [-1, 1]: Eq. (13) lives on R^D and tanh keeps g in range anyway.
+
+Stability: with the CoopNets settings on the parts data the revision diverged after ~1,700
+steps (f's curvature outgrew δ; see benchmarks/cooperative_vs_abp.py), with every metric
+still finite. `fit` therefore adds a `RevisionGuard`, which stops the run with one line
+and keeps the last good checkpoint.
 """
 
 import math
@@ -44,6 +49,9 @@ import tensorflow as tf
 from sparse_gen_tf.abp import AlternatingBackprop, psnr
 from sparse_gen_tf.descriptor import descriptor_langevin, energy
 from sparse_gen_tf.errors import DivergenceError
+
+# The descriptor's Langevin loop as its own XLA computation, for `jit_langevin` (abp.py).
+_compiled_descriptor_langevin = tf.function(descriptor_langevin, jit_compile=True)
 
 # Metrics added to ABP's (all means over the step's examples, reset every epoch).
 COOPERATIVE_METRICS = (
@@ -107,7 +115,8 @@ class CooperativeLearning(AlternatingBackprop):
 
     def revise(self, images, seed=None):
         """The descriptor's Langevin revision Ỹ of images [batch, H, W, 3] (step 3)."""
-        return descriptor_langevin(
+        run = _compiled_descriptor_langevin if self.jit_langevin else descriptor_langevin
+        return run(
             self.descriptor, tf.stop_gradient(images),
             self.next_seed() if seed is None else seed, steps=self.descriptor_steps,
             step_size=self.descriptor_step_size, reference=self.descriptor_reference,

@@ -61,6 +61,8 @@ flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
                      "How many of the latest checkpoints to keep.", lower_bound=1)
 flags.DEFINE_integer("log_every", _D.log_every,
                      "Train steps between TensorBoard scalar summaries.", lower_bound=1)
+flags.DEFINE_integer("num_summary_images", _D.num_summary_images,
+                     "Images in each TensorBoard image grid.", lower_bound=1)
 flags.DEFINE_boolean("descriptor", _D.descriptor,
                      "Cooperative learning (§2.4): an energy-based descriptor revises g(z) "
                      "and the generator learns from the revision.")
@@ -159,7 +161,7 @@ def _check_batch(values):
 for _name in ("descriptor_channels", "descriptor_kernel_sizes", "descriptor_strides"):
     _positive_ints(_name)
 for _name, _hint in (("descriptor_step_size", "0.002"), ("descriptor_reference", "0.016"),
-                     ("descriptor_learning_rate", "0.007")):
+                     ("descriptor_learning_rate", "0.001")):
     flags.register_validator(_name, lambda v: v > 0,
                              message=f"--{_name} must be > 0 (try {_hint})")
 

@@ -126,6 +126,16 @@ def restore(config, num_examples=None):
     return model, path
 
 
+def write_flags(config):
+    """Writes workdir/config.json and workdir/flags.txt, a flagfile that reproduces config."""
+    os.makedirs(config.workdir, exist_ok=True)
+    write_atomically(os.path.join(config.workdir, "config.json"),
+                     json.dumps(dataclasses.asdict(config), indent=2))
+    write_atomically(os.path.join(config.workdir, "flags.txt"), "".join(
+        f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
+        for k, v in dataclasses.asdict(config).items() if v is not None))
+
+
 def train(config: TrainConfig):
     """Trains (or resumes) the run described by config; returns the Keras History."""
     check_resumable(config)
@@ -169,12 +179,7 @@ def train(config: TrainConfig):
     if not chief:  # the other workers save to save_dir only, and log nothing
         callbacks = [DivergenceGuard(), Checkpointing(manager, epoch, config.checkpoint_every)]
     else:
-        os.makedirs(config.workdir, exist_ok=True)
-        write_atomically(os.path.join(config.workdir, "config.json"),
-                         json.dumps(dataclasses.asdict(config), indent=2))
-        write_atomically(os.path.join(config.workdir, "flags.txt"), "".join(
-            f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
-            for k, v in dataclasses.asdict(config).items() if v is not None))
+        write_flags(config)
 
         images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
                                 num_images=config.num_summary_images, seed=config.seed)

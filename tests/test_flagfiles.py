@@ -38,3 +38,10 @@ def test_celeba_flags_are_the_papers_setup():
     assert shapes == [(2, 2, 256), (4, 4, 128)]
     assert config.kernel_sizes[-1] == config.strides[-1] == 16
     assert dataclasses.replace(config, workdir="x").image_size == 64
+
+
+def test_a_runs_flags_txt_reads_back_as_a_flagfile(tmp_path):
+    from sparse_gen_tf import trainer
+    config = TrainConfig(workdir=str(tmp_path), topk=(4, 8))
+    trainer.write_flags(config)
+    assert config_from(f"--flagfile={tmp_path / 'flags.txt'}") == config
