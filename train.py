@@ -10,15 +10,14 @@ import sys
 
 from absl import app
 
+from sparse_gen_tf import cli
 from sparse_gen_tf import flags as train_flags
 from sparse_gen_tf import trainer
 from sparse_gen_tf.errors import UserError
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"train.py: unexpected arguments {' '.join(argv[1:])}; flags look like "
-                 "--name=value")
+    cli.start("train.py", argv, quiet=False)  # training logs its progress
     try:
         trainer.train(train_flags.train_config())
     except UserError as e:

@@ -154,14 +154,10 @@ def markdown_table(all_results):
 
 
 def main(argv):
-    from absl import flags, logging
-    if not flags.FLAGS["verbosity"].present:
-        # TensorFlow's INFO and retracing WARNING lines are noise in this command's output.
-        logging.set_verbosity(logging.ERROR)
+    from absl import flags
+    from sparse_gen_tf import cli
+    cli.start("evaluate", argv)
     values = flags.FLAGS
-    if len(argv) > 1:
-        sys.exit(f"evaluate: unexpected arguments {' '.join(argv[1:])}; flags look like "
-                 "--name=value")
     try:
         settings = inference.settings_from_flags(values)
         all_results = [evaluate(w, num_heldout=values.num_heldout, num_fit=values.num_fit,

@@ -151,14 +151,10 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
 
 
 def main(argv):
-    from absl import flags, logging
-    if not flags.FLAGS["verbosity"].present:
-        # TensorFlow's INFO and retracing WARNING lines are noise in this command's output.
-        logging.set_verbosity(logging.ERROR)
+    from absl import flags
+    from sparse_gen_tf import cli
+    cli.start("explain", argv)
     values = flags.FLAGS
-    if len(argv) > 1:
-        sys.exit(f"explain: unexpected arguments {' '.join(argv[1:])}; flags look like "
-                 "--name=value")
     try:
         path = explain(values.workdir, values.output_dir, num_samples=values.num_samples,
                        num_images=values.num_images, seed=values.seed,
