@@ -46,6 +46,7 @@ class TrainConfig:
     # steps on parts (benchmarks/cooperative_vs_abp.py); 1e-3 stayed stable for 3,000.
     descriptor_learning_rate: float = 1e-3
     descriptor_fresh_samples: bool = False
+    descriptor_data_weight: float = 0.0
     # Where the run executes (distribute.py). A run may resume under another strategy or
     # number of devices: the checkpoint holds one copy of every variable.
     strategy: str = "default"      # default, mirrored or multi_worker

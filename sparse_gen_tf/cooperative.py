@@ -76,6 +76,7 @@ class CooperativeLearning(AlternatingBackprop):
       descriptor_steps, descriptor_step_size, descriptor_reference: T, δ and s of the
         descriptor's Langevin dynamics.
       fresh_samples: also revise g(z_f) for z_f ~ N(0, I) (step 2 of the module doc).
+      data_weight: w of step 5; 0 is the paper's pure replacement of Y_i by Ỹ_i.
       descriptor_noise: False drops the δ·E term of the revision (for tests).
       **kwargs: AlternatingBackprop's (langevin_steps, langevin_step_size, sigma, seed...).
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
@@ -83,13 +84,14 @@ class CooperativeLearning(AlternatingBackprop):
 
     def __init__(self, generator, descriptor, num_examples, *, descriptor_optimizer=None,
                  descriptor_steps=15, descriptor_step_size=0.002, descriptor_reference=0.016,
-                 fresh_samples=False, descriptor_noise=True, **kwargs):
+                 fresh_samples=False, data_weight=0.0, descriptor_noise=True, **kwargs):
         super().__init__(generator, num_examples, **kwargs)
         self.descriptor = descriptor
         self.descriptor_steps = int(descriptor_steps)
         self.descriptor_step_size = float(descriptor_step_size)
         self.descriptor_reference = float(descriptor_reference)
         self.fresh_samples = bool(fresh_samples)
+        self.data_weight = float(data_weight)
         self.descriptor_noise = bool(descriptor_noise)
         self.descriptor_optimizer = descriptor_optimizer or keras.optimizers.Adam(
             0.007, beta_1=0.5)
@@ -157,7 +159,14 @@ class CooperativeLearning(AlternatingBackprop):
         with tf.GradientTape() as tape:
             parse = self.generator.parse(z)
             image = tf.cast(parse["image"], images.dtype)
-            squared_error = tf.reduce_sum(tf.square(revised - image), axis=[1, 2, 3])
+            target = revised
+            if self.data_weight:
+                # Step 5's T_i = (1 - w) Ỹ_i + w Y_i for the examples; fresh samples have
+                # no data and keep Ỹ.
+                examples = (1.0 - self.data_weight) * revised[:batch] + \
+                    self.data_weight * images
+                target = tf.concat([examples, revised[batch:]], axis=0)
+            squared_error = tf.reduce_sum(tf.square(target - image), axis=[1, 2, 3])
             loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
             # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
             scaled_loss = self.optimizer.scale_loss(loss / replicas)

@@ -85,6 +85,10 @@ flags.DEFINE_float("descriptor_learning_rate", _D.descriptor_learning_rate,
 flags.DEFINE_boolean("descriptor_fresh_samples", _D.descriptor_fresh_samples,
                      "Also revise g(z) for fresh z ~ N(0, I) (CoopNets); they join the "
                      "descriptor's negative phase and the generator's regression.")
+flags.DEFINE_float("descriptor_data_weight", _D.descriptor_data_weight,
+                   "w in [0, 1]: the generator regresses on (1 - w) * revision + w * data "
+                   "(0: the paper's pure replacement of Y_i by the revision).",
+                   lower_bound=0.0, upper_bound=1.0)
 
 flags.DEFINE_enum("strategy", _D.strategy, list(STRATEGIES),
                   "default: one device; mirrored: all local GPUs, or --cpu_devices logical "
@@ -167,7 +171,8 @@ for _name, _hint in (("descriptor_step_size", "0.002"), ("descriptor_reference",
 
 _DESCRIPTOR_ONLY = ("descriptor_channels", "descriptor_kernel_sizes", "descriptor_strides",
                     "descriptor_steps", "descriptor_step_size", "descriptor_reference",
-                    "descriptor_learning_rate", "descriptor_fresh_samples")
+                    "descriptor_learning_rate", "descriptor_fresh_samples",
+                    "descriptor_data_weight")
 
 
 @flags.multi_flags_validator(["descriptor", *_DESCRIPTOR_ONLY])

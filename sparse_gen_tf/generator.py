@@ -131,13 +131,18 @@ class Generator(keras.Model):
         mean_pixel = np.clip(np.asarray(mean_pixel, np.float32), -0.95, 0.95)
         self.deconvs[-1].bias.assign(np.arctanh(mean_pixel))
 
-    def parse(self, z, masks=None):
+    def parse(self, z, masks=None, kernels=None, blocked=False):
         """Runs g and records the parse (§2.1-2.2).
 
         Args:
           z: [batch, latent_dim].
           masks: optional list, one per sparse layer, of (mask_T, mask_R) [batch, h, w, c]
             to use instead of computing them: the frozen, linear generator of Eq. (2).
+          kernels: optional list of each deconv's `matmul_kernel()`, computed once by a
+            caller that runs g many times with fixed weights.
+          blocked: return "logits" and "image" as `tf.nn.space_to_depth(·, s)` of the
+            image, [batch, H/s, W/s, s*s*3] (needs `blocked_output`); see
+            `squared_error_fn`.
         Returns:
           dict with "image" [batch, H, W, 3] = tanh("logits"), "logits" (pre-tanh), and
           per sparse layer i (lists, top first): "feature_maps" fm^i (before TopK),
@@ -156,10 +161,53 @@ class Generator(keras.Model):
             activation = fm * mask_t * mask_r
             for key, value in zip(record, (fm, mask_t, mask_r, activation)):
                 record[key].append(value)
-            fm = self.deconvs[i](activation)
+            fm = self.deconvs[i](activation, kernel=None if kernels is None else kernels[i],
+                                 blocked=blocked and i == len(self.topks) - 1)
         record["logits"] = fm
         record["image"] = tf.tanh(fm)
         return record
+
+    @property
+    def blocked_output(self):
+        """True when the image layer's kernel equals its stride (the paper's bottom layer,
+        and every default here): g(z) is then a depth_to_space of one matmul."""
+        last = self.deconvs[-1]
+        return last.paints_disjoint_cells and last.strides > 1
+
+    def squared_error_fn(self, images, observed=None):
+        """Returns z [batch, latent_dim] -> ‖(Y - g(z)) ⊙ observed‖² [batch] (float32),
+        the likelihood term of Eq. (11), for a loop that calls it with fixed weights.
+
+        Everything that does not depend on z is computed once, here, outside the loop:
+        the deconvs' matmul kernels and, when `blocked_output`, the images (and mask)
+        rearranged by space_to_depth, so that the residual is taken on the matmul's own
+        layout. The sum of squares does not depend on the order of the pixels, and XLA
+        would otherwise redo the kernels' transposes and read the image with a stride of
+        3 floats in every Langevin step (BENCHMARKS.md).
+
+        Args:
+          images: [batch, H, W, 3]; observed: optional [batch, H, W, 1 or 3] 0/1 mask.
+        """
+        images = tf.convert_to_tensor(images)
+        kernels = [deconv.matmul_kernel(self.compute_dtype) for deconv in self.deconvs]
+        blocked = self.blocked_output
+        if observed is not None:
+            observed = tf.cast(tf.broadcast_to(
+                tf.cast(observed, images.dtype), tf.shape(images)), images.dtype)
+        if blocked:
+            cell = self.deconvs[-1].strides
+            images = tf.nn.space_to_depth(images, cell)
+            if observed is not None:
+                observed = tf.nn.space_to_depth(observed, cell)
+
+        def squared_error(z):
+            image = self.parse(z, kernels=kernels, blocked=blocked)["image"]
+            # Under a mixed precision policy g(z) is 16-bit; the residual stays float32.
+            residual = images - tf.cast(image, images.dtype)
+            if observed is not None:
+                residual = residual * observed
+            return tf.reduce_sum(tf.square(residual), axis=[1, 2, 3])
+        return squared_error
 
     def call(self, z):
         return self.parse(z)["image"]

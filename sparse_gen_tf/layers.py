@@ -120,21 +120,58 @@ class TransposedConv(keras.layers.Layer):
         s = self.strides
         return (b, None if h is None else h * s, None if w is None else w * s, self.filters)
 
-    def call(self, x, include_bias=True):
+    @property
+    def blocks_per_side(self):
+        """m = ceil(k / s): the kernel is split into m x m stride-sized blocks."""
+        return -(-self.kernel_size // self.strides)
+
+    @property
+    def paints_disjoint_cells(self):
+        """True when k == s: each input unit paints its own s x s cell and nothing else, so
+        the output is a depth_to_space of one matmul (see `call(blocked=True)`)."""
+        return self.kernel_size == self.strides
+
+    def matmul_kernel(self, dtype=None):
+        """The kernel as the matmul's right-hand side [c_in, m*m*s*s*filters], block (a, b)
+        and in-block offset (r_y, r_x) in depth_to_space order. A pure function of the
+        kernel variable: a caller that applies the layer many times with fixed weights
+        (the Langevin loop) computes it once and passes it to `call`, because XLA does
+        not hoist the transpose out of a while loop."""
         k, s, c_out = self.kernel_size, self.strides, self.filters
-        m = -(-k // s)  # blocks per side
-        _, h, w, c_in = x.shape
-        kernel = tf.cast(self.kernel, x.dtype)
+        m = self.blocks_per_side
+        c_in = self.kernel.shape[0]
+        kernel = tf.cast(self.kernel, dtype or self.compute_dtype)
         if m * s != k:  # pad the kernel to a whole number of blocks; the extra rows are 0
             kernel = tf.pad(kernel, [[0, 0], [0, m * s - k], [0, m * s - k], [0, 0]])
         # [c_in, m, s, m, s, c_out] -> [c_in, m, m, s, s, c_out]: block (a, b) paints
         # pixels (a*s + r) of the patch, i.e. the coarse cell i + a at offset r.
         kernel = tf.reshape(kernel, [c_in, m, s, m, s, c_out])
         kernel = tf.transpose(kernel, [0, 1, 3, 2, 4, 5])
-        kernel = tf.reshape(kernel, [c_in, m * m * s * s * c_out])
+        return tf.reshape(kernel, [c_in, m * m * s * s * c_out])
+
+    def call(self, x, include_bias=True, kernel=None, blocked=False):
+        """x [batch, h, w, c_in] -> [batch, h*s, w*s, filters].
+
+        kernel: optional `matmul_kernel()`, precomputed. blocked=True (only when
+        `paints_disjoint_cells`) returns the output before its depth_to_space,
+        [batch, h, w, s*s*filters], i.e. `tf.nn.space_to_depth(output, s)`.
+        """
+        k, s, c_out = self.kernel_size, self.strides, self.filters
+        m = self.blocks_per_side
+        _, h, w, c_in = x.shape
+        if kernel is None:
+            kernel = self.matmul_kernel(x.dtype)
         batch = tf.shape(x)[0]
         patches = tf.reshape(tf.matmul(tf.reshape(x, [-1, c_in]), kernel),
                              [batch, h, w, m, m, s * s * c_out])
+        bias = tf.cast(self.bias, x.dtype) if self.use_bias and include_bias else None
+        if blocked:
+            if not self.paints_disjoint_cells:
+                raise ValueError(f"blocked output needs kernel_size == strides, got "
+                                 f"{k} and {s}")
+            out = patches[:, :, :, 0, 0]
+            # depth_to_space order is (r_y, r_x, c), c fastest: the bias repeats s*s times.
+            return out if bias is None else out + tf.tile(bias, [s * s])
         if m == 1:
             full = patches[:, :, :, 0, 0]
         else:
@@ -149,9 +186,7 @@ class TransposedConv(keras.layers.Layer):
         # 'same' padding crops (k - s) // 2 pixels at the top-left, like conv2d_transpose.
         pad = (k - s) // 2
         out = full[:, pad:pad + h * s, pad:pad + w * s, :]
-        if self.use_bias and include_bias:
-            out = out + tf.cast(self.bias, x.dtype)
-        return out
+        return out if bias is None else out + bias
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,

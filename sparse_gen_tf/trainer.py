@@ -85,7 +85,8 @@ def build_model(config, num_examples):
             descriptor_steps=config.descriptor_steps,
             descriptor_step_size=config.descriptor_step_size,
             descriptor_reference=config.descriptor_reference,
-            fresh_samples=config.descriptor_fresh_samples, **abp)
+            fresh_samples=config.descriptor_fresh_samples,
+            data_weight=config.descriptor_data_weight, **abp)
     else:
         model = AlternatingBackprop(Generator(config.generator_config()), num_examples, **abp)
     # Cosine decay to a tenth: fast early progress, then a small rate to settle the kernels.

@@ -1,6 +1,7 @@
 """Langevin inference (Eq. 10-11) on a fixed generator."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from sparse_gen_tf import Generator, GeneratorConfig, langevin, log_joint
@@ -44,6 +45,25 @@ def test_langevin_without_noise_is_gradient_ascent_on_log_joint():
         log_p = tf.reduce_sum(tf.add_n(log_joint(generator, z0, images, 0.5)))
     expected = z0 + 0.5 * 0.1 ** 2 * tape.gradient(log_p, z0)
     np.testing.assert_allclose(z1.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [
+    CONFIG,  # bottom kernel == stride: the loop works on space_to_depth'd images
+    GeneratorConfig(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32),
+                    kernel_sizes=(4, 6), strides=(2, 4))])  # k > s: the plain path
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_loops_squared_error_is_log_joints(config, masked):
+    generator = Generator(config)
+    assert generator.blocked_output == (config.kernel_sizes[-1] == config.strides[-1])
+    z = tf.random.stateless_normal([3, 8], [1, 2])
+    images = tf.random.stateless_uniform([3, 16, 16, 3], [3, 4], minval=-1, maxval=1)
+    observed = None
+    if masked:
+        observed = tf.cast(tf.random.stateless_uniform([3, 16, 16, 1], [5, 6]) > 0.5,
+                           tf.float32)
+    loop = generator.squared_error_fn(images, observed)(z)
+    log_likelihood, _ = log_joint(generator, z, images, sigma=0.5, observed=observed)
+    np.testing.assert_allclose(loop.numpy(), -2 * 0.25 * log_likelihood.numpy(), rtol=1e-5)
 
 
 def test_langevin_noise_is_reproducible_from_the_seed():

@@ -92,6 +92,28 @@ def test_transposed_conv_under_xla_matches_eager():
     np.testing.assert_allclose(compiled.numpy(), eager.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,stride", [(4, 2), (16, 16), (5, 2)])
+def test_transposed_conv_with_a_precomputed_kernel_is_the_same_layer(kernel, stride):
+    layer = TransposedConv(4, kernel, stride, kernel_initializer="random_normal")
+    x = tf.random.stateless_normal([2, 3, 3, 5], seed=[1, kernel])
+    layer.build(x.shape)
+    layer.bias.assign(tf.random.stateless_normal([4], [2, 2]))
+    np.testing.assert_allclose(layer(x, kernel=layer.matmul_kernel()).numpy(),
+                               layer(x).numpy(), rtol=1e-6)
+
+
+def test_transposed_conv_blocked_output_is_space_to_depth_of_the_output():
+    layer = TransposedConv(3, 8, 8, kernel_initializer="random_normal")
+    x = tf.random.stateless_normal([2, 2, 2, 4], seed=[3, 3])
+    layer.build(x.shape)
+    layer.bias.assign([0.5, -1.0, 2.0])
+    assert layer.paints_disjoint_cells
+    np.testing.assert_allclose(layer(x, blocked=True).numpy(),
+                               tf.nn.space_to_depth(layer(x), 8).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="kernel_size == strides"):
+        TransposedConv(3, 4, 2)(x, blocked=True)
+
+
 def test_transposed_conv_rejects_kernel_smaller_than_stride():
     with pytest.raises(ValueError, match="kernel_size"):
         TransposedConv(3, 2, 4)
