@@ -1,13 +1,18 @@
 """sparse_gen_tf: an explainable generator with TopK-sparse feature maps.
 
 The public surface: the layers (`TopK`, `TransposedConv`), the generator
-(`Generator`, `GeneratorConfig`) and its learning algorithm (`AlternatingBackprop`).
+(`Generator`, `GeneratorConfig`), its learning algorithm (`AlternatingBackprop`), and the
+descriptor of §2.4 with cooperative learning (`Descriptor`, `DescriptorConfig`,
+`CooperativeLearning`).
 """
 
 from sparse_gen_tf.abp import AlternatingBackprop
+from sparse_gen_tf.cooperative import CooperativeLearning
+from sparse_gen_tf.descriptor import Descriptor, DescriptorConfig
 from sparse_gen_tf.generator import Generator, GeneratorConfig
 from sparse_gen_tf.langevin import langevin, log_joint
 from sparse_gen_tf.layers import TopK, TransposedConv
 
-__all__ = ["AlternatingBackprop", "Generator", "GeneratorConfig", "TopK",
+__all__ = ["AlternatingBackprop", "CooperativeLearning", "Descriptor", "DescriptorConfig",
+           "Generator", "GeneratorConfig", "TopK",
            "TransposedConv", "langevin", "log_joint"]

@@ -56,7 +56,9 @@ class Checkpointing(keras.callbacks.Callback):
 
 class ImageSummaries:
     """Writes image grids to TensorBoard: samples g(z), z ~ N(0, I), and training images
-    beside their reconstructions g(z_i) from the persistent chains."""
+    beside their reconstructions g(z_i) from the persistent chains. For cooperative
+    learning also "data_reconstructions_revisions": each training image, g(z_i) and the
+    descriptor's revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
 
     def __init__(self, model, data, logdir, num_images=16, seed=0):
         self.model, self.writer = model, tf.summary.create_file_writer(logdir)
@@ -78,6 +80,13 @@ class ImageSummaries:
             tf.summary.image("samples", image_grid(samples)[None], max_outputs=1)
             tf.summary.image("data_and_reconstructions",
                              image_grid(pairs, columns=8)[None], max_outputs=1)
+            if hasattr(self.model, "revise"):
+                # A fixed seed, so that grids at different steps differ by the model only.
+                revised = self.model.revise(recon, seed=tf.constant([0, 9])).numpy()
+                triples = np.stack([pairs[0::2], recon, np.clip(revised, -1, 1)], 1)
+                tf.summary.image("data_reconstructions_revisions", image_grid(
+                    triples.reshape((-1,) + recon.shape[1:]), columns=6)[None],
+                    max_outputs=1)
             for extra in self.extra:
                 extra(step)
         self.writer.flush()

@@ -81,6 +81,21 @@ def test_generator_learns_only_from_the_revision():
         np.testing.assert_array_equal(before, after.numpy())
 
 
+def test_data_weight_mixes_the_data_into_the_generators_target():
+    # With the same negligible revision (Ỹ = g(z)), the target (1 - w) Ỹ + w Y makes the
+    # loss w² ‖Y - g(z)‖² / (2σ²), so it scales with w² against the data term alone.
+    ids, images = data()
+    losses = {}
+    for weight in (0.5, 1.0):
+        model = make_model(descriptor_steps=1, descriptor_step_size=1e-30,
+                           descriptor_noise=False, data_weight=weight)
+        logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
+        losses[weight] = logs["loss"]
+        data_loss = -logs["log_likelihood"]  # ‖Y - g(z_i)‖² / (2σ²), the same z
+        np.testing.assert_allclose(logs["loss"], weight ** 2 * data_loss, rtol=1e-4)
+    assert losses[1.0] > 3 * losses[0.5]
+
+
 def test_fresh_samples_join_the_step_but_only_the_batch_chains_move():
     model = make_model(fresh_samples=True)
     ids, images = data()
@@ -130,6 +145,12 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
     first = run_train(f"--workdir={workdir}", "--train_steps=2", *TINY, *DESCRIPTOR_FLAGS)
     assert first.returncode == 0, first.stderr[-3000:]
     saved = descriptor_tensors(workdir)
+    tags = set()
+    for directory, _, files in os.walk(os.path.join(workdir, "tb")):
+        for path in (os.path.join(directory, f) for f in files if "tfevents" in f):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                tags.update(v.tag for v in event.summary.value)
+    assert {"data_reconstructions_revisions", "epoch_revision", "epoch_f_observed"} <= tags
     kernel_key = "model/descriptor/score/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
     iterations_key = "model/descriptor_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
     assert saved[iterations_key] == 2 and saved[kernel_key].shape == (8 * 8 * 4, 1)
@@ -155,6 +176,8 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
 @pytest.mark.parametrize("flags,message", [
     (["--descriptor_steps=5"], "add --descriptor"),
     (["--descriptor_fresh_samples"], "add --descriptor"),
+    (["--descriptor_data_weight=0.5"], "add --descriptor"),
+    (["--descriptor", "--descriptor_data_weight=1.5"], "descriptor_data_weight"),
     (["--descriptor", "--descriptor_step_size=0"], "--descriptor_step_size must be > 0"),
     (["--descriptor", "--descriptor_reference=-1"], "--descriptor_reference must be > 0"),
     (["--descriptor", "--descriptor_learning_rate=0"], "--descriptor_learning_rate must be"),
