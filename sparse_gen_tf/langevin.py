@@ -5,8 +5,11 @@ The posterior p(z | Y) ∝ p(z) p(Y | z) is sampled by
     z <- z + δ²/2 · ∂/∂z log p(z, Y) + δ·E,   E ~ N(0, I)                      (Eq. 10)
     log p(z, Y) = -‖Y - g(z)‖² / (2σ²) - ‖z‖² / 2 + C                           (Eq. 11)
 
-The loop is a `tf.while_loop`, so memory does not grow with the number of steps and the
-whole chain compiles into one XLA computation.
+The loop is a `tf.while_loop`, so activations are not kept across steps (memory grows with
+the number of steps only by the pre-drawn noise, L x batch x d floats) and the whole chain
+compiles into one XLA computation. What does not depend on z (the deconv kernels'
+matmul layout, the images' space_to_depth layout) is computed once, before the loop:
+`Generator.squared_error_fn`.
 """
 
 import tensorflow as tf
@@ -75,7 +78,7 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
         # paper-size step), one draw of all of it a few hundredths. It is the only
         # memory that grows with L, by 4·L·batch·d bytes (1.5 MB at L = 60, batch 64).
         all_noise = tf.random.stateless_normal(
-            tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype)
+            tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype, alg="philox")
 
     def step(t, z):
         with tf.GradientTape() as tape:
