@@ -31,7 +31,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10            # steps between TensorBoard scalars
     num_summary_images: int = 16   # images per TensorBoard grid
-    # Cooperative learning with a descriptor (§2.4, cooperative.py). Steps, δ, s and the
+    # Cooperative learning with a descriptor (§2.4, cooperative.py). Steps, δ and the
     # kernels/strides are the CoopNets descriptor's; its channels (64, 128, 256) are cut
     # to a quarter for the 32x32 parts data, whose 15 descriptor Langevin steps per train
     # step would otherwise dominate the CPU time.
@@ -41,7 +41,11 @@ class TrainConfig:
     descriptor_strides: tuple = (2, 2, 1)
     descriptor_steps: int = 15
     descriptor_step_size: float = 0.002
-    descriptor_reference: float = 0.016
+    # s = 1, not CoopNets' 0.016: at 0.016 the reference term -Y/s² shrinks every revision
+    # towards grey by ~11% over 15 steps unless f learns to cancel it; at 1 it is nearly
+    # flat at the data's scale and f alone moves Ỹ. Parts, 640 steps, w = 0.5: sample
+    # high-frequency power 0.24 of the data's at s = 1, 0.10 at 0.016 (ABP 0.09).
+    descriptor_reference: float = 1.0
     # Adam, β1 = 0.5, constant. CoopNets' 0.007 made the revision diverge after ~1,700
     # steps on parts (benchmarks/cooperative_vs_abp.py); 1e-3 stayed stable for 3,000.
     descriptor_learning_rate: float = 1e-3

@@ -14,10 +14,12 @@ rest open. Each `train_step` on a batch (example ids, images Y_obs) does exactly
      E_data[∂f/∂φ] - E_φ[∂f/∂φ] with Ỹ as the model's samples: descend
          mean_batch f(Ỹ; φ) - mean_batch f(Y_obs; φ)
      (the negative phase averages over all n revised images, fresh ones included).
-  5. Generator update (the model's Adam), Eq. (12) with Ỹ in place of Y: descend
-         mean_n ‖Ỹ - g(z; θ)‖² / (2σ²),   Ỹ held fixed (stop-gradient),
-     regressing each Ỹ on the z it was revised from: z_i for the examples, z_f for the
-     fresh samples.
+  5. Generator update (the model's Adam), Eq. (12) with the target T in place of Y:
+     descend
+         mean_n ‖T - g(z; θ)‖² / (2σ²),   T held fixed (stop-gradient),
+     where T_i = (1 - w) Ỹ_i + w Y_i for the examples (w = --descriptor_data_weight) and
+     T = Ỹ for the fresh samples, each regressed on the z it came from (z_i, z_f).
+     w = 0 is the paper's "Ỹ_i replaces Y_i"; the default w = 0.5 (see below).
 
 Steps 4 and 5 only read Ỹ, Y_obs and z, which are fixed by then, so their order does not
 matter; both use the parameters from before the step (CoopNets updates D, then G, the same).
@@ -30,9 +32,20 @@ Choices the paper leaves open, and why:
   - The revision starts from g(z_i), the generator's reconstruction, not from Y_obs:
     starting at the data would teach the generator the data plus a descriptor-made
     perturbation, and the descriptor's negative phase would then sit on the data itself.
-  - The generator sees the data only through z_i and the descriptor: g(z_i) is pulled
-    towards Ỹ_i, i.e. along the descriptor's revision, as the paper's "replace Y_i by
-    Ỹ_i" says. Its reconstruction error against Y_obs is still tracked (mse, psnr).
+  - The data stay in the generator's target (w = 0.5 by default). With w = 0 the
+    generator sees the data only through z_i and the descriptor: g(z_i) is pulled
+    towards Ỹ_i, a perturbation of itself, so when the descriptor is still weak the
+    generator gets no pull towards the data at all, and the reference term -Y/s²
+    (s = 0.016) shrinks every revision towards grey by ~11% over 15 steps. Measured on
+    parts after 640 steps: w = 0 reached 11.7 dB (ABP 17.1), w = 0.5 17.0 dB with 20%
+    more high-frequency power in its samples (benchmarks/cooperative_vs_abp.py). Since
+    ‖T - g‖² = (1 - w)‖Ỹ - g‖² + w‖Y - g‖² - w(1 - w)‖Ỹ - Y‖², a constant in θ, this
+    is ABP's Eq. (12) and the paper's revision-driven one, mixed in proportion w.
+  - train.py's reference is s = 1, not CoopNets' 0.016 (this class's default): at 0.016
+    the term -Y/s² dominates the revision until f has learned to cancel it; at s = 1 it
+    is nearly flat at the data's scale and f alone moves Ỹ. Parts, 640 steps, w = 0.5:
+    sample high-frequency power 0.24 of the data's at s = 1, 0.10 at s = 0.016, ABP 0.09;
+    reconstruction 16.0, 17.0 and 17.1 dB.
   - Ỹ is not clipped to [-1, 1]: Eq. (13) lives on R^D and tanh keeps g in range anyway.
 
 Stability: with the CoopNets settings on the parts data the revision diverged after ~1,700
@@ -77,6 +90,8 @@ class CooperativeLearning(AlternatingBackprop):
         descriptor's Langevin dynamics.
       fresh_samples: also revise g(z_f) for z_f ~ N(0, I) (step 2 of the module doc).
       data_weight: w of step 5; 0 is the paper's pure replacement of Y_i by Ỹ_i.
+      The defaults are CoopNets' and the paper's; train.py's (config.py) differ where a
+      measurement said so (w = 0.5, s = 1, descriptor learning rate 1e-3).
       descriptor_noise: False drops the δ·E term of the revision (for tests).
       **kwargs: AlternatingBackprop's (langevin_steps, langevin_step_size, sigma, seed...).
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).

@@ -164,7 +164,7 @@ def _check_batch(values):
 
 for _name in ("descriptor_channels", "descriptor_kernel_sizes", "descriptor_strides"):
     _positive_ints(_name)
-for _name, _hint in (("descriptor_step_size", "0.002"), ("descriptor_reference", "0.016"),
+for _name, _hint in (("descriptor_step_size", "0.002"), ("descriptor_reference", "1.0"),
                      ("descriptor_learning_rate", "0.001")):
     flags.register_validator(_name, lambda v: v > 0,
                              message=f"--{_name} must be > 0 (try {_hint})")

@@ -176,7 +176,7 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
 @pytest.mark.parametrize("flags,message", [
     (["--descriptor_steps=5"], "add --descriptor"),
     (["--descriptor_fresh_samples"], "add --descriptor"),
-    (["--descriptor_data_weight=0.5"], "add --descriptor"),
+    (["--descriptor_data_weight=0.25"], "add --descriptor"),
     (["--descriptor", "--descriptor_data_weight=1.5"], "descriptor_data_weight"),
     (["--descriptor", "--descriptor_step_size=0"], "--descriptor_step_size must be > 0"),
     (["--descriptor", "--descriptor_reference=-1"], "--descriptor_reference must be > 0"),
