@@ -13,6 +13,10 @@ achieved fraction of that peak. The peak is measured in the same window as the s
 processes, and the fraction compares the best step with the best matmul, the two least
 disturbed. The first call (trace + compile) is timed separately.
 
+--profile traces 3 steps of the paper-size XLA step with the TensorFlow profiler and prints
+the XLA operations that take the most time (ms per train step, summed over threads): the
+six matmuls of each Langevin step, the two TopK custom calls, the fusions around them.
+
 --sweep varies one of batch, L and image size around the paper's point (batch 64, L = 30,
 64x64), XLA only. --memory runs a few steps at L = 10 and L = 60, each in a fresh
 process, and reports the peak resident memory (and the GPU's peak allocation when there
@@ -20,8 +24,11 @@ is a GPU): the Langevin loop is a tf.while_loop, so it should not grow with L. P
 markdown tables.
 """
 
+import collections
+import glob
 import resource
 import statistics
+import tempfile
 import subprocess
 import sys
 import time
@@ -42,6 +49,7 @@ flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures
 flags.DEFINE_enum("sweep", "none", ["none", "batch", "langevin_steps", "image_size", "all"],
                   "Vary one setting around the paper's point instead of the lists above.")
 flags.DEFINE_boolean("memory", False, "Also measure peak memory at L = 10 and L = 60.")
+flags.DEFINE_boolean("profile", False, "Print where the XLA step spends its time and exit.")
 flags.DEFINE_integer("memory_probe", None, "Internal: run a few steps at this L, print "
                      "the peak memory and exit (a fresh process per L).")
 FLAGS = flags.FLAGS
@@ -149,8 +157,50 @@ def memory_probe(langevin_steps):
     print(f"{rss:.0f} {gpu}")
 
 
+def profile(config, batch_size, langevin_steps, steps=3, top=16):
+    """Prints the XLA operations of the train step that take the most time, from a
+    TensorFlow profiler trace of `steps` steps (ms per step, summed over threads)."""
+    # The trace is an XSpace protobuf; TensorFlow ships its definition.
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    model = AlternatingBackprop(Generator(config), batch_size, langevin_steps=langevin_steps,
+                                langevin_step_size=0.3, sigma=0.3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    ids = np.arange(batch_size, dtype=np.int32)
+    images = np.random.default_rng(0).uniform(
+        -1, 1, (batch_size, config.image_size, config.image_size, 3)).astype(np.float32)
+    for _ in range(2):
+        model.train_on_batch(ids, images)
+    logdir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        model.train_on_batch(ids, images)
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    totals, counts = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_numa"):  # XLA's worker threads only
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+                    continue  # the executor's own spans and waits, not operations
+                totals[name] += event.duration_ps / 1e9 / steps
+                counts[name] += 1
+    print(f"\n| XLA operation | ms per train step | calls per step |\n|---|---|---|")
+    for name, ms in totals.most_common(top):
+        print(f"| {name} | {ms:.1f} | {counts[name] // steps} |")
+
+
 def main(argv):
     del argv
+    if FLAGS.profile:
+        profile(paper_config(int(FLAGS.image_sizes[0])), int(FLAGS.batch_sizes[0]),
+                int(FLAGS.langevin_steps[0]))
+        return
     if FLAGS.memory_probe is not None:
         memory_probe(FLAGS.memory_probe)
         return
