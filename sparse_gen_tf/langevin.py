@@ -69,6 +69,8 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
     Returns:
       z after the last step, [batch, d].
     """
+    if steps <= 0:  # an empty noise tensor would not compile under XLA
+        return tf.convert_to_tensor(z)
     images = tf.convert_to_tensor(images)
     seed = tf.cast(seed, tf.int32)
     squared_error = squared_error_fn(generator, images, observed)

@@ -66,6 +66,15 @@ def test_the_loops_squared_error_is_log_joints(config, masked):
     np.testing.assert_allclose(loop.numpy(), -2 * 0.25 * log_likelihood.numpy(), rtol=1e-5)
 
 
+def test_zero_langevin_steps_return_the_start_under_xla():
+    generator = Generator(CONFIG)
+    z0 = tf.random.stateless_normal([2, 8], [4, 4])
+    run = tf.function(lambda z: langevin(generator, z, tf.zeros([2, 16, 16, 3]), [1, 2],
+                                         steps=0, step_size=0.1, sigma=0.3),
+                      jit_compile=True)
+    np.testing.assert_array_equal(run(z0).numpy(), z0.numpy())
+
+
 def test_langevin_noise_is_reproducible_from_the_seed():
     generator = Generator(CONFIG)
     images = tf.zeros([2, 16, 16, 3])
