@@ -2,8 +2,9 @@
 
 Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.md):
 
-* `TopK` finds each example's K-th largest value with `tf.math.top_k(sorted=False)` and keeps
-  everything at or above it; a sorted top_k lowers to a full sort under XLA.
+* `TopK` finds each example's K-th largest value and keeps everything at or above it. The
+  value comes from `tf.math.top_k`, or under XLA on CPU, where top_k is a serial partial
+  sort, from an exact bisection on the float bits whose counts are matmuls.
 * `TransposedConv` is one matmul followed by an overlap-add, instead of the stock
   `Conv2DTranspose`, whose XLA lowering on CPU is an order of magnitude slower.
 """
@@ -12,6 +13,60 @@ import math
 
 import keras
 import tensorflow as tf
+
+
+def kth_largest(values, k, bisection=False):
+    """The k-th largest entry of each row of values [batch, n], as [batch, 1].
+
+    Repeated values count with their multiplicity, so this is the minimum of
+    `tf.math.top_k(values, k).values`, whichever way it is computed: `top_k`, or with
+    bisection=True and inside a traced function, `kth_largest_by_bisection`. The two
+    agree bit for bit. Bisection is for XLA on CPU, whose top_k is a std::partial_sort of
+    one row after another on one core (xla/service/cpu/runtime_topk.cc): 3x slower than
+    the bisection there, while without XLA (TensorFlow's multi-threaded TopK kernel) and
+    on GPU top_k is the faster one (BENCHMARKS.md).
+    """
+    if bisection and not tf.executing_eagerly():
+        return kth_largest_by_bisection(values, k)
+    top, _ = tf.math.top_k(values, k=k, sorted=False)
+    return tf.reduce_min(top, axis=-1, keepdims=True)
+
+
+def kth_largest_by_bisection(values, k):
+    """`kth_largest` as 32 compare-and-count passes, one per bit of a float32.
+
+    Floats map to int32 keys with the same order (a negative float's magnitude bits are
+    flipped). The answer is built from the sign bit down: a bit is taken when at least k
+    keys are >= the answer with that bit. Exact, ties included; float16 and bfloat16 are
+    searched as float32, which holds them exactly. Each count is a matmul of the 0/1
+    comparison with a ones vector, which XLA runs as one vectorized GEMV on all cores,
+    about twice as fast as its integer reduce_sum.
+    """
+    flat = tf.cast(values, tf.float32)
+    bits = tf.bitcast(flat, tf.int32)
+    magnitude = 0x7FFFFFFF
+
+    def flip(b):  # float bits <-> order-preserving int32, an involution
+        return tf.bitwise.bitwise_xor(
+            b, tf.bitwise.bitwise_and(tf.bitwise.right_shift(b, 31), magnitude))
+
+    keys = flip(bits)
+    ones = tf.ones([flat.shape[-1], 1], tf.float32)
+    answer = tf.fill([tf.shape(flat)[0], 1], tf.constant(-2 ** 31, tf.int32))
+
+    def step(bit, answer):
+        # bit 31 is the sign bit, which in the key order is inverted: start at the
+        # smallest key and flip it on.
+        flag = tf.where(bit == 31, tf.constant(-2 ** 31, tf.int32),
+                        tf.bitwise.left_shift(1, bit))
+        candidate = tf.bitwise.bitwise_xor(answer, flag)
+        count = tf.matmul(tf.cast(keys >= candidate, tf.float32), ones)
+        return bit - 1, tf.where(count >= k, candidate, answer)
+
+    # A loop, not 32 unrolled passes: same speed, a third less XLA compile time.
+    _, answer = tf.while_loop(lambda bit, _: bit >= 0, step, (tf.constant(31), answer),
+                              maximum_iterations=32)
+    return tf.cast(tf.bitcast(flip(answer), tf.float32), values.dtype)
 
 
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
@@ -26,6 +81,10 @@ class TopK(keras.layers.Layer):
 
     Input and output: [batch, h, w, c] (any rank >= 2 works; all non-batch axes count).
     `call(x, return_mask=True)` also returns the 0/1 mask, the paper's mask_T (Eq. 2).
+
+    `bisection` (not part of the config: it depends on where the layer runs, not on the
+    model) makes traced calls find the threshold with `kth_largest_by_bisection`, the
+    faster way under XLA on CPU; `AlternatingBackprop.compile` sets it.
     """
 
     def __init__(self, k, **kwargs):
@@ -33,6 +92,7 @@ class TopK(keras.layers.Layer):
         if int(k) <= 0:
             raise ValueError(f"TopK needs k > 0, got k={k}")
         self.k = int(k)
+        self.bisection = False
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -45,8 +105,7 @@ class TopK(keras.layers.Layer):
         if self.is_dense(x.shape):
             return tf.ones_like(x)
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        values, _ = tf.math.top_k(flat, k=self.k, sorted=False)
-        threshold = tf.reduce_min(values, axis=-1, keepdims=True)
+        threshold = kth_largest(flat, self.k, bisection=self.bisection)
         above = flat > threshold
         at = flat == threshold
         # Entries equal to the threshold are kept only as far as needed to make exactly K.

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import TopK, TransposedConv
+from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, TopK, TransposedConv
+from sparse_gen_tf.layers import kth_largest, kth_largest_by_bisection
 
 
 def test_topk_keeps_exactly_k_largest_per_example():
@@ -32,6 +33,49 @@ def test_topk_keeps_exactly_k_with_ties_under_xla():
     x = tf.constant(np.repeat([[0.5, -1.0]], 8, axis=1).astype("float32"))
     _, mask = tf.function(lambda x: layer(x, return_mask=True), jit_compile=True)(x)
     assert mask.numpy().sum() == 5
+
+
+def hard_rows():
+    """Rows with ties at the threshold, negatives, zeros of both signs, infinities and
+    values one ulp apart: everything the bit bisection has to order right."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 300)).astype(np.float32)
+    x[0, :200] = 0.5                       # a tie group around the threshold
+    x[1] = -np.abs(x[1])                   # all negative
+    x[2, ::2], x[2, 1::2] = 0.0, -0.0      # signed zeros
+    x[3, :5], x[3, 5:10] = np.inf, -np.inf
+    x[4] = np.nextafter(np.float32(1.0), np.float32(2.0), dtype=np.float32) * (
+        np.arange(300) % 2) + (1 - np.arange(300) % 2)  # 1 and 1 + ulp
+    x[5] = rng.normal(size=300).astype(np.float32) * 1e-30  # tiny values
+    return x
+
+
+@pytest.mark.parametrize("k", [1, 7, 150, 299, 300])
+def test_bisection_threshold_is_top_ks_bit_for_bit(k):
+    x = hard_rows()
+    reference = tf.reduce_min(tf.math.top_k(x, k=k).values, -1, keepdims=True).numpy()
+    eager = kth_largest_by_bisection(tf.constant(x), k).numpy()
+    compiled = tf.function(lambda v: kth_largest(v, k, bisection=True),
+                           jit_compile=True)(tf.constant(x)).numpy()
+    np.testing.assert_array_equal(eager, reference)
+    np.testing.assert_array_equal(compiled, reference)
+
+
+def test_topk_with_bisection_keeps_exactly_k_with_ties_under_xla():
+    layer = TopK(150)
+    layer.bisection = True
+    x = tf.constant(hard_rows())
+    mask = tf.function(lambda v: layer(v, return_mask=True)[1], jit_compile=True)(x)
+    np.testing.assert_array_equal(tf.reduce_sum(mask, -1).numpy(), [150] * 6)
+    eager_mask = TopK(150)(x, return_mask=True)[1]
+    np.testing.assert_array_equal(mask.numpy(), eager_mask.numpy())
+
+
+@pytest.mark.parametrize("jit_compile,expected", [(True, True), (False, False)])
+def test_compile_picks_bisection_for_xla_on_cpu(jit_compile, expected):
+    model = AlternatingBackprop(Generator(GeneratorConfig()), 8)
+    model.compile(optimizer="adam", jit_compile=jit_compile)
+    assert [t.bisection for t in model.generator.topks] == [expected] * 2
 
 
 def test_topk_gradient_flows_only_to_kept_entries():
