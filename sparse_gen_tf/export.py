@@ -123,6 +123,10 @@ def build_archive(generator, *, reconstruct_steps, step_size, sigma, bank=None):
         z = latent_from_seeds(tf.ensure_shape(seed, [None]), d)
         return {"z": z, **generate(z)}
 
+    # The served graph runs without XLA (TF Serving), where TensorFlow's own TopK kernel is
+    # the faster threshold (layers.kth_largest).
+    for topk in generator.topks:
+        topk.bisection = False
     archive = keras.export.ExportArchive()
     archive.track(generator)
     # The argument names (z, image, seed) become the signatures' input names.

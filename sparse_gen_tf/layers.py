@@ -51,7 +51,7 @@ def kth_largest_by_bisection(values, k):
             b, tf.bitwise.bitwise_and(tf.bitwise.right_shift(b, 31), magnitude))
 
     keys = flip(bits)
-    ones = tf.ones([flat.shape[-1], 1], tf.float32)
+    ones = tf.ones(tf.stack([tf.shape(flat)[-1], 1]), tf.float32)
     answer = tf.fill([tf.shape(flat)[0], 1], tf.constant(-2 ** 31, tf.int32))
 
     def step(bit, answer):
