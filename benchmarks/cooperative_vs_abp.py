@@ -39,6 +39,8 @@ from absl import app, flags
 from sparse_gen_tf import trainer
 from sparse_gen_tf.abp import psnr
 from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.explain import write_png
+from sparse_gen_tf.figures import image_grid
 
 flags.DEFINE_string("abp_workdir", "runs/abp", "Workdir of the ABP run.")
 flags.DEFINE_string("coop_workdir", "runs/coop", "Workdir of the --descriptor run.")
@@ -46,6 +48,9 @@ flags.DEFINE_boolean("train", False, "Train (or finish) both runs first, one aft
 flags.DEFINE_multi_string("train_flag", [], "An extra train.py flag for both runs, "
                           "repeatable (e.g. --train_flag=--train_steps=320 for a quick look).")
 flags.DEFINE_integer("num_samples", 1024, "Samples g(z), z ~ N(0, I), to measure.")
+flags.DEFINE_string("figure", None, "Also write a PNG here: rows of samples g(z) (the same "
+                    "z for both runs), then reconstructions g(z_i), ABP above cooperative, "
+                    "then the training images.")
 FLAGS = flags.FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +116,23 @@ def markdown_table(rows):
         for label, *values in rows)
 
 
+def figure(path, workdirs, columns=16):
+    """Writes the comparison picture of --figure (each image scaled up 3x)."""
+    samples, reconstructions = [], []
+    for workdir in workdirs:
+        config = trainer.read_config(workdir)
+        model, _ = trainer.restore(config, config.num_images)
+        z = tf.random.stateless_normal([columns, config.latent_dim], [config.seed, 7])
+        samples.append(model.generator(z).numpy())
+        reconstructions.append(model.generator(model.chains[:columns]).numpy())
+    data = pipeline.load(config.dataset, image_size=config.image_size,
+                         num_images=config.num_images, data_dir=config.data_dir,
+                         seed=config.seed)
+    images = pipeline.to_model_range(data.images[:columns]).numpy()
+    grid = image_grid(np.concatenate(samples + reconstructions + [images]), columns=columns)
+    write_png(path, np.kron(grid, np.ones((3, 3, 1), np.uint8)))
+
+
 def train(workdir, *extra):
     command = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={workdir}",
                *extra, *FLAGS.train_flag]
@@ -128,6 +150,8 @@ def main(argv):
     print(markdown_table(rows))
     print("Data: laplacian and hf power ratios are relative to the training images "
           "(1.0 = as sharp as the data).")
+    if FLAGS.figure:
+        figure(FLAGS.figure, [FLAGS.abp_workdir, FLAGS.coop_workdir])
 
 
 if __name__ == "__main__":
