@@ -94,15 +94,21 @@ def matmul_timer(n):
     return run
 
 
-def time_train_step(config, batch_size, langevin_steps, jit_compile, repeats,
-                    between=None):
-    """Returns (first-call seconds, [seconds per step], [between() after each step])."""
+def step_setup(config, batch_size, langevin_steps, jit_compile):
+    """(compiled model, ids, random images) for timing the train step of config."""
     model = AlternatingBackprop(Generator(config), batch_size, langevin_steps=langevin_steps,
                                 langevin_step_size=0.3, sigma=0.3)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     ids = np.arange(batch_size, dtype=np.int32)
     images = np.random.default_rng(0).uniform(
         -1, 1, (batch_size, config.image_size, config.image_size, 3)).astype(np.float32)
+    return model, ids, images
+
+
+def time_train_step(config, batch_size, langevin_steps, jit_compile, repeats,
+                    between=None):
+    """Returns (first-call seconds, [seconds per step], [between() after each step])."""
+    model, ids, images = step_setup(config, batch_size, langevin_steps, jit_compile)
     start = time.perf_counter()
     model.train_on_batch(ids, images)
     first = time.perf_counter() - start
@@ -163,12 +169,7 @@ def profile(config, batch_size, langevin_steps, steps=3, top=16):
     # The trace is an XSpace protobuf; TensorFlow ships its definition.
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    model = AlternatingBackprop(Generator(config), batch_size, langevin_steps=langevin_steps,
-                                langevin_step_size=0.3, sigma=0.3)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
-    ids = np.arange(batch_size, dtype=np.int32)
-    images = np.random.default_rng(0).uniform(
-        -1, 1, (batch_size, config.image_size, config.image_size, 3)).astype(np.float32)
+    model, ids, images = step_setup(config, batch_size, langevin_steps, jit_compile=True)
     for _ in range(2):
         model.train_on_batch(ids, images)
     logdir = tempfile.mkdtemp()
@@ -190,7 +191,7 @@ def profile(config, batch_size, langevin_steps, steps=3, top=16):
                     continue  # the executor's own spans and waits, not operations
                 totals[name] += event.duration_ps / 1e9 / steps
                 counts[name] += 1
-    print(f"\n| XLA operation | ms per train step | calls per step |\n|---|---|---|")
+    print("\n| XLA operation | ms per train step | calls per step |\n|---|---|---|")
     for name, ms in totals.most_common(top):
         print(f"| {name} | {ms:.1f} | {counts[name] // steps} |")
 
