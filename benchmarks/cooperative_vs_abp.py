@@ -82,14 +82,19 @@ def sharpness(images, data):
             high_frequency_power(images) / high_frequency_power(data))
 
 
-def measure(workdir, num_samples):
-    """The table's numbers for the run in workdir, as a list of (label, values) rows."""
+def load_run(workdir):
+    """(config, restored model, checkpoint path, training images [N, H, W, 3] in [-1, 1])."""
     config = trainer.read_config(workdir)
     data = pipeline.load(config.dataset, image_size=config.image_size,
                          num_images=config.num_images, data_dir=config.data_dir,
                          seed=config.seed)
     model, path = trainer.restore(config, data.num_examples)
-    images = pipeline.to_model_range(data.images).numpy()
+    return config, model, path, pipeline.to_model_range(data.images).numpy()
+
+
+def measure(workdir, num_samples):
+    """The table's numbers for the run in workdir, as a list of (label, values) rows."""
+    config, model, path, images = load_run(workdir)
     recon = np.concatenate([model.generator(z).numpy() for z in
                             np.array_split(model.chains.numpy(), 16)])
     z = tf.random.stateless_normal([num_samples, config.latent_dim], [config.seed, 7])
@@ -119,16 +124,12 @@ def figure(path, workdirs, columns=16):
     """Writes the comparison picture of --figure (each image scaled up 3x)."""
     samples, reconstructions = [], []
     for workdir in workdirs:
-        config = trainer.read_config(workdir)
-        model, _ = trainer.restore(config, config.num_images)
+        config, model, _, images = load_run(workdir)
         z = tf.random.stateless_normal([columns, config.latent_dim], [config.seed, 7])
         samples.append(model.generator(z).numpy())
         reconstructions.append(model.generator(model.chains[:columns]).numpy())
-    data = pipeline.load(config.dataset, image_size=config.image_size,
-                         num_images=config.num_images, data_dir=config.data_dir,
-                         seed=config.seed)
-    images = pipeline.to_model_range(data.images[:columns]).numpy()
-    grid = image_grid(np.concatenate(samples + reconstructions + [images]), columns=columns)
+    grid = image_grid(np.concatenate(samples + reconstructions + [images[:columns]]),
+                      columns=columns)
     write_png(path, np.kron(grid, np.ones((3, 3, 1), np.uint8)))
 
 

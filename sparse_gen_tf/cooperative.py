@@ -237,7 +237,8 @@ class RevisionGuard(keras.callbacks.Callback):
                 f"the descriptor's Langevin diverged (RMS revision {rms:.3g} per pixel, "
                 f"energy {float(logs.get('energy_before', math.nan)):.3g} -> "
                 f"{float(logs.get('energy_after', math.nan)):.3g}) at step "
-                f"{int(self.model.optimizer.iterations)}; lower --descriptor_step_size or "
+                f"{int(self.model.optimizer.iterations.numpy())}; lower "
+                "--descriptor_step_size or "
                 "--descriptor_learning_rate; the last good checkpoint is kept")
 
 

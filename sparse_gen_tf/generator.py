@@ -192,8 +192,7 @@ class Generator(keras.Model):
         kernels = [deconv.matmul_kernel(self.compute_dtype) for deconv in self.deconvs]
         blocked = self.blocked_output
         if observed is not None:
-            observed = tf.cast(tf.broadcast_to(
-                tf.cast(observed, images.dtype), tf.shape(images)), images.dtype)
+            observed = tf.broadcast_to(tf.cast(observed, images.dtype), tf.shape(images))
         if blocked:
             cell = self.deconvs[-1].strides
             images = tf.nn.space_to_depth(images, cell)

@@ -28,12 +28,8 @@ def log_joint(generator, z, images, sigma, observed=None):
     Returns:
       (log_likelihood [batch], log_prior [batch]), without the constant C.
     """
-    images = tf.convert_to_tensor(images)
-    # Under a mixed precision policy g(z) is 16-bit; the likelihood and ∂/∂z stay float32.
-    residual = images - tf.cast(generator(z), images.dtype)
-    if observed is not None:
-        residual = residual * tf.cast(observed, residual.dtype)
-    log_likelihood = -tf.reduce_sum(tf.square(residual), axis=[1, 2, 3]) / (2.0 * sigma ** 2)
+    squared_error = _squared_error(generator, z, tf.convert_to_tensor(images), observed)
+    log_likelihood = -squared_error / (2.0 * sigma ** 2)
     log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
     return log_likelihood, log_prior
 
@@ -44,13 +40,16 @@ def squared_error_fn(generator, images, observed=None):
     one, else g(z) computed directly (any callable generator)."""
     if hasattr(generator, "squared_error_fn"):
         return generator.squared_error_fn(images, observed)
+    return lambda z: _squared_error(generator, z, images, observed)
 
-    def squared_error(z):
-        residual = images - tf.cast(generator(z), images.dtype)
-        if observed is not None:
-            residual = residual * tf.cast(observed, residual.dtype)
-        return tf.reduce_sum(tf.square(residual), axis=[1, 2, 3])
-    return squared_error
+
+def _squared_error(generator, z, images, observed):
+    """‖(Y - g(z)) ⊙ observed‖² [batch], g(z) computed directly."""
+    # Under a mixed precision policy g(z) is 16-bit; the likelihood and ∂/∂z stay float32.
+    residual = images - tf.cast(generator(z), images.dtype)
+    if observed is not None:
+        residual = residual * tf.cast(observed, residual.dtype)
+    return tf.reduce_sum(tf.square(residual), axis=[1, 2, 3])
 
 
 def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
