@@ -14,6 +14,8 @@ writes into DIR (default WORKDIR/explain):
   occlusion.png              the same with the central half hidden from the likelihood
   summary.json               the files, inference settings, and the Eq. (5) identity
                              error of every parse and layer
+  index.html                 the unit dashboard of all the above (dashboard.py), offline;
+                             --nohtml skips it
 
 Held-out images are images the model was not trained on: for the parts dataset, new
 draws of its grammar (another image seed); for image datasets, the images after the
@@ -28,7 +30,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import basis, inference, parse_graph, trainer, visualize
+from sparse_gen_tf import basis, dashboard, inference, parse_graph, trainer, visualize
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.figures import image_grid
@@ -108,7 +110,7 @@ def explain_latents(generator, z, output_dir, prefix):
 
 
 def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
-            settings=inference.DEFAULT_SETTINGS, seed=0):
+            settings=inference.DEFAULT_SETTINGS, seed=0, html=True):
     """Writes the explanation files of workdir's latest checkpoint; returns output_dir."""
     config, model = load_run(workdir)
     generator = model.generator
@@ -147,6 +149,8 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
         summary["inference"] = settings.to_dict()
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if html:
+        dashboard.write_dashboard(model, config, output_dir, summary)
     return output_dir
 
 
@@ -158,7 +162,7 @@ def main(argv):
     try:
         path = explain(values.workdir, values.output_dir, num_samples=values.num_samples,
                        num_images=values.num_images, seed=values.seed,
-                       settings=inference.settings_from_flags(values))
+                       settings=inference.settings_from_flags(values), html=values.html)
     except UserError as e:
         sys.exit(f"explain: error: {e}")
     print(f"Wrote the explanation to {path}")
@@ -172,6 +176,7 @@ def define_flags():
     flags.DEFINE_integer("num_images", 4, "Held-out images to infer and parse.",
                          lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Seeds the samples and the inference.", lower_bound=0)
+    flags.DEFINE_bool("html", True, "Also write index.html, the offline unit dashboard.")
     inference.define_flags()
 
 
