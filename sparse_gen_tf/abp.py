@@ -11,6 +11,8 @@ Everything runs inside Keras' compiled train function (XLA when `jit_compile`), 
 `fit`, callbacks, the progress bar and `tf.distribute` work as usual.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -45,6 +47,10 @@ class DeadChannels(keras.metrics.Metric):
     def get_config(self):
         return {**super().get_config(), "num_channels": self.num_channels}
 
+
+# The largest K / (h*w*c) of any sparse layer at which `compile` picks the sparse
+# Langevin path under XLA on CPU: where the K sweep of benchmarks/sparse_path.py crossed.
+SPARSE_PATH_MAX_DENSITY = 0.02
 
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
 _compiled_langevin = tf.function(langevin, jit_compile=True)
@@ -106,6 +112,13 @@ class AlternatingBackprop(keras.Model):
         bisection = xla and not tf.config.list_logical_devices("GPU")
         for topk in self.generator.topks:
             topk.bisection = bisection
+        # The sparse Langevin path (Generator.paint) gathers and scatters where the dense
+        # one multiplies; under XLA on CPU it pays only for very sparse maps
+        # (BENCHMARKS.md, 2026-12-01), and was not measured on a GPU.
+        self.generator.sparse_path = bisection and (
+            max(k / math.prod(shape) for k, shape in zip(
+                self.generator.config.topk, self.generator.config.feature_map_shapes()))
+            <= SPARSE_PATH_MAX_DENSITY)
 
     def call(self, z):
         return self.generator(z)

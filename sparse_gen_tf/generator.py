@@ -105,6 +105,11 @@ class Generator(keras.Model):
         self.deconvs = [
             TransposedConv(c, k, st, name=f"deconv_{i}")
             for i, (c, k, st) in enumerate(zip(out_channels, cfg.kernel_sizes, cfg.strides), 1)]
+        # How the Langevin loop computes g(z) (`squared_error_fn`): False runs the dense
+        # matmuls of `parse`, True `paint`, which touches only the K surviving units. Not
+        # part of the config: it depends on where the model runs, like TopK.bisection;
+        # `AlternatingBackprop.compile` sets it from BENCHMARKS.md's measurements.
+        self.sparse_path = False
         self.build((None, cfg.latent_dim))
 
     def build(self, input_shape):
@@ -167,6 +172,29 @@ class Generator(keras.Model):
         record["image"] = tf.tanh(fm)
         return record
 
+    def paint(self, z, kernels=None, blocked=False):
+        """g(z) before tanh, [batch, H, W, 3], through the sparse path (issue 14).
+
+        The same function as `parse(z)["logits"]`: the FC map is dense, then each sparse
+        layer's TopK (Eq. 1) becomes its K surviving units (`TopK.units`), the ReLU
+        zeroes the negative ones (mask_R), and the transposed conv paints only those
+        units' basis patches (`TransposedConv.paint`), so every layer below the top does
+        work in K instead of h*w*c. ∂/∂z and ∂/∂θ follow by autodiff, reading back the
+        gradient only under the painted patches.
+
+        Args: z [batch, latent_dim]; kernels and blocked as in `parse`.
+        """
+        cfg = self.config
+        s, c1 = cfg.top_size, cfg.channels[0]
+        fm = tf.reshape(self.fc(z), [-1, s, s, c1])
+        for i, (topk, deconv) in enumerate(zip(self.topks, self.deconvs)):
+            values, indices = topk.units(fm)
+            values = values * tf.cast(values > 0, values.dtype)
+            fm = deconv.paint(values, indices, fm.shape[1:],
+                              kernel=None if kernels is None else kernels[i],
+                              blocked=blocked and i == len(self.topks) - 1)
+        return fm
+
     @property
     def blocked_output(self):
         """True when the image layer's kernel equals its stride (the paper's bottom layer,
@@ -200,7 +228,10 @@ class Generator(keras.Model):
                 observed = tf.nn.space_to_depth(observed, cell)
 
         def squared_error(z):
-            image = self.parse(z, kernels=kernels, blocked=blocked)["image"]
+            if self.sparse_path:
+                image = tf.tanh(self.paint(z, kernels=kernels, blocked=blocked))
+            else:
+                image = self.parse(z, kernels=kernels, blocked=blocked)["image"]
             # Under a mixed precision policy g(z) is 16-bit; the residual stays float32.
             residual = images - tf.cast(image, images.dtype)
             if observed is not None:

@@ -12,6 +12,7 @@ Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.m
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -69,6 +70,25 @@ def kth_largest_by_bisection(values, k):
     return tf.cast(tf.bitcast(flip(answer), tf.float32), values.dtype)
 
 
+def running_count(mask, block=32):
+    """Inclusive cumulative sum along the last axis of a 0/1 float32 mask [batch, n].
+
+    Two small matmuls with triangular ones (within blocks of `block`, then over the
+    blocks' totals) instead of `tf.cumsum`, whose XLA:CPU lowering was about as slow as
+    the whole TopK threshold here. Exact: the counts are integers below 2^24.
+    """
+    n = mask.shape[-1]
+    if n % block:
+        block = n
+    blocks = n // block
+    within = tf.matmul(tf.reshape(mask, [-1, block]),
+                       tf.constant(np.triu(np.ones([block, block], np.float32))))
+    within = tf.reshape(within, [-1, blocks, block])
+    before = tf.matmul(within[:, :, -1],
+                       tf.constant(np.triu(np.ones([blocks, blocks], np.float32), 1)))
+    return tf.reshape(within + before[:, :, None], [-1, n])
+
+
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
 class TopK(keras.layers.Layer):
     """The paper's sparse operation fm_s = TopK(fm, K) (§2, Eq. 1).
@@ -122,6 +142,31 @@ class TopK(keras.layers.Layer):
 
         keep = tf.cond(any_surplus, break_ties, lambda: above | at)
         return tf.reshape(tf.cast(keep, x.dtype), tf.shape(x))
+
+    def units(self, x):
+        """The K kept entries of x [batch, h, w, c] as a sparse code (issue 14):
+        (values [batch, K], flat indices [batch, K] int32 into the h*w*c entries of one
+        example, ascending). The set is exactly `mask(x)`'s, ties included, so
+        scattering values back to indices gives `call(x)`. Gradients flow to x through
+        the gathered values only.
+
+        K is fixed, so the shapes are static and XLA compiles the code. Entry i of the
+        mask goes to slot count(i) - 1, where count is the mask's running sum; a top_k of
+        the values would be the serial sort that `kth_largest` avoids.
+        """
+        n = math.prod(x.shape[1:])
+        flat = tf.reshape(x, [-1, n])
+        if self.is_dense(x.shape):
+            return flat, tf.broadcast_to(tf.range(n), tf.shape(flat))
+        keep = tf.reshape(tf.cast(tf.stop_gradient(self.mask(x)), tf.float32), [-1, n])
+        slot = tf.cast(running_count(keep), tf.int32) - 1
+        batch = tf.shape(flat)[0]
+        # Dropped entries all go to a spare slot K, which is cut off; they add 0 there.
+        slot = tf.where(keep > 0, slot, self.k) + (self.k + 1) * tf.range(batch)[:, None]
+        position = tf.range(n) * tf.cast(keep, tf.int32)
+        indices = tf.math.unsorted_segment_sum(position, slot, batch * (self.k + 1))
+        indices = tf.reshape(indices, [batch, self.k + 1])[:, :self.k]
+        return tf.gather(flat, indices, batch_dims=1), indices
 
     def call(self, x, return_mask=False):
         mask = tf.stop_gradient(self.mask(x))
@@ -215,7 +260,7 @@ class TransposedConv(keras.layers.Layer):
         `paints_disjoint_cells`) returns the output before its depth_to_space,
         [batch, h, w, s*s*filters], i.e. `tf.nn.space_to_depth(output, s)`.
         """
-        k, s, c_out = self.kernel_size, self.strides, self.filters
+        s, c_out = self.strides, self.filters
         m = self.blocks_per_side
         _, h, w, c_in = x.shape
         if kernel is None:
@@ -223,14 +268,6 @@ class TransposedConv(keras.layers.Layer):
         batch = tf.shape(x)[0]
         patches = tf.reshape(tf.matmul(tf.reshape(x, [-1, c_in]), kernel),
                              [batch, h, w, m, m, s * s * c_out])
-        bias = tf.cast(self.bias, x.dtype) if self.use_bias and include_bias else None
-        if blocked:
-            if not self.paints_disjoint_cells:
-                raise ValueError(f"blocked output needs kernel_size == strides, got "
-                                 f"{k} and {s}")
-            out = patches[:, :, :, 0, 0]
-            # depth_to_space order is (r_y, r_x, c), c fastest: the bias repeats s*s times.
-            return out if bias is None else out + tf.tile(bias, [s * s])
         if m == 1:
             full = patches[:, :, :, 0, 0]
         else:
@@ -239,6 +276,57 @@ class TransposedConv(keras.layers.Layer):
                 for b in range(m):
                     full = full + tf.pad(patches[:, :, :, a, b],
                                          [[0, 0], [a, m - 1 - a], [b, m - 1 - b], [0, 0]])
+        return self._pixels(full, h, w, include_bias, blocked)
+
+    def paint(self, values, indices, input_shape, include_bias=True, kernel=None,
+              blocked=False):
+        """`call` on a sparse input: only the given units paint their basis patches.
+
+        The input is the sparse code of `TopK.units` (issue 14): values [batch, K] at flat
+        indices [batch, K] into an [h, w, c_in] map (input_shape = (h, w, c_in)); the
+        result equals `call` on that map with zeros elsewhere, the deconvolution
+        fm_s ⊗ ker + bias of Eq. (3) with the sum over the K surviving units only. Unit
+        (y, x, ch) adds value * kernel[ch]'s block (a, b) into coarse cell (y + a, x + b),
+        for each of the m x m blocks (one cell when kernel == stride): K·m² rows of
+        s·s·filters, summed per cell, instead of a matmul over all h*w*c_in units. Its
+        gradient (autodiff) reads back only the output gradient under those patches:
+        ∂/∂value = <∂out[patch], kernel[ch]>, and ∂/∂kernel[ch] sums value·∂out[patch].
+
+        Returns [batch, h*s, w*s, filters], or with blocked=True (kernel == stride) the
+        [batch, h, w, s*s*filters] space_to_depth layout of `call(blocked=True)`.
+        """
+        s, c_out = self.strides, self.filters
+        m = self.blocks_per_side
+        h, w, c_in = (int(v) for v in input_shape)
+        if kernel is None:
+            kernel = self.matmul_kernel(values.dtype)
+        batch, num_units = tf.shape(values)[0], values.shape[-1]
+        rows = tf.reshape(tf.gather(kernel, indices % c_in),
+                          [batch, num_units, m * m, s * s * c_out])
+        y, x = indices // (w * c_in), (indices // c_in) % w
+        cells_w = w + m - 1
+        cells = (h + m - 1) * cells_w
+        # Block (a, b) of unit (y, x) lands in coarse cell (y + a, x + b) of the
+        # [h + m - 1, w + m - 1] map that `call` builds with shifted pads.
+        cell = tf.stack([(y + a) * cells_w + x + b for a in range(m) for b in range(m)], -1)
+        cell += cells * tf.range(batch)[:, None, None]
+        full = tf.math.unsorted_segment_sum(
+            tf.reshape(values[:, :, None, None] * rows, [-1, s * s * c_out]),
+            tf.reshape(cell, [-1]), batch * cells)
+        full = tf.reshape(full, [batch, h + m - 1, cells_w, s * s * c_out])
+        return self._pixels(full, h, w, include_bias, blocked)
+
+    def _pixels(self, full, h, w, include_bias, blocked):
+        """The coarse cells [batch, h+m-1, w+m-1, s*s*filters] of `call` and `paint` ->
+        the output image [batch, h*s, w*s, filters] (or the blocked layout), plus bias."""
+        k, s = self.kernel_size, self.strides
+        bias = tf.cast(self.bias, full.dtype) if self.use_bias and include_bias else None
+        if blocked:
+            if not self.paints_disjoint_cells:
+                raise ValueError(f"blocked output needs kernel_size == strides, got "
+                                 f"{k} and {s}")
+            # depth_to_space order is (r_y, r_x, c), c fastest: the bias repeats s*s times.
+            return full if bias is None else full + tf.tile(bias, [s * s])
         # [batch, h+m-1, w+m-1, s*s*c_out] -> pixels; depth_to_space wants (r_y, r_x, c).
         if s > 1:
             full = tf.nn.depth_to_space(full, s)

@@ -1,0 +1,153 @@
+"""Dense against sparse Langevin path (issue 14), against the machine's matmul peak.
+
+    python benchmarks/sparse_path.py                  # paper point + K sweep, XLA
+    python benchmarks/sparse_path.py --fractions=0.0625 --repeats=10
+
+For each K / size fraction (the same fraction in both sparse layers; 0.0625 is the
+paper's K = 64 of 1,024 and 128 of 2,048) it times the paper-size train step (64x64,
+batch 64, L = 30, celeba.flags' architecture) with `Generator.sparse_path` off and on,
+alternating the two, and a --peak_size float32 matmul after every step, so all three see
+the same load. It prints the best and median step, the dense-equivalent FLOP/s (the dense
+FLOP count of benchmarks/train_step.py, whichever path ran) as a fraction of the best
+matmul, and the sparse step's speed-up. With --torch (and PyTorch installed) it also
+times a stock PyTorch version of the same dense step (ConvTranspose2d, torch.topk,
+autograd Langevin) at the paper point, the reference of issue 14.
+"""
+
+import dataclasses
+import statistics
+import time
+
+import numpy as np
+from absl import app, flags
+
+from train_step import forward_flops, matmul_timer, paper_config, step_setup
+
+flags.DEFINE_list("fractions", ["0.01", "0.02", "0.04", "0.0625", "0.125", "0.25", "0.5"],
+                  "K / (h*w*c) of both sparse layers.")
+flags.DEFINE_boolean("torch", True, "Also time the PyTorch reference, if installed.")
+FLAGS = flags.FLAGS
+# train_step's own flags (--repeats, --peak_size, --batch_sizes, --langevin_steps; the
+# first entry of each list) apply here, with defaults for this comparison.
+FLAGS.set_default("repeats", 5)
+FLAGS.set_default("peak_size", 4096)
+
+
+def with_fraction(config, fraction):
+    """config with K_i = round(fraction * h*w*c) in every sparse layer (at least 1)."""
+    topk = tuple(max(1, round(fraction * h * w * c)) for h, w, c in
+                 config.feature_map_shapes())
+    return dataclasses.replace(config, topk=topk)
+
+
+def time_paths(config, batch_size, steps, repeats, matmul):
+    """{sparse_path: (first call s, [step s])} and [matmul s], the paths interleaved."""
+    runs, times, matmuls = {}, {}, []
+    for sparse in (False, True):
+        model, ids, images = step_setup(config, batch_size, steps, jit_compile=True)
+        model.generator.sparse_path = sparse  # overrides compile's choice
+        start = time.perf_counter()
+        model.train_on_batch(ids, images)
+        runs[sparse] = (model, ids, images)
+        times[sparse] = (time.perf_counter() - start, [])
+    for _ in range(repeats):
+        for sparse, (model, ids, images) in runs.items():
+            start = time.perf_counter()
+            model.train_on_batch(ids, images)
+            times[sparse][1].append(time.perf_counter() - start)
+            matmuls.append(matmul())
+    return times, matmuls
+
+
+def torch_step_time(config, batch_size, steps, repeats):
+    """Best seconds per train step of a stock PyTorch ABP step of the same shape, or None
+    without PyTorch: dense ConvTranspose2d layers, TopK by torch.topk on the flattened
+    map, L autograd Langevin steps on z, then one Adam step on θ."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    (h1, _, c1), (_, _, c2) = config.feature_map_shapes()
+    k1, k2 = config.topk
+    ks, ss = config.kernel_sizes, config.strides
+    fc = torch.nn.Linear(config.latent_dim, h1 * h1 * c1)
+    up1 = torch.nn.ConvTranspose2d(c1, c2, ks[0], ss[0], padding=(ks[0] - ss[0]) // 2)
+    up2 = torch.nn.ConvTranspose2d(c2, 3, ks[1], ss[1], padding=(ks[1] - ss[1]) // 2)
+    params = [*fc.parameters(), *up1.parameters(), *up2.parameters()]
+    optimizer = torch.optim.Adam(params, 1e-3)
+
+    def topk(x, k):
+        flat = x.flatten(1)
+        kept = torch.zeros_like(flat).scatter(1, flat.topk(k, dim=1).indices, 1.0)
+        return torch.relu(x * kept.view_as(x))
+
+    def g(z):
+        fm = topk(fc(z).view(-1, c1, h1, h1), k1)
+        return torch.tanh(up2(topk(up1(fm), k2)))
+
+    size, sigma, delta = config.image_size, 0.3, 0.3
+    images = torch.rand(batch_size, 3, size, size) * 2 - 1
+    chains = torch.randn(batch_size, config.latent_dim)
+
+    def step():
+        z = chains.clone()
+        for _ in range(steps):
+            z.requires_grad_(True)
+            log_p = (-((images - g(z)) ** 2).sum() / (2 * sigma ** 2)
+                     - 0.5 * (z ** 2).sum())
+            grad, = torch.autograd.grad(log_p, z)
+            z = (z + 0.5 * delta ** 2 * grad + delta * torch.randn_like(z)).detach()
+        chains.copy_(z)
+        optimizer.zero_grad()
+        loss = ((images - g(z)) ** 2).sum(dim=(1, 2, 3)).mean() / (2 * sigma ** 2)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv):
+    del argv
+    batch, steps = int(FLAGS.batch_sizes[0]), int(FLAGS.langevin_steps[0])
+    base = paper_config(64)
+    matmul = matmul_timer(FLAGS.peak_size)
+    print(f"\nbatch {batch}, L = {steps}, XLA; peak: {FLAGS.peak_size}² float32 matmul in "
+          "the same window\n\n| K / size | K | path | first call s | step s (best) | "
+          "step s (median) | dense-equivalent GFLOP/s | peak GFLOP/s | of peak | "
+          "sparse speed-up |\n|---|---|---|---|---|---|---|---|---|---|")
+    paper_best = None
+    for fraction in map(float, FLAGS.fractions):
+        config = with_fraction(base, fraction)
+        times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul)
+        flops = (2 * steps + 3) * forward_flops(config) * batch
+        peak = 2 * FLAGS.peak_size ** 3 / min(matmuls)
+        best = {sparse: min(t) for sparse, (_, t) in times.items()}
+        if config.topk == base.topk:
+            paper_best = best
+        for sparse, (first, t) in times.items():
+            speedup = f"{best[False] / best[True]:.2f}x" if sparse else ""
+            print(f"| {fraction:.2%} | {','.join(map(str, config.topk))} | "
+                  f"{'sparse' if sparse else 'dense'} | {first:.2f} | {best[sparse]:.4f} | "
+                  f"{statistics.median(t):.4f} | {flops / best[sparse] / 1e9:.0f} | "
+                  f"{peak / 1e9:.0f} | {flops / best[sparse] / peak:.0%} | {speedup} |",
+                  flush=True)
+    if FLAGS.torch:
+        reference = torch_step_time(base, batch, steps, max(2, FLAGS.repeats // 2))
+        if reference is None:
+            print("\nPyTorch not installed: no reference column.")
+        else:
+            print(f"\nPyTorch reference (paper point, same process): {reference:.3f} s per "
+                  "step" + ("" if paper_best is None else
+                            f"; dense {reference / paper_best[False]:.1f}x, sparse "
+                            f"{reference / paper_best[True]:.1f}x faster than it"))
+
+
+if __name__ == "__main__":
+    app.run(main)
