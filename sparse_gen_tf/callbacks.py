@@ -1,10 +1,12 @@
-"""Keras callbacks of a training run: atomic checkpoints, divergence guard, image summaries."""
+"""Keras callbacks of a training run: atomic checkpoints, divergence guard, image summaries,
+and the HParams record that lets TensorBoard compare runs."""
 
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 from sparse_gen_tf.errors import DivergenceError
 from sparse_gen_tf.figures import image_grid
@@ -77,16 +79,81 @@ class ImageSummaries:
         # record_if(True): Keras' TensorBoard callback gates all summaries during fit on
         # step % --log_every == 0, which would drop checkpoints at other steps.
         with self.writer.as_default(step=step), tf.summary.record_if(True):
-            tf.summary.image("samples", image_grid(samples)[None], max_outputs=1)
+            tf.summary.image("samples", image_grid(samples)[None], max_outputs=1,
+                             description="Samples g(z) of fixed draws z ~ N(0, I): the "
+                             "same z at every step, so the grids differ by the model only.")
             tf.summary.image("data_and_reconstructions",
-                             image_grid(pairs, columns=8)[None], max_outputs=1)
+                             image_grid(pairs, columns=8)[None], max_outputs=1,
+                             description="Training images (odd columns) beside g(z_i) "
+                             "(even columns), z_i their persistent Langevin chains (Eq. "
+                             "10): how well the model explains the data it trains on.")
             if hasattr(self.model, "revise"):
                 # A fixed seed, so that grids at different steps differ by the model only.
                 revised = self.model.revise(recon, seed=tf.constant([0, 9])).numpy()
                 triples = np.stack([pairs[0::2], recon, np.clip(revised, -1, 1)], 1)
                 tf.summary.image("data_reconstructions_revisions", image_grid(
                     triples.reshape((-1,) + recon.shape[1:]), columns=6)[None],
-                    max_outputs=1)
+                    max_outputs=1, description="Each training image Y_i, g(z_i), and the "
+                    "descriptor's revision of g(z_i) (cooperative learning, §2.4): what "
+                    "the generator is taught to paint.")
             for extra in self.extra:
                 extra(step)
         self.writer.flush()
+
+
+class HParamsSummary(keras.callbacks.Callback):
+    """Records the run in TensorBoard's HParams plugin, so that runs (sparse against dense,
+    one K against another) line up as rows of its table, with their final metrics.
+
+    At the start of training it writes the experiment's columns and this run's values
+    (`hparams_of`); at the end, the last epoch's metrics as scalars "final/<name>" beside
+    them, in the same directory (the run's tb/), which the table reads as metric columns.
+    """
+
+    METRICS = ("psnr", "mse", "loss", "z_norm")
+
+    def __init__(self, config, logdir):
+        super().__init__()
+        self.values, self.logdir, self.last = hparams_of(config), logdir, {}
+        self.trial = config.workdir
+        self.num_layers = len(config.topk)
+
+    def on_train_begin(self, logs=None):
+        metrics = [hp.Metric(f"final/{name}", display_name=name)
+                   for name in self.METRICS + tuple(
+                       f"{kind}_{i}" for kind in ("nonzero", "dead_channels")
+                       for i in range(1, self.num_layers + 1))]
+        with tf.summary.create_file_writer(self.logdir).as_default():
+            hp.hparams_config(hparams=[hp.HParam(name) for name in self.values],
+                              metrics=metrics)
+            hp.hparams(self.values, trial_id=self.trial)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = dict(logs or {})
+
+    def on_train_end(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        writer = tf.summary.create_file_writer(self.logdir)
+        with writer.as_default(step=step), tf.summary.record_if(True):
+            for name, value in {**self.last, **(logs or {})}.items():
+                tf.summary.scalar(f"final/{name}", float(value))
+        writer.flush()
+
+
+def hparams_of(config):
+    """The hyperparameters of a TrainConfig that tell runs apart, as HParams values (str,
+    int, float, bool): K per layer (K_1 = top) and the channels, L and δ of the Langevin
+    dynamics (Eq. 10), σ (Eq. 11), the descriptor, the dataset; "dense" when K is every
+    entry of every feature map."""
+    shapes = config.generator_config().feature_map_shapes()
+    values = {"dataset": config.dataset, "image_size": config.image_size,
+              "num_images": config.num_images, "latent_dim": config.latent_dim,
+              "channels": ",".join(map(str, config.channels)),
+              "topk": ",".join(map(str, config.topk)),
+              "dense": all(k == h * w * c for k, (h, w, c) in zip(config.topk, shapes)),
+              "L (langevin_steps)": config.langevin_steps,
+              "delta (langevin_step_size)": config.langevin_step_size,
+              "sigma": config.sigma, "descriptor": config.descriptor,
+              "learning_rate": config.learning_rate, "train_steps": config.train_steps}
+    values.update({f"K_{i}": k for i, k in enumerate(config.topk, 1)})
+    return values

@@ -234,7 +234,8 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
             f'K = {", ".join(map(str, config.topk))}, channels = '
             f'{", ".join(map(str, config.channels))}. Parses: {nav}</p>'
             f'<section id="model"><h2>Model at a glance</h2>{"".join(glance)}</section>'
-            f'<div id="panels">{"".join(panels)}{"".join(p for _, p in pages)}</div>')
+            f'<div id="panels"><p class="hint">Click a unit or a parse.</p>'
+            f'{"".join(panels)}{"".join(p for _, p in pages)}</div>')
     path = os.path.join(output_dir, "index.html")
     with open(path, "w") as f:
         f.write(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

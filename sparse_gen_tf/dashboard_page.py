@@ -8,7 +8,10 @@ pixel box (data-box = y0,x0,y1,x1, end exclusive) on the image, in percent of it
 """
 
 STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1em 2em; color: #222; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1em 2em; color: #222;
+  display: grid; grid-template-columns: minmax(300px, 36%) 1fr; gap: 0 2em; }
+body > h1, body > p { grid-column: 1 / 3; margin: 0.2em 0; }
+#model { max-height: calc(100vh - 6em); overflow-y: auto; }
 img.pic { image-rendering: pixelated; border: 1px solid #ccc; }
 .kernels { display: flex; flex-wrap: wrap; gap: 3px; }
 .unit.dead img { opacity: 0.25; }
@@ -18,7 +21,7 @@ table.heat { border-collapse: collapse; } table.heat td { width: 26px; height: 2
   border: 1px solid #ddd; text-align: center; font-size: 10px; }
 svg.hist rect { fill: #c82828; } svg.hist text { font-size: 10px; fill: #555; }
 .cap { color: #a35c00; font-style: italic; }
-.panel { border-top: 2px solid #888; margin-top: 1.5em; }
+.panel h2 { margin-top: 0.4em; }
 .canvas { position: relative; line-height: 0; }
 .highlight { position: absolute; display: none; outline: 2px solid #ff0;
   box-shadow: 0 0 0 2px #000; pointer-events: none; }

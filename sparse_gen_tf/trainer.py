@@ -21,7 +21,8 @@ import tensorflow as tf
 from absl import logging
 
 from sparse_gen_tf.abp import AlternatingBackprop
-from sparse_gen_tf.callbacks import Checkpointing, DivergenceGuard, ImageSummaries
+from sparse_gen_tf.callbacks import (Checkpointing, DivergenceGuard, HParamsSummary,
+                                     ImageSummaries)
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
@@ -191,6 +192,7 @@ def train(config: TrainConfig):
                                  log_dir=os.path.join(config.workdir, "tb"),
                                  update_freq=config.log_every, write_graph=False),
             Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
+            HParamsSummary(config, os.path.join(config.workdir, "tb")),
         ]
     try:
         if initial_epoch >= epochs:

@@ -177,11 +177,19 @@ def explanation_summaries(model, num_samples=128, seed=0):
 
     def write(step):
         figures = kernel_figures(model.generator, z)
-        tf.summary.image("kernels/bottom", figures["bottom"][None], step=step)
-        tf.summary.image("kernels/top_in_image_space", figures["top"][None], step=step)
+        tf.summary.image("kernels/bottom", figures["bottom"][None], step=step,
+                         description="Fig. 2a: each bottom kernel as the patch it paints, "
+                         "tanh(bias + s ker_c) at its mean coefficient s over samples; "
+                         "units no sample uses are dimmed.")
+        tf.summary.image("kernels/top_in_image_space", figures["top"][None], step=step,
+                         description="Fig. 2b: each top unit as its basis function in "
+                         "image space (Eq. 6), tanh(bias + s_j B_j) at its largest "
+                         "coefficient over samples; unused units are grey.")
         chain = model.chains.value[0].numpy()
         tf.summary.image("parse/train_0", parse_figure(model.generator, chain)[None],
-                         step=step)
+                         step=step, description="Fig. 3: the And-Or parse of training "
+                         "image 0 from its chain: per layer the image with its AND cells, "
+                         "then each cell's OR nodes (surviving units) with coefficients.")
 
     return write
 

@@ -1,0 +1,67 @@
+"""What a training run leaves for TensorBoard: described image summaries and the HParams
+record (callbacks.HParamsSummary) that puts runs side by side in its table."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
+        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--train_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tensorboard") / "run")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                             f"--workdir={path}", *TINY], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
+def values(directory):
+    """Every summary value in the event files directly inside directory."""
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("events."):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+                yield from event.summary.value
+
+
+def test_every_image_summary_says_what_it_shows(workdir):
+    descriptions = {}
+    for value in values(os.path.join(workdir, "tb", "images")):
+        if value.metadata.summary_description:
+            descriptions[value.tag] = value.metadata.summary_description
+    assert set(descriptions) == {"samples", "data_and_reconstructions", "kernels/bottom",
+                                 "kernels/top_in_image_space", "parse/train_0"}
+    assert all(len(text) > 40 for text in descriptions.values()), descriptions
+
+
+def test_hyperparameters_and_final_metrics_are_in_the_hparams_plugin(workdir):
+    tb = os.path.join(workdir, "tb")
+    found = {v.tag: v for v in values(tb)}
+    start = plugin_data_pb2.HParamsPluginData.FromString(found[
+        hparams_metadata.SESSION_START_INFO_TAG].metadata.plugin_data.content)
+    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+               for k, v in start.session_start_info.hparams.items()}
+    assert hparams["K_1"] == 4 and hparams["K_2"] == 8 and hparams["topk"] == "4,8"
+    assert hparams["channels"] == "8,8" and hparams["dataset"] == "parts"
+    assert hparams["dense"] is False and hparams["descriptor"] is False
+    assert hparams["L (langevin_steps)"] == 2 and hparams["sigma"] == pytest.approx(0.3)
+    assert start.session_start_info.group_name == workdir
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(found[
+        hparams_metadata.EXPERIMENT_TAG].metadata.plugin_data.content).experiment
+    columns = {m.name.tag for m in experiment.metric_infos}
+    assert {"final/psnr", "final/dead_channels_2"} <= columns
+    # The metric columns are scalars of the same run directory, after training.
+    for tag in columns:
+        assert tag in found, tag
+        assert math.isfinite(float(tf.make_ndarray(found[tag].tensor))), tag
