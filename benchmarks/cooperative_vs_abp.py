@@ -35,11 +35,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from sparse_gen_tf import trainer
+from sparse_gen_tf import run
 from sparse_gen_tf.abp import psnr
 from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.explain import write_png
-from sparse_gen_tf.figures import image_grid
+from sparse_gen_tf.figures import image_grid, write_png
 
 flags.DEFINE_string("abp_workdir", "runs/abp", "Workdir of the ABP run.")
 flags.DEFINE_string("coop_workdir", "runs/coop", "Workdir of the --descriptor run.")
@@ -84,12 +83,9 @@ def sharpness(images, data):
 
 def load_run(workdir):
     """(config, restored model, checkpoint path, training images [N, H, W, 3] in [-1, 1])."""
-    config = trainer.read_config(workdir)
-    data = pipeline.load(config.dataset, image_size=config.image_size,
-                         num_images=config.num_images, data_dir=config.data_dir,
-                         seed=config.seed)
-    model, path = trainer.restore(config, data.num_examples)
-    return config, model, path, pipeline.to_model_range(data.images).numpy()
+    opened = run.load_run(workdir)
+    images = pipeline.to_model_range(opened.data().images).numpy()
+    return opened.config, opened.model, opened.checkpoint, images
 
 
 def measure(workdir, num_samples):

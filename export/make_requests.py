@@ -34,7 +34,8 @@ def main(argv):
         if export_dir is None:
             defaults = TrainConfig()
             export_dir = export.export_generator(
-                Generator(defaults.generator_config()), tmp, reconstruct_steps=1,
+                Generator(defaults.generator_config()), tmp,
+                settings=export.ReconstructSettings(steps=1, restarts=1),
                 step_size=defaults.langevin_step_size, sigma=defaults.sigma)
         bodies = export.example_requests(export_dir)
     os.makedirs(FLAGS.out_dir, exist_ok=True)

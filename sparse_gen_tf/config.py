@@ -14,6 +14,9 @@ class TrainConfig:
     data_dir: str = None
     image_size: int = 32
     num_images: int = 2048
+    # Image datasets: the images after the training ones set aside for explain and
+    # evaluate (the parts dataset draws fresh held-out images instead).
+    heldout: int = 0
     batch_size: int = 64
     train_steps: int = 3000
     latent_dim: int = 32
@@ -72,7 +75,8 @@ class TrainConfig:
 
     # Settings that shape the checkpointed state: a resumed run must agree on all of them.
     # (K may change between runs: the weights and chains keep their shapes.)
-    STATE_FIELDS = ("dataset", "image_size", "num_images", "latent_dim", "channels",
+    STATE_FIELDS = ("dataset", "image_size", "num_images", "heldout", "latent_dim",
+                    "channels",
                     "kernel_sizes", "strides", "seed",
                     "descriptor", "descriptor_channels", "descriptor_kernel_sizes",
                     "descriptor_strides",

@@ -1,16 +1,29 @@
-"""Scores a trained generator on the embedded parts dataset against its ground truth.
+"""Scores a trained generator: reconstructions, sparsity and, on parts, the ground truth.
 
     python -m sparse_gen_tf.evaluate --workdir=runs/parts[,runs/parts_dense]
 
 For each workdir it writes WORKDIR/evaluation.json, and it prints one markdown table with
-a column per run (see parts_metrics for the definitions):
+a column per run. Every run gets:
+
+  psnr_train            training images, z = their persistent chains
+  psnr_train_infer      training images, z from `inference.infer` like the held-out ones
+  psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
+  psnr_heldout_served   held-out images through the exported `reconstruct` signature:
+                        the run exported as export/export_saved_model.py does by default,
+                        loaded with TensorFlow and called (--served)
+  nonzero_i             fraction of units of sparse layer i that survive, over the
+                        training chains' parses
+  dead_channels_i       channels of layer i that no training chain's parse uses
+
+Held-out images are fresh draws of the grammar for parts, and the --heldout images for an
+image dataset; a run trained without --heldout has no held-out rows. Runs on the
+embedded parts dataset are also scored against its ground truth (see parts_metrics for
+the definitions):
 
   dictionary_recovery   mean over true parts of the best r with a bottom basis function
   kernel_purity         fraction of bottom kernels in use with |r| > 0.9 to one part
   parse_accuracy        held-out cells whose dominant OR node maps to the true part
-  psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
-  psnr_train            training images, z = their persistent chains
-  *_train_infer         training images, z from `inference.infer` like the held-out ones
+  *_served              the same through the exported `reconstruct`
   *_occluded            held-out with the central half hidden from the likelihood,
                         scored on the hidden cells / pixels only
   *_plain               held-out, plain Langevin from N(0, I), 200 steps: the calibration
@@ -23,12 +36,16 @@ Channels are mapped to parts on the first --num_fit training images (persistent 
 import json
 import os
 import sys
+import tempfile
 
-from sparse_gen_tf import inference, parts_metrics
-from sparse_gen_tf.data import parts
+import numpy as np
+import tensorflow as tf
+
+from sparse_gen_tf import export, inference, parts_metrics
+from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.explain import central_occluder, heldout_images, load_run
+from sparse_gen_tf.run import load_run
 
 ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("kernel_purity", "Kernel purity (clean / in use)", None),
@@ -36,8 +53,13 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("parse_accuracy_train", "Parse accuracy, training (persistent chains)", "{:.3f}"),
         ("parse_accuracy_train_infer", "Parse accuracy, training, same inference as "
          "held-out", "{:.3f}"),
+        ("parse_accuracy_served", "Parse accuracy, held-out, exported reconstruct",
+         "{:.3f}"),
         ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
+        ("psnr_heldout_served", "PSNR held-out, exported reconstruct (dB)", "{:.2f}"),
         ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
+        ("num_examples", "Training images", "{:d}"),
+        ("num_heldout", "Held-out images", "{:d}"),
         ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
         ("parse_accuracy_occluded", "Parse accuracy, held-out, hidden cells only",
          "{:.3f}"),
@@ -58,7 +80,7 @@ def occlusion_scores(model, images, part_labels, channel_parts, settings, seed):
     """(PSNR of the hidden pixels, parse accuracy of the hidden cells) when the central
     half of each image is hidden from the likelihood (`central_occluder`)."""
     generator = model.generator
-    observed = central_occluder(images)
+    observed = inference.central_occluder(images)
     z = inference.reconstruct(model, images, settings=settings, seed=seed,
                               observed=observed).numpy()
     hidden = observed[..., 0] == 0
@@ -72,34 +94,81 @@ def occlusion_scores(model, images, part_labels, channel_parts, settings, seed):
                                          part_labels[hidden_cells]))
 
 
+def served_latents(opened, images, batch=64):
+    """z [N, d] for images [N, H, W, 3] in [-1, 1] from the exported `reconstruct`: the
+    run exported with the export command's defaults to a temporary directory, loaded with
+    TensorFlow and called, as TF Serving would."""
+    model = opened.model
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export.export_generator(model.generator, tmp,
+                                       step_size=model.langevin_step_size,
+                                       sigma=model.sigma, chains=model.chains.numpy())
+        reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
+        return np.concatenate([
+            reconstruct(image=tf.constant(export.to_unit_range(chunk)))["z"].numpy()
+            for chunk in np.array_split(images, max(1, -(-len(images) // batch)))])
+
+
+def sparsity(generator, z, batch=256):
+    """{nonzero_i, dead_channels_i} of the parses of z [N, d] (layer i = 1 at the top)."""
+    active = [[] for _ in range(generator.num_layers)]
+    for chunk in np.array_split(z, max(1, -(-len(z) // batch))):
+        for i, activation in enumerate(generator.parse(chunk)["activations"]):
+            active[i].append(activation.numpy() != 0)
+    results = {}
+    for i, masks in enumerate(active, 1):
+        masks = np.concatenate(masks)
+        results[f"nonzero_{i}"] = float(masks.mean())
+        results[f"dead_channels_{i}"] = int((~masks.any(axis=(0, 1, 2))).sum())
+    return results
+
+
 def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
-             baseline=True, seed=0):
+             baseline=True, served=True, seed=0):
     """Computes the scores of workdir's latest checkpoint; writes evaluation.json."""
-    config, model = load_run(workdir)
+    opened = load_run(workdir)
+    config, model = opened.config, opened.model
     generator = model.generator
-    if config.dataset != "parts":
-        raise UserError(f"evaluate needs a run on --dataset=parts (its ground truth), "
-                        f"but {workdir} was trained on {config.dataset}")
-    train_images, truth = parts.generate(config.num_images, image_size=config.image_size,
-                                         seed=config.seed)
-    problem = parts_metrics.check_geometry(generator.config, truth.parts.shape[1])
-    if problem:
-        raise UserError(f"cannot score {workdir}: {problem}")
-    results = {"workdir": workdir, "topk": list(config.topk),
-               "train_steps": config.train_steps, "num_heldout": num_heldout,
+    chains = model.chains.numpy()
+    results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.topk),
+               "train_steps": config.train_steps, "num_examples": opened.num_examples,
                "inference": settings.to_dict(),
                "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
+    results.update(sparsity(generator, chains))
+    data = opened.data()
+    train = to_model_range(data.images).numpy()
+    results["psnr_train"] = parts_metrics.psnr(train, generator(chains).numpy())
+    heldout, heldout_truth = pipeline.heldout_images(config, num_heldout)
+    heldout = to_model_range(heldout).numpy()
+    results["num_heldout"] = len(heldout)
 
+    def infer(images, how=settings):
+        return inference.reconstruct(model, images, settings=how, seed=seed).numpy()
+
+    if config.dataset != "parts":
+        num_train = min(num_heldout, len(train))
+        results["psnr_train_infer"] = parts_metrics.psnr(
+            train[:num_train], generator(infer(train[:num_train])).numpy())
+        if len(heldout):
+            results["psnr_heldout"] = parts_metrics.psnr(heldout,
+                                                         generator(infer(heldout)).numpy())
+            if served:
+                results["psnr_heldout_served"] = parts_metrics.psnr(
+                    heldout, generator(served_latents(opened, heldout)).numpy())
+        return write_results(workdir, results)
+
+    truth = data.ground_truth
+    problem = parts_metrics.check_geometry(generator.config, truth.parts.shape[1])
+    if problem:
+        raise UserError(f"cannot score {workdir} against the parts grammar: {problem}")
     # Training images with their persistent chains: the channel-to-part map, the kernels.
-    num_fit = results["num_fit"] = min(num_fit, config.num_images)
-    chains = model.chains.numpy()[:num_fit]
-    train = to_model_range(train_images[:num_fit]).numpy()
-    labels = truth.part_labels[:num_fit]
+    num_fit = results["num_fit"] = min(num_fit, len(train))
+    fit_chains, train, labels = chains[:num_fit], train[:num_fit], truth.part_labels[:num_fit]
     fit_dominant = parts_metrics.dominant_channels(
-        parts_metrics.bottom_contributions(generator, chains))
+        parts_metrics.bottom_contributions(generator, fit_chains))
     channel_parts = parts_metrics.fit_channel_parts(fit_dominant, labels,
                                                     generator.config.channels[-1])
-    patches, in_use = parts_metrics.bottom_patches(generator, chains)
+    patches, in_use = parts_metrics.bottom_patches(generator, fit_chains)
     results["dictionary_recovery"], per_part, _ = parts_metrics.dictionary_recovery(
         patches, truth.parts)
     results["recovery_per_part"] = per_part.tolist()
@@ -107,24 +176,28 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
      results["kernels_in_use"]) = parts_metrics.kernel_purity(patches, truth.parts, in_use)
     results["parse_accuracy_train"] = parts_metrics.parse_accuracy(
         fit_dominant, channel_parts, labels)
-    results["psnr_train"] = parts_metrics.psnr(train, generator(chains).numpy())
 
-    def infer_and_score(images, part_labels, how):
-        z = inference.reconstruct(model, images, settings=how, seed=seed).numpy()
+    def score(z, images, part_labels):
         return score_latents(generator, z, images, part_labels, channel_parts)
 
-    heldout, heldout_truth = heldout_images(config, num_heldout)
-    heldout = to_model_range(heldout).numpy()
-    results["psnr_heldout"], results["parse_accuracy"] = infer_and_score(
-        heldout, heldout_truth.part_labels, settings)
+    heldout_labels = heldout_truth.part_labels
+    results["psnr_heldout"], results["parse_accuracy"] = score(
+        infer(heldout), heldout, heldout_labels)
+    if served:
+        results["psnr_heldout_served"], results["parse_accuracy_served"] = score(
+            served_latents(opened, heldout), heldout, heldout_labels)
     num_train = min(num_heldout, num_fit)
-    results["psnr_train_infer"], results["parse_accuracy_train_infer"] = infer_and_score(
-        train[:num_train], labels[:num_train], settings)
+    results["psnr_train_infer"], results["parse_accuracy_train_infer"] = score(
+        infer(train[:num_train]), train[:num_train], labels[:num_train])
     results["psnr_occluded"], results["parse_accuracy_occluded"] = occlusion_scores(
-        model, heldout, heldout_truth.part_labels, channel_parts, settings, seed)
+        model, heldout, heldout_labels, channel_parts, settings, seed)
     if baseline:
-        results["psnr_heldout_plain"], results["parse_accuracy_plain"] = infer_and_score(
-            heldout, heldout_truth.part_labels, inference.PLAIN_SETTINGS)
+        results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score(
+            infer(heldout, inference.PLAIN_SETTINGS), heldout, heldout_labels)
+    return write_results(workdir, results)
+
+
+def write_results(workdir, results):
     with open(os.path.join(workdir, "evaluation.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
@@ -132,14 +205,18 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
 
 def run_label(results):
     k = ",".join(map(str, results["topk"]))
-    return f"K = {k}"
+    return f"{results['dataset']}, K = {k}"
 
 
 def markdown_table(all_results):
     """A markdown table, one row per score and one column per run."""
     lines = ["| | " + " | ".join(run_label(r) for r in all_results) + " |",
              "|---|" + "---|" * len(all_results)]
-    for key, label, fmt in ROWS:
+    layers = max(len(r["topk"]) for r in all_results)
+    sparsity_rows = [row for i in range(1, layers + 1) for row in (
+        (f"nonzero_{i}", f"Surviving units, layer {i} (fraction)", "{:.4f}"),
+        (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"))]
+    for key, label, fmt in ROWS + tuple(sparsity_rows):
         cells = []
         for r in all_results:
             if key not in r:
@@ -162,7 +239,7 @@ def main(argv):
         settings = inference.settings_from_flags(values)
         all_results = [evaluate(w, num_heldout=values.num_heldout, num_fit=values.num_fit,
                                 settings=settings, baseline=values.baseline,
-                                seed=values.seed)
+                                served=values.served, seed=values.seed)
                        for w in values.workdir]
     except UserError as e:
         sys.exit(f"evaluate: error: {e}")
@@ -178,6 +255,9 @@ def define_flags():
     flags.DEFINE_integer("num_fit", 512, "Training images that fit the channel-to-part "
                          "map and give the training PSNR.", lower_bound=1)
     flags.DEFINE_boolean("baseline", True, "Also score plain Langevin from N(0, I).")
+    flags.DEFINE_boolean("served", True, "Also score the exported reconstruct signature "
+                         "(exported with the export command's defaults to a temporary "
+                         "directory, loaded with TensorFlow).")
     flags.DEFINE_integer("seed", 0, "Seeds the inference.", lower_bound=0)
     inference.define_flags()
 

@@ -10,6 +10,7 @@ writes into DIR (default WORKDIR/explain):
   sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of g(z),
                              z ~ N(0, I)
   image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
+                             (training images when an image run held none out)
   reconstructions.png        held-out images (odd columns) beside g(z) (even columns)
   occlusion.png              the same with the central half hidden from the likelihood
   summary.json               the files, inference settings, and the Eq. (5) identity
@@ -18,62 +19,22 @@ writes into DIR (default WORKDIR/explain):
                              --nohtml skips it
 
 Held-out images are images the model was not trained on: for the parts dataset, new
-draws of its grammar (another image seed); for image datasets, the images after the
-first --num_images.
+draws of its grammar (another image seed); for image datasets, the images the run set
+aside with --heldout. A run trained without --heldout has none, so its training images
+are parsed instead, and summary.json says so ("images_are": "training").
 """
 
-import dataclasses
 import json
 import os
 import sys
 
 import numpy as np
-import tensorflow as tf
 
-from sparse_gen_tf import basis, dashboard, inference, parse_graph, trainer, visualize
+from sparse_gen_tf import basis, dashboard, inference, parse_graph, visualize
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.figures import image_grid
-
-HELDOUT_IMAGE_SEED = 10_000  # added to the run's seed: parts images never trained on
-
-
-def load_run(workdir):
-    """(TrainConfig, AlternatingBackprop model) of workdir's latest checkpoint."""
-    config = trainer.read_config(workdir)
-    if config is None:
-        raise UserError(f"no training run in {workdir} (no config.json); train first with "
-                        f"python train.py --workdir={workdir}")
-    # The run may have been moved since training: its checkpoints are where it is now.
-    config = dataclasses.replace(config, workdir=workdir)
-    model, _ = trainer.restore(config)
-    return config, model
-
-
-def heldout_images(config, num):
-    """(uint8 images [num, H, W, 3] the model never saw, parts GroundTruth or None)."""
-    if config.dataset == "parts":
-        from sparse_gen_tf.data import parts
-        return parts.generate(num, image_size=config.image_size, seed=config.seed,
-                              image_seed=config.seed + HELDOUT_IMAGE_SEED)
-    data = pipeline.load(config.dataset, image_size=config.image_size,
-                         num_images=config.num_images + num, data_dir=config.data_dir,
-                         seed=config.seed)
-    return data.images[-num:], None
-
-
-def central_occluder(images):
-    """Observed-pixel mask [N, H, W, 1]: 0 on the central half (rows and columns H/4 to
-    3H/4), 1 elsewhere. On the parts grid that hides the four central cells, one in each
-    quadrant, whose parts the other three cells of the quadrant's composite imply."""
-    n, h, w = np.shape(images)[:3]
-    observed = np.ones((n, h, w, 1), np.float32)
-    observed[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = 0.0
-    return observed
-
-
-def write_png(path, image):
-    tf.io.write_file(path, tf.io.encode_png(np.asarray(image, np.uint8)))
+from sparse_gen_tf.figures import image_grid, write_png
+from sparse_gen_tf.run import load_run
 
 
 def stack(*images, gap=8):
@@ -112,7 +73,8 @@ def explain_latents(generator, z, output_dir, prefix):
 def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
             settings=inference.DEFAULT_SETTINGS, seed=0, html=True):
     """Writes the explanation files of workdir's latest checkpoint; returns output_dir."""
-    config, model = load_run(workdir)
+    opened = load_run(workdir)
+    config, model = opened.config, opened.model
     generator = model.generator
     output_dir = output_dir or os.path.join(workdir, "explain")
     try:
@@ -132,7 +94,11 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
                                           "sample")}
 
     if num_images:
-        images, _ = heldout_images(config, num_images)
+        images, _ = pipeline.heldout_images(config, num_images)
+        summary["images_are"] = "heldout"
+        if not len(images):  # an image run without --heldout: parse training images
+            images = opened.data().images[:num_images]
+            summary["images_are"] = "training"
         images = pipeline.to_model_range(images).numpy()
         z = inference.reconstruct(model, images, settings=settings, seed=seed).numpy()
         recon = generator(z).numpy()
@@ -140,7 +106,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
         write_png(os.path.join(output_dir, "reconstructions.png"), pair_grid(pairs))
         summary["images"] = explain_latents(generator, z, output_dir, "image")
         # Occlusion recovery: the likelihood sees only the observed pixels.
-        observed = central_occluder(images)
+        observed = inference.central_occluder(images)
         z = inference.reconstruct(model, images, settings=settings, seed=seed,
                                   observed=observed).numpy()
         shown = images * observed  # hidden pixels drawn mid-grey

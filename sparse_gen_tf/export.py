@@ -12,11 +12,18 @@ sizes are dynamic, and sparse layer i counts from 1 at the top:
 mask_i [batch, h_i, w_i, c_i] is 1 where unit (h, w, c) of feature map i survived both
 TopK and ReLU (mask_T * mask_R, Eq. 2) and activation_i = mask_i * fm^i holds the values
 that survived: the parse of §2.1-2.2. Every output row depends on its own input row only,
-so TF Serving's server-side batching, which concatenates requests along dimension 0,
-cannot change an answer. The graph holds standard TensorFlow ops only, so the export
-loads with TensorFlow alone. A SignatureDef has no description field: what each
-signature does, and the Langevin settings baked into `reconstruct`, are written to
+bit for bit (`reconstruct` infers one image at a time, `inference.infer_each`), so TF
+Serving's server-side batching, which concatenates requests along dimension 0, cannot
+change an answer. The graph holds standard TensorFlow ops only, so the export loads with
+TensorFlow alone. A SignatureDef has no description field: what each signature does, and
+the Langevin settings baked into `reconstruct`, are written to
 `assets.extra/signatures.json` inside the version directory.
+
+What the file holds: the generator's weights, and the starting points of `reconstruct`.
+By default those are k-means centroids of the training chains, each the mean of at least
+`MIN_MEMBERS` chains, so no training example's code is in the export; the full bank of
+chains, one row per training image, goes in only with `training_codes=True`
+(--export_training_codes), since g(chain) reproduces its training image.
 """
 
 import dataclasses
@@ -29,13 +36,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import inference, trainer
+from sparse_gen_tf import inference, run
 from sparse_gen_tf.errors import UserError
 
 SIGNATURES = ("serving_default", "reconstruct", "sample")
 INFO_FILE = os.path.join("assets.extra", "signatures.json")
-# Seeds `fixed_start`, the one starting point of an export that has no training chains.
-RECONSTRUCT_START_SEED = (0, 0)
+# Seeds the N(0, I) restarts and the Langevin noise of `reconstruct`: the same for every
+# row, so that a row's answer is a function of its image alone.
+RECONSTRUCT_SEED = (0, 0)
+# A default export's starting points are means of at least this many training chains.
+MIN_MEMBERS = 8
 
 
 def to_unit_range(images):
@@ -62,23 +72,44 @@ def explanation(parse):
     return outputs
 
 
-def fixed_start(latent_dim):
-    """One fixed N(0, I) draw [1, latent_dim]: the bank of an export without training chains."""
-    return tf.random.stateless_normal([1, latent_dim], RECONSTRUCT_START_SEED).numpy()
+@dataclasses.dataclass(frozen=True)
+class ReconstructSettings:
+    """How the `reconstruct` signature infers z: `inference.infer` with these settings,
+    run one image at a time (`inference.infer_each`); δ and σ are the trained model's.
 
-
-def infer_latent(generator, images, *, steps, step_size, sigma, bank):
-    """The served inference of z for images [batch, H, W, 3] in [-1, 1]; returns [batch, d].
-
-    `inference.infer` with its deterministic parts only: start from the bank entry [M, d]
-    (the training run's persistent chains) whose rendering best explains the image
-    (log joint, Eq. 11), then `steps` noise-free Langevin steps (Eq. 10 without δ·E:
-    gradient ascent on Eq. 11). Its restarts and noisy annealing stages draw noise by
-    batch position, so under TF Serving's batching a request's answer would depend on
-    the requests it was batched with; without them a row's z depends on its image only.
+    steps, restarts: Langevin steps per chain and chains per image (best log joint wins).
+    centroids: k-means centroids of the training chains to start from (the best
+      `restarts` of them by log joint; the rest of the restarts are N(0, I) draws).
+      0 starts from N(0, I) only.
+    training_codes: start from the training chains themselves, one per training image,
+      as `inference.infer` does; this puts every training example's code in the file.
     """
-    return inference.infer(generator, images, steps=0, refine_steps=steps,
-                           step_size=step_size, sigma=sigma, restarts=1, bank=bank)
+    steps: int = inference.DEFAULT_SETTINGS.steps
+    restarts: int = inference.DEFAULT_SETTINGS.restarts
+    centroids: int = 64
+    training_codes: bool = False
+
+    def bank(self, chains):
+        """The starting points [M, d] stored in the export, or None, for chains [N, d]."""
+        if chains is None or (not self.training_codes and not self.centroids):
+            return None
+        if self.training_codes:
+            return np.asarray(chains, np.float32)
+        bank = inference.chain_centroids(chains, self.centroids, min_members=MIN_MEMBERS)
+        return bank if len(bank) else None
+
+
+def infer_latent(generator, images, *, settings, step_size, sigma, bank):
+    """The served inference of z for images [batch, H, W, 3] in [-1, 1]: [batch, d].
+
+    `inference.infer` (restarts from the best bank entries and N(0, I), Langevin, the
+    chain with the best log joint) on each image alone, with a fixed seed, so a row's z
+    depends on its image only, bit for bit, whatever else TF Serving batches with it.
+    """
+    return inference.infer_each(generator, images, steps=settings.steps,
+                                step_size=step_size, sigma=sigma,
+                                restarts=settings.restarts, seed=RECONSTRUCT_SEED,
+                                bank=bank)
 
 
 def latent_from_seeds(seeds, latent_dim):
@@ -93,16 +124,15 @@ def latent_from_seeds(seeds, latent_dim):
         seeds, fn_output_signature=tf.float32)
 
 
-def build_archive(generator, *, reconstruct_steps, step_size, sigma, bank=None):
+def build_archive(generator, *, settings, step_size, sigma, bank=None):
     """A `keras.export.ExportArchive` of generator with the three signatures (module doc).
 
-    reconstruct_steps, step_size (δ), sigma (σ): the Langevin settings of `reconstruct`,
-    fixed in its graph. bank: [M, d] starting points of `reconstruct` (the persistent
-    chains of the training images), stored in the graph; None uses `fixed_start`.
+    settings: `ReconstructSettings`; step_size (δ), sigma (σ): the Langevin settings of
+    `reconstruct`, fixed in its graph. bank: optional [M, d] starting points of
+    `reconstruct` (`ReconstructSettings.bank`), stored in the graph.
     """
     cfg = generator.config
     d, size = cfg.latent_dim, cfg.image_size
-    bank = fixed_start(d) if bank is None else np.asarray(bank, np.float32)
 
     # ensure_shape turns a wrongly shaped request into one clear error ("Shape of tensor
     # image [1,16,16,3] is not compatible with expected shape [?,32,32,3]"): a called
@@ -113,7 +143,7 @@ def build_archive(generator, *, reconstruct_steps, step_size, sigma, bank=None):
 
     def reconstruct(image):
         image = tf.ensure_shape(image, [None, size, size, 3])
-        z = infer_latent(generator, from_unit_range(image), steps=reconstruct_steps,
+        z = infer_latent(generator, from_unit_range(image), settings=settings,
                          step_size=step_size, sigma=sigma, bank=bank)
         parse = generator.parse(z)
         return {"z": z, "reconstruction": to_unit_range(parse["image"]),
@@ -138,7 +168,7 @@ def build_archive(generator, *, reconstruct_steps, step_size, sigma, bank=None):
     return archive
 
 
-def describe(generator, *, reconstruct_steps, step_size, sigma, bank=None, source=None):
+def describe(generator, *, settings, step_size, sigma, bank=None, source=None):
     """The JSON-able description written to assets.extra/signatures.json."""
     cfg = generator.config
     size, d = cfg.image_size, cfg.latent_dim
@@ -147,9 +177,14 @@ def describe(generator, *, reconstruct_steps, step_size, sigma, bank=None, sourc
         explained[f"mask_{i}"] = [-1, h, w, c]
         explained[f"activation_{i}"] = [-1, h, w, c]
     image = [-1, size, size, 3]
-    start = (f"the training chain, of {len(bank)}, with the highest log joint (Eq. 11)"
-             if bank is not None else
-             f"one fixed draw, stateless_normal(seed={list(RECONSTRUCT_START_SEED)})")
+    if bank is None:
+        start = f"{settings.restarts} draws from N(0, I)"
+    else:
+        what = ("training chains, one per training image" if settings.training_codes else
+                f"k-means centroids of the training chains, each the mean of at least "
+                f"{MIN_MEMBERS}")
+        start = (f"the {min(settings.restarts, len(bank))} of {len(bank)} {what} with the "
+                 "highest log joint (Eq. 11), then N(0, I) draws for the other restarts")
     return {
         "source": source,
         "generator_config": dataclasses.asdict(cfg),
@@ -163,12 +198,16 @@ def describe(generator, *, reconstruct_steps, step_size, sigma, bank=None, sourc
                 "inputs": {"z": {"dtype": "float32", "shape": [-1, d]}},
                 "outputs": {"image": image, **explained}},
             "reconstruct": {
-                "doc": (f"Infers z for each image by {reconstruct_steps} noise-free Langevin "
-                        "steps (Eq. 10 without noise) from langevin.start, and returns "
-                        "g(z) with its parse. Deterministic; a row's answer does not "
-                        "depend on the other rows."),
-                "langevin": {"steps": reconstruct_steps, "step_size": step_size,
-                             "sigma": sigma, "noise": False, "start": start},
+                "doc": (f"Infers z for each image: {settings.restarts} Langevin chains "
+                        f"(Eq. 10) of {settings.steps} steps, started from `start`, and "
+                        "the one with the highest log joint (Eq. 11) wins; returns g(z) "
+                        "with its parse. Deterministic (fixed noise seed); each image is "
+                        "inferred alone, so a row's answer does not depend on the other "
+                        "rows."),
+                "langevin": {"steps": settings.steps, "restarts": settings.restarts,
+                             "step_size": step_size, "sigma": sigma, "noise": True,
+                             "seed": list(RECONSTRUCT_SEED), "start": start,
+                             "training_codes": settings.training_codes},
                 "inputs": {"image": {"dtype": "float32", "shape": image}},
                 "outputs": {"z": [-1, d], "reconstruction": image, **explained}},
             "sample": {
@@ -240,34 +279,33 @@ def write_version(archive, export_base, version, info):
     return target
 
 
-def export_generator(generator, export_base, *, reconstruct_steps, step_size, sigma,
-                     bank=None, version=None, source=None):
+def export_generator(generator, export_base, *, step_size, sigma,
+                     settings=ReconstructSettings(), chains=None, version=None, source=None):
     """Exports generator as the next (or the given) version in export_base; returns its path.
 
-    bank: optional [M, d] starting points of `reconstruct`, see `build_archive`.
+    chains: optional [N, d] persistent chains of the training images, from which
+    `settings.bank` makes the starting points of `reconstruct`.
     """
     version = choose_version(export_base, version)
-    settings = dict(reconstruct_steps=int(reconstruct_steps), step_size=float(step_size),
-                    sigma=float(sigma), bank=bank)
-    archive = build_archive(generator, **settings)
+    baked = dict(settings=settings, step_size=float(step_size), sigma=float(sigma),
+                 bank=settings.bank(chains))
+    archive = build_archive(generator, **baked)
     return write_version(archive, export_base, version,
-                         describe(generator, source=source, **settings))
+                         describe(generator, source=source, **baked))
 
 
-def export_workdir(workdir, export_base, *, reconstruct_steps, version=None):
+def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), version=None):
     """Exports the latest checkpoint of the training run in workdir; returns the path.
 
-    Raises UserError if workdir holds no checkpoint, or see `choose_version`.
+    Raises UserError if workdir holds no run or checkpoint (`run.load_run`), or see
+    `choose_version`.
     """
-    config = trainer.read_config(workdir)
-    if config is None:
-        raise UserError(f"no checkpoint in {workdir} (no config.json); train first with "
-                        f"python train.py --workdir={workdir}")
-    model, checkpoint = trainer.restore(config)
-    return export_generator(model.generator, export_base,
-                            reconstruct_steps=reconstruct_steps,
+    opened = run.load_run(workdir)
+    model = opened.model
+    return export_generator(model.generator, export_base, settings=settings,
                             step_size=model.langevin_step_size, sigma=model.sigma,
-                            bank=model.chains.numpy(), version=version, source=checkpoint)
+                            chains=model.chains.numpy(), version=version,
+                            source=opened.checkpoint)
 
 
 def example_requests(export_dir, rows=2):
@@ -309,5 +347,5 @@ def _example_input(key, spec, rows, rng):
 
 
 __all__ = ["SIGNATURES", "build_archive", "example_requests", "explanation",
-           "export_generator", "export_workdir", "fixed_start", "infer_latent",
+           "export_generator", "export_workdir", "infer_latent", "ReconstructSettings",
            "latent_from_seeds"]

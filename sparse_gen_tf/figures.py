@@ -3,6 +3,12 @@
 import math
 
 import numpy as np
+import tensorflow as tf
+
+
+def write_png(path, image):
+    """Writes a uint8 image [H, W, 3] as a PNG file (any file system tf.io can write)."""
+    tf.io.write_file(path, tf.io.encode_png(np.asarray(image, np.uint8)))
 
 
 def to_uint8(images):

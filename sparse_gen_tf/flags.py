@@ -33,6 +33,12 @@ flags.DEFINE_integer("image_size", _D.image_size, "Side of the square images, pi
 flags.DEFINE_integer("num_images", _D.num_images,
                      "Training images to use (the paper uses 5000 CelebA images).",
                      lower_bound=1)
+flags.DEFINE_integer("heldout", _D.heldout,
+                     "Image datasets: hold out this many images, the ones after the "
+                     "training images in file order (the last ones if the folder has "
+                     "fewer than --num_images + --heldout), for explain and evaluate. "
+                     "parts draws fresh held-out images and takes no --heldout.",
+                     lower_bound=0)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Examples per train step.", lower_bound=1)
 flags.DEFINE_integer("train_steps", _D.train_steps,
                      "Total train steps, rounded up to whole epochs.", lower_bound=1)
@@ -141,6 +147,15 @@ def _check_data_dir(values):
     if values["dataset"] == "folder" and not values["data_dir"]:
         raise flags.ValidationError(
             "--dataset=folder needs --data_dir=PATH, a folder of JPEG or PNG images")
+    return True
+
+
+@flags.multi_flags_validator(["dataset", "heldout"])
+def _check_heldout(values):
+    if values["dataset"] == "parts" and values["heldout"]:
+        raise flags.ValidationError(
+            "--heldout is for image datasets; --dataset=parts draws fresh held-out images "
+            "of its grammar, so drop --heldout")
     return True
 
 

@@ -32,6 +32,7 @@ training δ = 0.3 overshot (it helps only with a smaller step), so both are off 
 import dataclasses
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.langevin import langevin, log_joint
@@ -56,7 +57,7 @@ class InferenceSettings:
 
 
 DEFAULT_SETTINGS = InferenceSettings()
-# The calibration's plain Langevin: one chain from N(0, I), as `AlternatingBackprop.reconstruct`.
+# The calibration's plain Langevin: one chain from N(0, I) for 200 steps.
 PLAIN_SETTINGS = InferenceSettings(steps=200, restarts=1, use_bank=False)
 
 
@@ -146,6 +147,63 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
         z = langevin(generator, z, images, seed, steps=refine_steps, step_size=step_size,
                      sigma=sigma, noise=False, observed=observed)
     return z
+
+
+def infer_each(generator, images, **kwargs):
+    """`infer` one image at a time: z [batch, d], row b a function of images[b] alone.
+
+    Every row runs the same ops on the same shapes whatever the batch, so a row's z is
+    bit for bit the same alone or batched with others (TF Serving concatenates requests).
+    `infer` on a whole batch is not: TensorFlow's matmul kernels change with the batch
+    size and round differently (~1e-4 for the generator's long inner products), and
+    Langevin on a TopK network amplifies such a difference into another linear piece.
+    kwargs: those of `infer` (its seed is shared by all rows); images [batch, H, W, 3].
+    """
+    d = generator.config.latent_dim
+    return tf.map_fn(lambda image: infer(generator, image[None], **kwargs)[0],
+                     tf.convert_to_tensor(images, tf.float32),
+                     fn_output_signature=tf.TensorSpec([d], tf.float32))
+
+
+def chain_centroids(chains, num, *, min_members=8, seed=0, iterations=25):
+    """k-means centroids [C, d] of the persistent chains [N, d], for starting points that
+    hold no single training example's code: each centroid is the mean of at least
+    `min_members` chains, C = at most min(num, N // min_members).
+
+    Lloyd's algorithm from a k-means++ start; the centroids of clusters with fewer than
+    min_members chains are then dropped (so C can be smaller than asked).
+    """
+    chains = np.asarray(chains, np.float64)
+    count = min(int(num), len(chains) // min_members)
+    if count < 1:
+        return np.zeros([0, chains.shape[1]], np.float32)
+
+    def nearest(centroids):  # [N] index of each chain's nearest centroid
+        d2 = (centroids ** 2).sum(1)[None] - 2.0 * chains @ centroids.T
+        return d2.argmin(1)
+
+    rng = np.random.RandomState(seed)
+    centroids = chains[[rng.randint(len(chains))]]
+    for _ in range(count - 1):  # k-means++: a new centroid far from the others, by D²
+        d2 = ((chains[:, None] - centroids[None]) ** 2).sum(-1).min(1)
+        centroids = np.concatenate([centroids, chains[[rng.choice(len(chains),
+                                                                 p=d2 / d2.sum())]]])
+    for _ in range(iterations):
+        labels = nearest(centroids)
+        clusters = np.unique(labels)
+        centroids = np.stack([chains[labels == c].mean(0) for c in clusters])
+    # The centroids are the means of the last assignment's clusters: keep the big ones.
+    return centroids[np.bincount(labels)[clusters] >= min_members].astype(np.float32)
+
+
+def central_occluder(images):
+    """Observed-pixel mask [N, H, W, 1]: 0 on the central half (rows and columns H/4 to
+    3H/4), 1 elsewhere. On the parts grid that hides the four central cells, one in each
+    quadrant, whose parts the other three cells of the quadrant's composite imply."""
+    n, h, w = np.shape(images)[:3]
+    observed = np.ones((n, h, w, 1), np.float32)
+    observed[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = 0.0
+    return observed
 
 
 def reconstruct(model, images, *, settings=DEFAULT_SETTINGS, seed=0, observed=None):

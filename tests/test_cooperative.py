@@ -139,7 +139,7 @@ def descriptor_tensors(workdir):
 
 def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_them(
         tmp_path):
-    from sparse_gen_tf import trainer
+    from sparse_gen_tf import run
 
     workdir = str(tmp_path / "run")
     first = run_train(f"--workdir={workdir}", "--train_steps=2", *TINY, *DESCRIPTOR_FLAGS)
@@ -157,7 +157,7 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
     assert any("descriptor_optimizer/_variables" in k for k in saved)  # Adam's moments
 
     # Restored into a fresh model: the descriptor and its optimizer are the saved ones.
-    model, _ = trainer.restore(trainer.read_config(workdir))
+    model = run.load_run(workdir).model
     np.testing.assert_array_equal(model.descriptor.score.kernel.numpy(), saved[kernel_key])
     assert int(model.descriptor_optimizer.iterations) == 2
 

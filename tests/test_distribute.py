@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, distribute, langevin, trainer
+from sparse_gen_tf import Generator, GeneratorConfig, distribute, langevin, run
 from sparse_gen_tf.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,7 +216,7 @@ def test_mixed_precision_keeps_z_and_loss_float32_and_close_to_float32(policy, n
 
     # The trainer's model: under mixed_float16 its loss scale must not overflow float16,
     # which would skip the step (Keras' default scale 2^15 does, for this loss).
-    model = trainer.build_model(TrainConfig(
+    model = run.build_model(TrainConfig(
         image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16), kernel_sizes=(4, 4),
         strides=(2, 4), langevin_steps=2, mixed_precision=name, jit_compile=False), 4)
     kernel = model.generator.deconvs[-1].kernel.numpy().copy()

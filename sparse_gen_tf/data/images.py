@@ -64,8 +64,8 @@ def load_folder(path: str, image_size: int, num_images: int | None = None) -> np
     and folders (names starting with ".") are skipped: macOS leaves "._name.jpg" metadata files
     next to images when it copies them. Grayscale images are repeated to 3 channels, the alpha
     channel of RGBA images is dropped, and every image goes through `center_crop_and_resize`.
-    If the folder holds fewer than `num_images` images, all of them are used and a warning is
-    logged.
+    If the folder holds fewer than `num_images` images, all of them are used (the caller,
+    `pipeline.load`, says so).
 
     Args:
         path: local folder, e.g. CelebA's `img_align_celeba/`.
@@ -81,11 +81,7 @@ def load_folder(path: str, image_size: int, num_images: int | None = None) -> np
     """
     _check_sizes(image_size, num_images)
     paths = _find_image_files(path)
-    if num_images is not None and num_images > len(paths):
-        logging.warning(
-            "asked for %d images but %s holds only %d; using all of them",
-            num_images, path, len(paths),
-        )
+    logging.info("found %d image files in %s", len(paths), path)
     paths = paths[:num_images]
     # Checking signatures first is cheap and catches the common cases (a text or HTML file
     # saved as .jpg, an empty file) before any decoding starts.
@@ -137,7 +133,7 @@ def load_celeb_a(
     tighter 140 x 140 face crop some GAN papers use is not applied, so this matches
     `load_folder` on `img_align_celeba/`.) Nothing is downloaded: without network access TFDS
     retries a download for minutes, so a missing dataset fails at once instead. If the split
-    holds fewer than `num_images` images, all of them are used and a warning is logged.
+    holds fewer than `num_images` images, all of them are used (`pipeline.load` says so).
 
     Args:
         data_dir: TFDS data directory that holds a prepared `celeb_a`; None means the TFDS
@@ -190,11 +186,6 @@ def load_celeb_a(
     if not batches:
         raise DataError(f"CelebA split {split!r} in {shown_dir} is empty; use split 'train'")
     result = np.concatenate(batches)
-    if len(result) < num_images:
-        logging.warning(
-            "asked for %d CelebA images but split %r holds only %d; using all of them",
-            num_images, split, len(result),
-        )
     logging.info("loaded %d CelebA images of %d px from %s", len(result), image_size, shown_dir)
     return result
 

@@ -7,6 +7,7 @@ every loader is deterministic (sorted files, fixed seeds, TFDS order).
 
 import dataclasses
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -17,36 +18,88 @@ DATASETS = ("parts", "celeb_a", "folder")
 
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
-    """images: uint8 [N, H, W, 3]; ground_truth: the parts grammar's labels, or None."""
+    """A run's images.
+
+    images: uint8 [N, H, W, 3], the training images (example ids 0..N-1).
+    ground_truth: the parts grammar's labels of the training images, or None.
+    heldout: uint8 [M, H, W, 3], images of an image dataset set aside by --heldout and
+      never trained on ([0, H, W, 3] without it; parts draws its own, `heldout_images`).
+    """
     images: np.ndarray
     ground_truth: object = None
+    heldout: np.ndarray = None
 
     @property
     def num_examples(self):
         return len(self.images)
 
 
-def load(dataset, *, image_size, num_images, data_dir=None, seed=0):
+def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0):
     """Loads `dataset` ("parts", "celeb_a" or "folder") as `TrainingData`.
 
     parts: the embedded And-Or grammar dataset (no download), seeded by `seed`.
-    celeb_a: TFDS celeb_a from `data_dir`, first `num_images`.
-    folder: JPEG/PNG files under `data_dir`, first `num_images` in sorted order.
+    celeb_a: TFDS celeb_a from `data_dir`, the first `num_images` + `heldout`.
+    folder: JPEG/PNG files under `data_dir`, the first `num_images` + `heldout` in sorted
+      order.
+    For the image datasets the last `heldout` of the loaded images are held out, and a
+    dataset smaller than asked for is used whole: with fewer than `num_images` +
+    `heldout` images the run trains on all but the last `heldout`, and says so.
     """
     if dataset == "parts":
         from sparse_gen_tf.data import parts
+        if heldout:
+            raise DataError("--heldout is for image datasets; --dataset=parts draws fresh "
+                            "held-out images, so drop --heldout")
         images, truth = parts.generate(num_images, image_size=image_size, seed=seed)
         return TrainingData(images, truth)
+    from sparse_gen_tf.data import images as image_files
     if dataset == "celeb_a":
-        from sparse_gen_tf.data import images as image_files
-        return TrainingData(image_files.load_celeb_a(data_dir, image_size, num_images))
-    if dataset == "folder":
-        from sparse_gen_tf.data import images as image_files
+        loaded = image_files.load_celeb_a(data_dir, image_size, num_images + heldout)
+        where = f"CelebA in {data_dir or 'the TFDS data_dir'}"
+    elif dataset == "folder":
         if not data_dir:
             raise DataError("--dataset=folder needs --data_dir=PATH, a folder of JPEG or "
                             "PNG images")
-        return TrainingData(image_files.load_folder(data_dir, image_size, num_images))
-    raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+        loaded = image_files.load_folder(data_dir, image_size, num_images + heldout)
+        where = data_dir
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    if len(loaded) <= heldout:
+        raise DataError(f"{where} has {len(loaded)} images and --heldout={heldout} would "
+                        "leave none to train on; lower --heldout or add images")
+    train = loaded[:len(loaded) - heldout]
+    if len(loaded) < num_images + heldout:
+        logging.warning("--num_images=%d, but %s has only %d images%s; training on all %d "
+                        "(config.json records it)", num_images, where, len(loaded),
+                        f" and {heldout} are held out" if heldout else "", len(train))
+    else:
+        logging.info("training on %d images from %s%s", len(train), where,
+                     f"; the next {heldout} are held out" if heldout else "")
+    return TrainingData(train, heldout=loaded[len(train):])
+
+
+def load_for(config):
+    """`load` with the settings of a TrainConfig."""
+    return load(config.dataset, image_size=config.image_size, num_images=config.num_images,
+                data_dir=config.data_dir, seed=config.seed, heldout=config.heldout)
+
+
+# Added to a run's seed for the parts images that held-out evaluation draws: a grammar
+# seed of its own, so they are never training images.
+HELDOUT_IMAGE_SEED = 10_000
+
+
+def heldout_images(config, num):
+    """(uint8 images [m, H, W, 3] the run never trained on, parts GroundTruth or None).
+
+    parts: `num` fresh draws of the run's grammar (m = num). Image datasets: the first
+    `num` of the --heldout images (m = min(num, --heldout); 0 without --heldout).
+    """
+    if config.dataset == "parts":
+        from sparse_gen_tf.data import parts
+        return parts.generate(num, image_size=config.image_size, seed=config.seed,
+                              image_seed=config.seed + HELDOUT_IMAGE_SEED)
+    return load_for(config).heldout[:num], None
 
 
 def to_model_range(images):

@@ -1,0 +1,203 @@
+"""A training run on disk, and the one way every command opens it.
+
+    workdir/config.json     the TrainConfig, plus "num_examples": how many images the run
+                            really trained on (one persistent chain each)
+    workdir/flags.txt       the same settings as a flagfile
+    workdir/checkpoints/    tf.train checkpoints (`checkpoint_for`)
+
+`load_run(workdir)` is used by explain, evaluate, export and the benchmarks. It takes the
+workdir it is given as the truth (a run may have been copied or moved since training, or
+be named relative to another current directory) and the number of chains from the
+checkpoint itself, so a folder smaller than --num_images opens like any other run.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from sparse_gen_tf import distribute
+from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.cooperative import CooperativeLearning
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.descriptor import Descriptor
+from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.generator import Generator
+
+CONFIG_FILE = "config.json"
+FLAGS_FILE = "flags.txt"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def write_atomically(path, text):
+    """Writes text to path through a temporary file and a rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_saved(workdir):
+    """(TrainConfig, num_examples or None) saved in workdir, or (None, None) if none.
+
+    Keys that TrainConfig does not know (a newer or older version's) are ignored, and
+    missing ones take their defaults, so config.json files of earlier runs still read.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None, None
+    try:
+        with open(path) as f:
+            values = json.load(f)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in values.items() if k in fields})
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise UserError(f"{path} is not a training run's config ({e}); point --workdir at "
+                        "a directory written by train.py") from None
+    return config, values.get("num_examples")
+
+
+def read_config(workdir):
+    """The TrainConfig saved in workdir, or None when there is none."""
+    return read_saved(workdir)[0]
+
+
+def write_config(config, num_examples):
+    """Writes workdir/config.json (with num_examples) and workdir/flags.txt, a flagfile
+    that reproduces config: `python train.py --flagfile=WORKDIR/flags.txt`."""
+    os.makedirs(config.workdir, exist_ok=True)
+    values = dataclasses.asdict(config)
+    write_atomically(os.path.join(config.workdir, CONFIG_FILE),
+                     json.dumps({**values, "num_examples": int(num_examples)}, indent=2))
+    write_atomically(os.path.join(config.workdir, FLAGS_FILE), "".join(
+        f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
+        for k, v in values.items() if v is not None))
+
+
+def build_model(config, num_examples):
+    """The AlternatingBackprop model for config (CooperativeLearning with --descriptor),
+    compiled with Adam, for the strategy in scope. num_examples: one chain per image."""
+    jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
+                                                        config.jit_compile)
+    abp = dict(langevin_steps=config.langevin_steps,
+               langevin_step_size=config.langevin_step_size, sigma=config.sigma,
+               seed=config.seed, jit_langevin=jit_langevin)
+    if config.descriptor:
+        # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
+        # checkpoint restores them eagerly like the generator's below.
+        model = CooperativeLearning(
+            Generator(config.generator_config()),
+            Descriptor(config.descriptor_config(), image_size=config.image_size),
+            num_examples, descriptor_optimizer=keras.optimizers.Adam(
+                config.descriptor_learning_rate, beta_1=0.5),
+            descriptor_steps=config.descriptor_steps,
+            descriptor_step_size=config.descriptor_step_size,
+            descriptor_reference=config.descriptor_reference,
+            fresh_samples=config.descriptor_fresh_samples,
+            data_weight=config.descriptor_data_weight, **abp)
+    else:
+        from sparse_gen_tf.abp import AlternatingBackprop
+        model = AlternatingBackprop(Generator(config.generator_config()), num_examples, **abp)
+    # Cosine decay to a tenth: fast early progress, then a small rate to settle the kernels.
+    # It is a function of the optimizer's step, so a resumed run continues the schedule.
+    learning_rate = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=config.train_steps, alpha=0.1)
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        # The loss sums ‖Y - g(z)‖² / 2σ² over pixels, so its gradients are large, not
+        # small: Keras' default loss scale 2^15 overflows float16 and skips the first
+        # dozen steps. Start unscaled; dynamic scaling still raises it when it can.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0)
+    model.compile(optimizer=optimizer, jit_compile=jit_step)
+    # Build the optimizer's slots now, so that a checkpoint restores them eagerly.
+    model.optimizer.build(model.generator.trainable_weights)
+    return model
+
+
+def checkpoint_for(model):
+    """(tf.train.Checkpoint of everything a resumed run needs, its epoch counter)."""
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch), epoch
+
+
+def latest_checkpoint(workdir):
+    """The path of workdir's latest checkpoint, or None."""
+    return tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def chains_in_checkpoint(path):
+    """How many persistent chains (training examples) the checkpoint at path holds."""
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    chains = [shape for name, shape in shapes.items()
+              if name.startswith("model/chains/") and "OPTIMIZER_SLOT" not in name]
+    if len(chains) != 1:
+        raise UserError(f"{path} holds no persistent chains; it was not written by "
+                        "train.py")
+    return int(chains[0][0])
+
+
+@dataclasses.dataclass
+class Run:
+    """An opened training run.
+
+    config: its TrainConfig, with workdir set to where the run is now.
+    model: the AlternatingBackprop (or CooperativeLearning) model, restored.
+    checkpoint: the path of the checkpoint it was restored from.
+    num_examples: the number of training images (= persistent chains).
+    """
+    config: TrainConfig
+    model: object
+    checkpoint: str
+    num_examples: int
+
+    @property
+    def step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def data(self):
+        """The run's images as at training time: `pipeline.TrainingData` (train, held-out)."""
+        return pipeline.load_for(self.config)
+
+
+def load_run(workdir):
+    """Opens the training run in workdir at its latest checkpoint: a `Run`.
+
+    Raises UserError, in one line, if workdir holds no run or no checkpoint, or if the
+    checkpoint does not match the architecture in config.json.
+    """
+    config, num_examples = read_saved(workdir)
+    if config is None:
+        raise UserError(f"no training run in {workdir} (no {CONFIG_FILE}); train first "
+                        f"with python train.py --workdir={workdir}")
+    # The run may have been moved since training: its checkpoints are where it is now.
+    config = dataclasses.replace(config, workdir=workdir)
+    path = latest_checkpoint(workdir)
+    if path is None:
+        raise UserError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train "
+                        f"first with python train.py --workdir={workdir}")
+    try:
+        in_checkpoint = chains_in_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(f"cannot read the checkpoint {path} ({type(e).__name__}); it may be "
+                        "incomplete: delete it to fall back to the one before") from None
+    if num_examples is not None and num_examples != in_checkpoint:
+        raise UserError(f"{CONFIG_FILE} in {workdir} says {num_examples} training images "
+                        f"but its checkpoint holds {in_checkpoint} chains; the two come "
+                        "from different runs")
+    model = build_model(config, in_checkpoint)
+    checkpoint, _ = checkpoint_for(model)
+    try:
+        checkpoint.restore(path).expect_partial()
+    except (ValueError, tf.errors.OpError) as e:
+        detail = str(e).splitlines()[0][:200]
+        raise UserError(f"the checkpoint {path} does not fit the architecture in "
+                        f"{os.path.join(workdir, CONFIG_FILE)} ({detail}); use the "
+                        "config.json it was trained with") from None
+    return Run(config, model, path, in_checkpoint)
+
+
+__all__ = ["Run", "build_model", "checkpoint_for", "chains_in_checkpoint",
+           "latest_checkpoint", "load_run", "read_config", "read_saved", "write_config"]
