@@ -191,7 +191,8 @@ def unit_link(layer, channel, inner, in_use=True):
     if not in_use:
         return f'<span class="unit dead" title="L{layer} u{channel}: dead">{inner}</span>'
     return (f'<a class="unit" href="#{unit_id(layer, channel)}" '
-            f'data-unit="{unit_id(layer, channel)}" title="L{layer} u{channel}">{inner}</a>')
+            f'data-unit="{unit_id(layer, channel)}" title="L{layer} u{channel}">'
+            f'{inner}</a>')
 
 
 def cap_note(shown, total, what):
@@ -299,7 +300,8 @@ def layer_sections(generator, chains, images, layer, activation, max_units):
                         f'node</figcaption></figure>')
         parts = ""
         if layer < generator.num_layers:
-            links = decomposition(generator, chains[best[unit]], layer, positions[unit], unit)
+            links = decomposition(generator, chains[best[unit]], layer, positions[unit],
+                                  unit)
             parts = "".join(
                 f'<li>{unit_link(layer + 1, cc, f"L{layer + 1} u{cc}")} at ({yy}, {xx}): '
                 f'w = {weight:.3g}</li>' for weight, yy, xx, cc in links[:NUM_PARTS])

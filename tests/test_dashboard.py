@@ -166,8 +166,9 @@ def restored(workdir):
     from sparse_gen_tf.generator import Generator
     with open(os.path.join(workdir, "config.json")) as f:
         values = json.load(f)
+    fields = TrainConfig.__dataclass_fields__
     config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+                            for k, v in values.items() if k in fields})
     model = AlternatingBackprop(Generator(config.generator_config()), config.num_images)
     tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
         os.path.join(workdir, "checkpoints"))).expect_partial()
@@ -217,7 +218,8 @@ def test_one_unit_panel_per_unit_in_use(sparse_page):
     with open(index) as f:
         page = f.read()
     in_use = units_in_use(workdir)
-    panels = set(re.findall(r'<section class="panel unitpanel" id="unit-(\d+)-(\d+)"', page))
+    panels = set(re.findall(r'<section class="panel unitpanel" id="unit-(\d+)-(\d+)"',
+                            page))
     assert panels == {(str(l), str(c)) for l, used in enumerate(in_use, 1) for c in used}
     # The glance grid links every unit in use and shows the others as dead.
     links = set(re.findall(r'<a class="unit" href="#unit-(\d+)-(\d+)" data-unit', page))
