@@ -22,18 +22,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import export, inference, trainer
+from tensorflow.core.protobuf import saved_model_pb2
+
+from sparse_gen_tf import export, inference, run, trainer
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.generator import Generator
-from sparse_gen_tf.langevin import log_joint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
 TINY = TrainConfig(num_images=64, batch_size=32, langevin_steps=2, channels=(8, 8),
                    topk=(4, 8), latent_dim=4, train_steps=2, jit_compile=False,
                    num_summary_images=4)
-RECONSTRUCT_STEPS = 5
+RECONSTRUCT = export.ReconstructSettings(steps=5, restarts=3)
 
 
 def run_export(*flags, timeout=300):
@@ -74,9 +75,10 @@ def exported(tmp_path_factory):
     trainer.train(config)
     base = str(tmp / "exports")
     result = run_export(f"--workdir={config.workdir}", f"--export_base={base}",
-                        f"--reconstruct_steps={RECONSTRUCT_STEPS}")
+                        f"--reconstruct_steps={RECONSTRUCT.steps}",
+                        f"--reconstruct_restarts={RECONSTRUCT.restarts}")
     assert result.returncode == 0, result.stderr[-3000:]
-    model, _ = trainer.restore(config)
+    model = run.load_run(config.workdir).model
     return types.SimpleNamespace(workdir=config.workdir, base=base,
                                  path=os.path.join(base, "1"), model=model,
                                  generator=model.generator, tmp=tmp)
@@ -133,9 +135,9 @@ def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported)
 
     generator = exported.generator
     reconstruct_z = export.infer_latent(
-        generator, inputs["image"] * 2 - 1, steps=RECONSTRUCT_STEPS,
+        generator, inputs["image"] * 2 - 1, settings=RECONSTRUCT,
         step_size=exported.model.langevin_step_size, sigma=exported.model.sigma,
-        bank=exported.model.chains.numpy())
+        bank=RECONSTRUCT.bank(exported.model.chains.numpy()))
     sample_z = export.latent_from_seeds(inputs["seed"], 4)
     expected = {}
     for name, z, extra in [("serving_default", inputs["z"], {}),
@@ -176,8 +178,8 @@ def test_a_unit_that_topk_keeps_but_relu_zeroes_is_not_in_the_mask(tmp_path):
     bias[[3, 17]] = [0.5, 2.0]
     generator.fc.kernel.assign(np.zeros(generator.fc.kernel.shape, np.float32))
     generator.fc.bias.assign(bias)
-    path = export.export_generator(generator, str(tmp_path), reconstruct_steps=1,
-                                   step_size=0.1, sigma=0.3)
+    path = export.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                   settings=export.ReconstructSettings(steps=1, restarts=1))
     served = tf.saved_model.load(path).signatures["serving_default"](z=tf.ones([2, 4]))
     assert tf.reduce_sum(generator.parse(tf.ones([2, 4]))["topk_masks"][0]) == 2 * 4
     mask = served["mask_1"].numpy().reshape(2, -1)
@@ -199,22 +201,58 @@ def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(loade
     assert 0.0 <= first["image"].numpy().min() and first["image"].numpy().max() <= 1.0
 
 
-def test_reconstruct_climbs_the_log_joint_from_the_best_chain_and_ignores_the_batch(
-        exported, loaded):
-    images = loaded.signatures["sample"](seed=tf.constant([1, 2, 3], tf.int64))["image"]
+def test_reconstruct_answers_a_row_the_same_alone_or_batched_bit_for_bit(loaded):
+    images = loaded.signatures["sample"](seed=tf.constant([1, 2, 3, 4], tf.int64))["image"]
     reconstruct = loaded.signatures["reconstruct"]
     served = reconstruct(image=images)
-    alone = reconstruct(image=images[2:])
-    np.testing.assert_allclose(alone["z"][0], served["z"][2], rtol=1e-4, atol=1e-5)
+    for rows in ([2], [3, 0], [1, 2, 3]):  # other batch sizes, other neighbours and orders
+        alone = reconstruct(image=tf.gather(images, rows))
+        for key in served:
+            np.testing.assert_array_equal(alone[key], tf.gather(served[key], rows),
+                                          err_msg=f"{key} of rows {rows}")
 
-    model, targets = exported.model, images * 2 - 1
-    start = inference.starting_points(model.generator, targets, [0, 0], restarts=1,
-                                      sigma=model.sigma, bank=model.chains.numpy())[0]
-    start_log_p = tf.add_n(log_joint(model.generator, start, targets, model.sigma))
-    served_log_p = tf.add_n(log_joint(model.generator, served["z"], targets, model.sigma))
-    assert (served_log_p.numpy() > start_log_p.numpy()).all(), (served_log_p, start_log_p)
-    chains = model.chains.numpy()
-    assert not np.isclose(served["z"].numpy()[:, None], chains[None]).all(-1).any()
+
+def saved_tensor_shapes(export_dir):
+    """The shape of every constant in the SavedModel's graphs and of every variable."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    shapes = []
+    for meta_graph in proto.meta_graphs:
+        nodes = list(meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            nodes.extend(function.node_def)
+        shapes += [tuple(d.size for d in node.attr["value"].tensor.tensor_shape.dim)
+                   for node in nodes if node.op == "Const"]
+    variables = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    shapes += [tuple(s) for s in variables.get_variable_to_shape_map().values()]
+    return shapes
+
+
+def test_a_default_export_holds_no_row_per_training_example(exported, tmp_path):
+    num_examples, d = exported.model.chains.shape
+    shapes = saved_tensor_shapes(exported.path)
+    assert shapes and not [s for s in shapes if s and s[0] == num_examples], shapes
+    with open(os.path.join(exported.path, export.INFO_FILE)) as f:
+        start = json.load(f)["signatures"]["reconstruct"]["langevin"]["start"]
+    assert "k-means centroids" in start
+    # Asked for, the training codes are there: the check above can fail.
+    result = run_export(f"--workdir={exported.workdir}", f"--export_base={tmp_path}",
+                        "--reconstruct_steps=1", "--export_training_codes")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (num_examples, d) in saved_tensor_shapes(os.path.join(tmp_path, "1"))
+
+
+def test_chain_centroids_each_average_at_least_min_members_chains():
+    rng = np.random.RandomState(0)
+    chains = np.concatenate([rng.normal(c, 0.1, [40, 3]) for c in (-5, 0, 5)] +
+                            [rng.normal(20, 0.1, [3, 3])])  # an outlier cluster of 3
+    centroids = inference.chain_centroids(chains, 8, min_members=8)
+    nearest = ((chains[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert np.bincount(nearest).min() >= 8
+    assert not (np.abs(centroids - 20) < 1).all(-1).any()  # the outliers' mean is dropped
+    np.testing.assert_allclose(sorted(centroids.mean(1))[0], -5, atol=0.2)
+    assert len(inference.chain_centroids(chains[:7], 8, min_members=8)) == 0
 
 
 @pytest.mark.parametrize("name,inputs,message", [
@@ -246,7 +284,8 @@ def test_example_requests_fit_each_signature_and_rows_equal_columns(exported, lo
 def test_committed_requests_fit_an_export_of_the_default_config(tmp_path):
     defaults = TrainConfig()
     path = export.export_generator(Generator(defaults.generator_config()), str(tmp_path),
-                                   reconstruct_steps=1, step_size=0.1, sigma=0.3)
+                                   settings=export.ReconstructSettings(steps=1, restarts=1),
+                                   step_size=0.1, sigma=0.3)
     signatures = tf.saved_model.load(path).signatures
     files = sorted(glob.glob(os.path.join(ROOT, "export", "requests", "*.json")))
     assert {os.path.basename(f) for f in files} == set(export.example_requests(path))
@@ -267,8 +306,9 @@ def test_versions_increase_and_an_existing_version_is_never_overwritten(exported
     base = str(tmp_path / "exports")
 
     def export_version(version=None):
-        return export.export_generator(exported.generator, base, reconstruct_steps=1,
-                                       step_size=0.1, sigma=0.3, version=version)
+        return export.export_generator(exported.generator, base, step_size=0.1, sigma=0.3,
+                                       settings=export.ReconstructSettings(steps=1),
+                                       version=version)
 
     assert export_version() == os.path.join(base, "1")
     assert export_version() == os.path.join(base, "2")
@@ -287,7 +327,7 @@ def test_versions_increase_and_an_existing_version_is_never_overwritten(exported
 
 
 @pytest.mark.parametrize("case,message", [
-    ("no_checkpoint", "no checkpoint in"),
+    ("no_checkpoint", "no training run in"),
     ("file_in_the_way", "cannot create --export_base"),
     ("existing_version", "version 1 already exists"),
 ])
