@@ -49,8 +49,9 @@ class DeadChannels(keras.metrics.Metric):
 
 
 # The largest K / (h*w*c) of any sparse layer at which `compile` picks the sparse
-# Langevin path under XLA on CPU: where the K sweep of benchmarks/sparse_path.py crossed.
-SPARSE_PATH_MAX_DENSITY = 0.02
+# Langevin path under XLA on CPU: the K sweep of benchmarks/sparse_path.py measured it
+# 1.3-1.5x faster at 1-1.5%, even at 2% and slower above (BENCHMARKS.md, 2026-12-01).
+SPARSE_PATH_MAX_DENSITY = 0.015
 
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
 _compiled_langevin = tf.function(langevin, jit_compile=True)
@@ -101,11 +102,16 @@ class AlternatingBackprop(keras.Model):
         return list(self.trackers.values())
 
     def compile(self, *args, **kwargs):
-        """keras.Model.compile; also picks how the TopK layers find their thresholds.
+        """keras.Model.compile; also picks how the TopK layers find their thresholds,
+        and whether the Langevin loop runs the dense or the sparse path.
 
         Where XLA compiles for a CPU (`jit_compile`, or `jit_langevin` for the Langevin
         loop under a strategy), TopK uses the exact bisection of `layers.kth_largest`:
         XLA:CPU's own top_k, a serial sort, cost about a third of a paper-size step.
+        There the Langevin loop also takes the sparse path (`Generator.paint`, the same
+        function) when every sparse layer keeps at most SPARSE_PATH_MAX_DENSITY of its
+        units; at the paper's 6.25% the dense matmuls are faster. Set
+        `generator.sparse_path` after compile to override.
         """
         super().compile(*args, **kwargs)
         xla = self.jit_compile is True or self.jit_langevin

@@ -7,6 +7,11 @@ Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.m
   sort, from an exact bisection on the float bits whose counts are matmuls.
 * `TransposedConv` is one matmul followed by an overlap-add, instead of the stock
   `Conv2DTranspose`, whose XLA lowering on CPU is an order of magnitude slower.
+
+The sparse path (issue 14) is the same two operations on a sparse code: `TopK.units`
+lists the K kept entries (values and indices, static shape), and `TransposedConv.paint`
+adds only those units' basis patches. It pays on CPU only for very sparse maps
+(BENCHMARKS.md, 2026-12-01).
 """
 
 import math
