@@ -8,9 +8,10 @@ imports TensorFlow only, as a server would load it, and prints a markdown table 
 median of --calls calls. The weights are untrained: latency depends on the ops and
 shapes, not on the values, except that exact ties at a TopK threshold take a slower
 branch; the biases are drawn at random (an untrained model has zero biases, which
-makes such ties common) so that ties are as rare as in a trained model. reconstruct gets
-a random bank of starting points the size of a default run's chains (num_images x
-latent_dim), because it renders the whole bank on every call.
+makes such ties common) so that ties are as rare as in a trained model. reconstruct starts
+from the k-means centroids of random chains the size of a default run's (num_images x
+latent_dim), as a default export does. benchmarks/served_reconstruct.py measures it on a
+trained run, beside the library's inference.
 """
 
 import os
@@ -85,16 +86,16 @@ def main(argv):
         if variable.path.endswith("bias"):
             variable.assign(rng.normal(0.0, 0.1, variable.shape).astype(np.float32))
     with tempfile.TemporaryDirectory() as tmp:
-        bank = rng.standard_normal([defaults.num_images, defaults.latent_dim])
-        path = export.export_generator(generator, tmp, bank=bank,
-                                       reconstruct_steps=FLAGS.reconstruct_steps,
+        chains = rng.standard_normal([defaults.num_images, defaults.latent_dim])
+        settings = export.ReconstructSettings(steps=FLAGS.reconstruct_steps)
+        path = export.export_generator(generator, tmp, settings=settings, chains=chains,
                                        step_size=defaults.langevin_step_size,
                                        sigma=defaults.sigma)
         cfg = generator.config
         print(f"Default config: image {cfg.image_size}x{cfg.image_size}, latent_dim "
               f"{cfg.latent_dim}, channels {cfg.channels}, topk {cfg.topk}; reconstruct "
-              f"runs {FLAGS.reconstruct_steps} Langevin steps from a bank of "
-              f"{len(bank)} chains; median of {FLAGS.calls} "
+              f"runs {settings.restarts} chains of {FLAGS.reconstruct_steps} Langevin "
+              f"steps per image; median of {FLAGS.calls} "
               f"calls ({FLAGS.reconstruct_calls} for reconstruct) after 2 warm-up calls.\n",
               flush=True)
         subprocess.run([sys.executable, os.path.abspath(__file__), f"--measure={path}",
