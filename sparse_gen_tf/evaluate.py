@@ -209,7 +209,7 @@ def run_label(results):
 
 
 def markdown_table(all_results):
-    """A markdown table, one row per score and one column per run."""
+    """A markdown table, one row per score that some run has, and one column per run."""
     lines = ["| | " + " | ".join(run_label(r) for r in all_results) + " |",
              "|---|" + "---|" * len(all_results)]
     layers = max(len(r["topk"]) for r in all_results)
@@ -217,6 +217,8 @@ def markdown_table(all_results):
         (f"nonzero_{i}", f"Surviving units, layer {i} (fraction)", "{:.4f}"),
         (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"))]
     for key, label, fmt in ROWS + tuple(sparsity_rows):
+        if not any(key in r for r in all_results):
+            continue
         cells = []
         for r in all_results:
             if key not in r:
