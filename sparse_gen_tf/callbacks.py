@@ -157,3 +157,28 @@ def hparams_of(config):
               "learning_rate": config.learning_rate, "train_steps": config.train_steps}
     values.update({f"K_{i}": k for i, k in enumerate(config.topk, 1)})
     return values
+
+
+def grammar_summaries(model, truth, num_samples=256, seed=0):
+    """A callable(step) writing, for the parts dataset, how often samples g(z), z ~ N(0, I),
+    and the reconstructions of training images are legal derivations of its grammar
+    (`parts_metrics.grammar_validity`) as TensorBoard scalars; call it inside a writer's
+    context, as `ImageSummaries.extra` does."""
+    from sparse_gen_tf import parts_metrics
+    z = tf.random.stateless_normal([num_samples, model.generator.config.latent_dim],
+                                   [seed, 2])
+
+    def write(step):
+        for name, latents in (("samples", z), ("reconstructions",
+                                                model.chains.value[:num_samples])):
+            validity, clean = parts_metrics.grammar_validity(
+                model.generator(latents).numpy(), truth)
+            tf.summary.scalar(f"grammar/validity_{name}", validity, step=step,
+                              description=f"Fraction of quadrants of {name} that are "
+                              "legal derivations of the parts grammar: four clean cells "
+                              "forming one of the quadrant's composites.")
+            tf.summary.scalar(f"grammar/clean_cells_{name}", clean, step=step,
+                              description=f"Fraction of cells of {name} holding one part "
+                              "at the data's intensity, or nothing.")
+
+    return write

@@ -28,6 +28,12 @@ the definitions):
                         scored on the hidden cells / pixels only
   *_plain               held-out, plain Langevin from N(0, I), 200 steps: the calibration
                         baseline, `inference.PLAIN_SETTINGS`
+  validity_*            the fraction of quadrants that are legal derivations of the
+                        grammar (`parts_metrics.grammar_validity`), and clean_cells_* the
+                        fraction of cells holding one part at the data's intensity or
+                        nothing: of --num_heldout samples g(z), z ~ N(0, I); of the
+                        reconstructions g(z_i) of training images (the model's ceiling);
+                        and of the training images themselves (the control, 1.0)
 
 Channels are mapped to parts on the first --num_fit training images (persistent chains);
 "in use" means surviving in at least one of their parses.
@@ -65,6 +71,12 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
          "{:.3f}"),
         ("psnr_occluded", "PSNR held-out, hidden pixels only (dB)", "{:.2f}"),
         ("parse_accuracy_plain", "Parse accuracy, held-out, plain Langevin", "{:.3f}"),
+        ("validity_samples", "Grammar validity, samples z ~ N(0, I) (legal quadrants)",
+         "{:.3f}"),
+        ("clean_cells_samples", "Clean cells, samples z ~ N(0, I)", "{:.3f}"),
+        ("validity_reconstructions", "Grammar validity, reconstructions of training "
+         "images", "{:.3f}"),
+        ("validity_data", "Grammar validity, training images (control)", "{:.3f}"),
         ("psnr_heldout_plain", "PSNR held-out, plain Langevin (dB)", "{:.2f}"))
 
 
@@ -194,7 +206,21 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     if baseline:
         results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score(
             infer(heldout, inference.PLAIN_SETTINGS), heldout, heldout_labels)
+    results.update(sample_scores(generator, chains, train, truth, num_heldout, seed))
     return write_results(workdir, results)
+
+
+def sample_scores(generator, chains, train, truth, num_samples, seed):
+    """{validity_*, clean_cells_*} of samples g(z), z ~ N(0, I), of the reconstructions of
+    training images g(z_i), and of the training images [N, H, W, 3] in [-1, 1]."""
+    z = tf.random.stateless_normal([num_samples, generator.config.latent_dim], [seed, 1])
+    scores = {}
+    for name, images in (("samples", generator(z).numpy()),
+                         ("reconstructions", generator(chains[:num_samples]).numpy()),
+                         ("data", train[:num_samples])):
+        scores[f"validity_{name}"], scores[f"clean_cells_{name}"] = (
+            parts_metrics.grammar_validity(images, truth))
+    return scores
 
 
 def write_results(workdir, results):

@@ -126,3 +126,60 @@ def psnr(images, reconstructions):
     """PSNR in dB of the whole set (mean squared error over all pixels), range [-1, 1]."""
     mse = np.mean(np.square(np.asarray(images, np.float64) - np.asarray(reconstructions)))
     return float(10.0 * np.log10(4.0 / max(mse, 1e-12)))
+
+
+# A cell is clean when one part (or the bare background) explains it to this PSNR: the
+# data's own cells, rounded to uint8, sit above 40 dB, and two half-strength parts
+# blended in one cell fall below 15.
+CLEAN_CELL_PSNR = 20.0
+# Intensities a clean part may have: the grammar's COEFFICIENT_RANGE (0.6, 1.0) with a
+# margin of 0.05 for the model's smooth output.
+INTENSITY_RANGE = (0.55, 1.05)
+
+
+def cell_fits(images, parts):
+    """The best one-part explanation of every cell of images [N, H, W, 3] in [-1, 1].
+
+    A cell with part p at intensity s is -1 + s (parts[p] + 1) (data/parts.py); s is the
+    least-squares fit, and "empty" (p = -1) is the background alone, s = 0.
+    Returns (part [N, 4, 4] int, -1 for empty; intensity s [N, 4, 4]; PSNR of the fit in
+    dB [N, 4, 4]).
+    """
+    images = np.asarray(images, np.float64)
+    n, size = images.shape[:2]
+    cell = size // 4
+    deviation = (images.reshape(n, 4, cell, 4, cell, 3).transpose(0, 1, 3, 2, 4, 5)
+                 .reshape(n, 4, 4, -1) + 1.0)  # [N, 4, 4, D]
+    atoms = np.asarray(parts, np.float64).reshape(len(parts), -1) + 1.0  # [P, D]
+    dot = deviation @ atoms.T  # [N, 4, 4, P]
+    energy = (atoms ** 2).sum(1)
+    total = (deviation ** 2).sum(-1, keepdims=True)
+    residual = np.concatenate([total, total - dot ** 2 / energy], -1)  # empty, parts
+    best = residual.argmin(-1)
+    part = best - 1
+    intensity = np.where(part >= 0, np.take_along_axis(
+        dot / energy, np.maximum(part, 0)[..., None], -1)[..., 0], 0.0)
+    mse = np.maximum(np.take_along_axis(residual, best[..., None], -1)[..., 0], 0.0)
+    return part, intensity, 10.0 * np.log10(4.0 / np.maximum(mse / atoms.shape[1], 1e-12))
+
+
+def grammar_validity(images, truth):
+    """How often images [N, H, W, 3] in [-1, 1] are legal derivations of the grammar.
+
+    A cell is clean when one dictionary part at an intensity in INTENSITY_RANGE, or
+    nothing, explains it to CLEAN_CELL_PSNR. A quadrant is legal when its four cells are
+    clean and their parts are one of that quadrant's composites (`truth.composites`).
+    Returns (fraction of legal quadrants, fraction of clean cells).
+    """
+    part, intensity, fit_psnr = cell_fits(images, truth.parts)
+    low, high = INTENSITY_RANGE
+    clean = (fit_psnr >= CLEAN_CELL_PSNR) & (
+        (part < 0) | ((intensity >= low) & (intensity <= high)))
+    legal = []
+    for q in range(4):
+        rows, cols = slice(2 * (q // 2), 2 * (q // 2) + 2), slice(2 * (q % 2), 2 * (q % 2) + 2)
+        cells = part[:, rows, cols].reshape(len(part), 1, 4)
+        composites = truth.composites[q].reshape(1, -1, 4)
+        is_composite = (cells == composites).all(-1).any(-1)
+        legal.append(is_composite & clean[:, rows, cols].reshape(len(part), 4).all(-1))
+    return float(np.mean(legal)), float(clean.mean())

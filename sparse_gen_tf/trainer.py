@@ -21,7 +21,7 @@ from absl import logging
 
 from sparse_gen_tf import distribute, run
 from sparse_gen_tf.callbacks import (Checkpointing, DivergenceGuard, HParamsSummary,
-                                     ImageSummaries)
+                                     ImageSummaries, grammar_summaries)
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
@@ -101,6 +101,9 @@ def train(config: TrainConfig):
         images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
                                 num_images=config.num_summary_images, seed=config.seed)
         images.extra.append(explanation_summaries(model, seed=config.seed))
+        if data.ground_truth is not None:  # parts: score samples against the grammar
+            images.extra.append(grammar_summaries(model, data.ground_truth,
+                                                  seed=config.seed))
         callbacks = [
             DivergenceGuard(),
             ResumableTensorBoard(int(model.optimizer.iterations.numpy()),

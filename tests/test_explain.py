@@ -48,7 +48,8 @@ def test_training_writes_kernel_and_parse_summaries_at_checkpoints(workdir):
     for name in os.listdir(images):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(images, name)):
             tags.update(v.tag for v in event.summary.value)
-    assert {"kernels/bottom", "kernels/top_in_image_space", "parse/train_0"} <= tags, tags
+    assert {"kernels/bottom", "kernels/top_in_image_space", "parse/train_0",
+            "grammar/validity_samples", "grammar/clean_cells_reconstructions"} <= tags, tags
 
 
 def test_explain_writes_figures_and_parse_graphs(workdir):
@@ -84,6 +85,9 @@ def test_evaluate_prints_the_table_and_writes_json(workdir):
     assert 0.0 <= scores["parse_accuracy"] <= 1.0
     assert -1.0 <= scores["dictionary_recovery"] <= 1.0
     assert scores["kernels_in_use"] <= 8 and np.isfinite(scores["psnr_heldout"])
+    # The control is the data itself: every quadrant a legal derivation.
+    assert scores["validity_data"] == 1.0 and scores["clean_cells_data"] == 1.0
+    assert "| Grammar validity, samples z ~ N(0, I) (legal quadrants) |" in result.stdout
 
 
 @pytest.mark.parametrize("module", ["sparse_gen_tf.explain", "sparse_gen_tf.evaluate"])
