@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from sparse_gen_tf import distribute
+from sparse_gen_tf.abp import AlternatingBackprop
 from sparse_gen_tf.config import TrainConfig
 from sparse_gen_tf.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
@@ -99,7 +100,6 @@ def build_model(config, num_examples):
             fresh_samples=config.descriptor_fresh_samples,
             data_weight=config.descriptor_data_weight, **abp)
     else:
-        from sparse_gen_tf.abp import AlternatingBackprop
         model = AlternatingBackprop(Generator(config.generator_config()), num_examples, **abp)
     # Cosine decay to a tenth: fast early progress, then a small rate to settle the kernels.
     # It is a function of the optimizer's step, so a resumed run continues the schedule.

@@ -141,6 +141,24 @@ def test_a_moved_run_and_a_relative_workdir_work_from_anywhere(folder_run, tmp_p
         os.rename(hidden, workdir)
 
 
+def test_resuming_on_a_folder_that_gained_an_image_is_refused(folder_run, tmp_path,
+                                                              commands):
+    workdir = tmp_path / "run"
+    shutil.copytree(folder_run[0], workdir)
+    with open(workdir / "config.json") as f:
+        images = tmp_path / "images"
+        shutil.copytree(json.load(f)["data_dir"], images)
+    shutil.copy(images / "img_000.png", images / "img_999.png")
+    listing = sorted(os.listdir(workdir / "checkpoints"))
+    result = commands.train(f"--workdir={workdir}", "--dataset=folder",
+                            f"--data_dir={images}", f"--heldout={HELDOUT}",
+                            "--train_steps=8", *commands.tiny, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (f"trained on {NUM_FILES - HELDOUT} images, but the data now gives "
+            f"{NUM_FILES + 1 - HELDOUT}") in commands.last_line(result.stderr)
+    assert sorted(os.listdir(workdir / "checkpoints")) == listing
+
+
 def test_a_run_without_heldout_parses_its_training_images(tmp_path, commands):
     write_folder(tmp_path / "images", 20)
     workdir = str(tmp_path / "run")
