@@ -197,10 +197,17 @@ def no_checkpoint(folder_run, tmp_path):
     return copy
 
 
+def corrupt_config(folder_run, tmp_path):
+    copy = no_checkpoint(folder_run, tmp_path)
+    (copy / "config.json").write_text('{"topk": [4, 8')  # cut short, as by a full disk
+    return copy
+
+
 @pytest.mark.parametrize("command", ["explain", "evaluate", "export"])
 @pytest.mark.parametrize("make,message", [
     (no_checkpoint, "no checkpoint in"),
     (other_architecture, "does not fit the architecture in"),
+    (corrupt_config, "is not a training run's config"),
 ])
 def test_a_broken_run_is_refused_in_one_line(folder_run, tmp_path, commands, command, make,
                                              message):
