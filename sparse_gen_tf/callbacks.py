@@ -123,21 +123,23 @@ class HParamsSummary(keras.callbacks.Callback):
                    for name in self.METRICS + tuple(
                        f"{kind}_{i}" for kind in ("nonzero", "dead_channels")
                        for i in range(1, self.num_layers + 1))]
-        with tf.summary.create_file_writer(self.logdir).as_default():
+        # One writer for the run's record, start and end: one event file in tb/.
+        self.writer = tf.summary.create_file_writer(self.logdir)
+        with self.writer.as_default():
             hp.hparams_config(hparams=[hp.HParam(name) for name in self.values],
                               metrics=metrics)
             hp.hparams(self.values, trial_id=self.trial)
+        self.writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         self.last = dict(logs or {})
 
     def on_train_end(self, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        writer = tf.summary.create_file_writer(self.logdir)
-        with writer.as_default(step=step), tf.summary.record_if(True):
+        with self.writer.as_default(step=step), tf.summary.record_if(True):
             for name, value in {**self.last, **(logs or {})}.items():
                 tf.summary.scalar(f"final/{name}", float(value))
-        writer.flush()
+        self.writer.flush()
 
 
 def hparams_of(config):

@@ -136,7 +136,8 @@ def test_multi_worker_trains_and_only_the_chief_writes_the_workdir(tmp_path):
     path = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
     assert path and path.endswith("ckpt-4")  # 2 steps per epoch of the global batch
     events = [f for _, _, fs in os.walk(workdir / "tb") for f in fs if "tfevents" in f]
-    assert len(events) == 2, events  # the chief's train scalars and image grids only
+    # The chief's train scalars, image grids and HParams record only.
+    assert len(events) == 3, events
     # The other worker saved into a temporary directory, deleted at the end.
     assert sorted(os.listdir(tmp_path)) == ["run"]
 

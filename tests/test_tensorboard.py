@@ -38,10 +38,13 @@ def values(directory):
 def test_every_image_summary_says_what_it_shows(workdir):
     descriptions = {}
     for value in values(os.path.join(workdir, "tb", "images")):
-        if value.metadata.summary_description:
+        if value.metadata.plugin_data.plugin_name == "images":
             descriptions[value.tag] = value.metadata.summary_description
     assert set(descriptions) == {"samples", "data_and_reconstructions", "kernels/bottom",
-                                 "kernels/top_in_image_space", "parse/train_0"}
+                                 "kernels/top_in_image_space", "parse/train_0",
+                                 "kernels/bottom_normalised",
+                                 "kernels/top_in_image_space_normalised",
+                                 "parse/train_0_normalised"}
     assert all(len(text) > 40 for text in descriptions.values()), descriptions
 
 
