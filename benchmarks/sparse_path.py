@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 from absl import app, flags
 
 from train_step import forward_flops, matmul_timer, paper_config, step_setup

@@ -24,8 +24,9 @@ class DivergenceGuard(keras.callbacks.Callback):
             if logs and name in logs and not math.isfinite(float(logs[name])):
                 raise DivergenceError(
                     f"Langevin dynamics diverged ({name} is {float(logs[name])}) at step "
-                    f"{int(self.model.optimizer.iterations.numpy())}; lower --langevin_step_size or "
-                    "--learning_rate, or raise --sigma; the last good checkpoint is kept")
+                    f"{int(self.model.optimizer.iterations.numpy())}; lower "
+                    "--langevin_step_size or --learning_rate, or raise --sigma; the last "
+                    "good checkpoint is kept")
 
 
 class Checkpointing(keras.callbacks.Callback):
