@@ -14,6 +14,12 @@ a column per run. Every run gets:
   nonzero_i             fraction of units of sparse layer i that survive, over the
                         training chains' parses
   dead_channels_i       channels of layer i that no training chain's parse uses
+  specificity_i         location specificity of layer i over the training chains'
+                        parses: the mean share of a channel's energy at its most-used
+                        cell (unit_metrics; 1 / cells if it fires everywhere alike)
+  sharpness_samples     Laplacian energy of samples g(z), z ~ N(0, I), relative to the
+                        training images' (unit_metrics.sharpness); sharpness_heldout the
+                        same for the held-out reconstructions through inference.infer
 
 Held-out images are fresh draws of the grammar for parts, and the --heldout images for an
 image dataset; a run trained without --heldout has no held-out rows. Runs on the
@@ -47,7 +53,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import export, inference, parts_metrics
+from sparse_gen_tf import export, inference, parts_metrics, unit_metrics
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
@@ -64,6 +70,9 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
         ("psnr_heldout_served", "PSNR held-out, exported reconstruct (dB)", "{:.2f}"),
         ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
+        ("sharpness_samples", "Sharpness of samples (Laplacian energy / data's)",
+         "{:.3f}"),
+        ("sharpness_heldout", "Sharpness of held-out reconstructions", "{:.3f}"),
         ("num_examples", "Training images", "{:d}"),
         ("num_heldout", "Held-out images", "{:d}"),
         ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
@@ -150,6 +159,10 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     data = opened.data()
     train = to_model_range(data.images).numpy()
     results["psnr_train"] = parts_metrics.psnr(train, generator(chains).numpy())
+    results.update(unit_metrics.layer_specificities(generator, chains))
+    samples = generator(tf.random.stateless_normal(
+        [min(num_heldout, len(train)), generator.config.latent_dim], [seed, 3])).numpy()
+    results["sharpness_samples"] = unit_metrics.sharpness(samples, train)
     heldout, heldout_truth = pipeline.heldout_images(config, num_heldout)
     heldout = to_model_range(heldout).numpy()
     results["num_heldout"] = len(heldout)
@@ -162,8 +175,9 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         results["psnr_train_infer"] = parts_metrics.psnr(
             train[:num_train], generator(infer(train[:num_train])).numpy())
         if len(heldout):
-            results["psnr_heldout"] = parts_metrics.psnr(heldout,
-                                                         generator(infer(heldout)).numpy())
+            reconstructions = generator(infer(heldout)).numpy()
+            results["psnr_heldout"] = parts_metrics.psnr(heldout, reconstructions)
+            results["sharpness_heldout"] = unit_metrics.sharpness(reconstructions, heldout)
             if served:
                 results["psnr_heldout_served"] = parts_metrics.psnr(
                     heldout, generator(served_latents(opened, heldout)).numpy())
@@ -234,6 +248,12 @@ def run_label(results):
     return f"{results['dataset']}, K = {k}"
 
 
+def uniform_specificity(all_results, layer):
+    """The specificity of a channel firing alike at every cell of `layer` (1 / cells)."""
+    return next((r[f"specificity_uniform_{layer}"] for r in all_results
+                 if f"specificity_uniform_{layer}" in r), float("nan"))
+
+
 def markdown_table(all_results):
     """A markdown table, one row per score that some run has, and one column per run."""
     lines = ["| | " + " | ".join(run_label(r) for r in all_results) + " |",
@@ -241,7 +261,9 @@ def markdown_table(all_results):
     layers = max(len(r["topk"]) for r in all_results)
     sparsity_rows = [row for i in range(1, layers + 1) for row in (
         (f"nonzero_{i}", f"Surviving units, layer {i} (fraction)", "{:.4f}"),
-        (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"))]
+        (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"),
+        (f"specificity_{i}", f"Location specificity, layer {i} (uniform "
+         f"{uniform_specificity(all_results, i):.3f})", "{:.3f}"))]
     for key, label, fmt in ROWS + tuple(sparsity_rows):
         if not any(key in r for r in all_results):
             continue

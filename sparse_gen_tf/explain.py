@@ -7,9 +7,13 @@ writes into DIR (default WORKDIR/explain):
   kernels_bottom.png         the bottom kernels as image patches (Fig. 2a)
   kernels_top.png            each top unit as its basis function in image space (Fig. 2b)
   kernels.png                the two above, one over the other
+  kernels_*_normalised.png   the same, each unit min-max stretched to its own range: on
+                             real images a kernel is faint beside the bias and its shape
+                             shows only this way (visualize.normalise_each)
   sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of g(z),
                              z ~ N(0, I)
   image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
+  image_<i>_normalised.png   that parse figure with each OR node stretched to its range
                              (training images when an image run held none out)
   reconstructions.png        held-out images (odd columns) beside g(z) (even columns)
   occlusion.png              the same with the central half hidden from the likelihood
@@ -52,9 +56,10 @@ def pair_grid(pairs):
     return visualize.upscale(grid, max(1, 96 // pairs.shape[1]))
 
 
-def explain_latents(generator, z, output_dir, prefix):
-    """Writes <prefix>_<i>.png (parse figure) and .json (parse graph) for each z [n, d];
-    returns [{file, identity_error per layer}]."""
+def explain_latents(generator, z, output_dir, prefix, normalised=False):
+    """Writes <prefix>_<i>.png (parse figure) and .json (parse graph) for each z [n, d],
+    and with normalised=True also <prefix>_<i>_normalised.png; returns [{file,
+    identity_error per layer}]."""
     parse = generator.parse(z)
     graphs = parse_graph.build(generator, z, parse)
     errors = [basis.identity_error(generator, parse, layer).numpy()
@@ -63,6 +68,9 @@ def explain_latents(generator, z, output_dir, prefix):
     for i, graph in enumerate(graphs):
         write_png(os.path.join(output_dir, f"{prefix}_{i}.png"),
                   visualize.parse_figure(generator, z[i]))
+        if normalised:
+            write_png(os.path.join(output_dir, f"{prefix}_{i}_normalised.png"),
+                      visualize.parse_figure(generator, z[i], normalised=True))
         with open(os.path.join(output_dir, f"{prefix}_{i}.json"), "w") as f:
             f.write(graph.to_json())
         records.append({"figure": f"{prefix}_{i}.png", "parse_graph": f"{prefix}_{i}.json",
@@ -89,6 +97,11 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
     write_png(os.path.join(output_dir, "kernels_top.png"), figures["top"])
     write_png(os.path.join(output_dir, "kernels.png"), stack(figures["bottom"],
                                                              figures["top"]))
+    for part in ("bottom", "top"):
+        write_png(os.path.join(output_dir, f"kernels_{part}_normalised.png"),
+                  figures[f"{part}_normalised"])
+    write_png(os.path.join(output_dir, "kernels_normalised.png"),
+              stack(figures["bottom_normalised"], figures["top_normalised"]))
     summary = {"workdir": workdir, "topk": list(config.topk),
                "samples": explain_latents(generator, latents[:num_samples], output_dir,
                                           "sample")}
@@ -104,7 +117,8 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
         recon = generator(z).numpy()
         pairs = np.stack([images, recon], 1).reshape((-1,) + images.shape[1:])
         write_png(os.path.join(output_dir, "reconstructions.png"), pair_grid(pairs))
-        summary["images"] = explain_latents(generator, z, output_dir, "image")
+        summary["images"] = explain_latents(generator, z, output_dir, "image",
+                                            normalised=True)
         # Occlusion recovery: the likelihood sees only the observed pixels.
         observed = inference.central_occluder(images)
         z = inference.reconstruct(model, images, settings=settings, seed=seed,

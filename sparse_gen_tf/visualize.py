@@ -7,6 +7,12 @@ layer's pictures are directly the combinations of the bottom layer's. Where a un
 nothing the picture shows the bare bias, which on the parts data is grey, not black: every
 cell always holds a part, so the bottom kernels learn to paint their cell's black
 background themselves.
+
+On real images that rule hides the kernels: on faces a bottom kernel is small (std about
+0.05) beside the bias, so every kernel paints a nearly flat skin-coloured square. Each
+figure therefore also comes normalised per unit, the usual way to show a dictionary:
+the unit's own pre-tanh contribution (ker_c, or s_j B_j) min-max stretched to the full
+range, so that its shape shows whatever its scale.
 """
 
 import numpy as np
@@ -25,6 +31,16 @@ def upscale(image, scale):
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
+def normalise_each(images):
+    """Min-max stretch of each image [N, ...] to [-1, 1], colours together (so the hue of a
+    kernel is kept); a flat image goes to 0 (mid-grey)."""
+    images = np.asarray(images, np.float32)
+    axes = tuple(range(1, images.ndim))
+    low, high = images.min(axes, keepdims=True), images.max(axes, keepdims=True)
+    return np.where(high > low, 2.0 * (images - low) / np.maximum(high - low, 1e-12) - 1.0,
+                    0.0)
+
+
 def paint(generator, terms):
     """tanh(bias_n + terms) for pre-tanh contributions terms [..., H, W, 3]; in [-1, 1]."""
     return np.tanh(generator.deconvs[-1].bias.numpy() + np.asarray(terms))
@@ -35,25 +51,39 @@ def sample_latents(generator, num, seed=0):
     return tf.random.stateless_normal([num, generator.config.latent_dim], [seed, 7]).numpy()
 
 
-def bottom_kernels(generator, z):
+def bottom_kernels(generator, z, normalised=False):
     """Bottom kernels as patches [c, k, k, 3] in [-1, 1] (Fig. 2a): tanh(bias_n + s̄_c ker_c),
-    s̄_c the channel's mean coefficient over the parses of z. Channels no parse of z uses
+    s̄_c the channel's mean coefficient over the parses of z; normalised=True draws ker_c
+    itself, min-max stretched per kernel (`normalise_each`). Channels no parse of z uses
     are drawn at the mean coefficient of all channels and dimmed to a third."""
     count, mean = basis_lib.mean_coefficients(generator, z, generator.num_layers)
     used = count > 0
-    scale = np.where(used, mean, mean[used].mean() if used.any() else 1.0)
-    patches = basis_lib.painted_kernels(generator, scale)
+    if normalised:
+        patches = normalise_each(generator.deconvs[-1].kernel.numpy())
+    else:
+        scale = np.where(used, mean, mean[used].mean() if used.any() else 1.0)
+        patches = basis_lib.painted_kernels(generator, scale)
     return np.where(used[:, None, None, None], patches, (patches + 1.0) / 3.0 - 1.0)
 
 
-def unit_images(generator, z, layer, chunk=16):
+def unit_images(generator, z, layer, chunk=16, normalised=False):
     """Each channel of a layer seen in image space (Fig. 2b): [c, H, W, 3] in [-1, 1].
 
     For channel c, the OR node of that channel with the largest coefficient among the
-    parses of z, drawn through the frozen layers below as tanh(bias_n + s_j B_j) (Eq. 6).
-    Channels no parse uses are mid-grey. z is parsed in chunks, which bounds the memory
-    of the one-hot pass when the layer is dense.
+    parses of z, drawn through the frozen layers below as tanh(bias_n + s_j B_j) (Eq. 6),
+    or with normalised=True as s_j B_j min-max stretched per unit. Channels no parse uses
+    are mid-grey. z is parsed in chunks, which bounds the memory of the one-hot pass when
+    the layer is dense.
     """
+    best, terms = strongest_terms(generator, z, layer, chunk)
+    drawn = normalise_each(terms) if normalised else paint(generator, terms)
+    return np.where((best > 0)[:, None, None, None], drawn, 0.0)
+
+
+def strongest_terms(generator, z, layer, chunk=16):
+    """(best [c], terms [c, H, W, 3]): for each channel of a layer its largest coefficient
+    s_j over the parses of z [n, d] and that OR node's pre-tanh term s_j B_j (Eq. 6);
+    zeros for channels no parse uses."""
     c = generator.config.channels[layer - 1]
     size = generator.config.image_size
     best = np.zeros(c, np.float32)
@@ -69,18 +99,25 @@ def unit_images(generator, z, layer, chunk=16):
             if coefficient[j] > best[channel[j]]:
                 best[channel[j]] = coefficient[j]
                 terms[channel[j]] = coefficient[j] * basis[j]
-    return np.where((best > 0)[:, None, None, None], paint(generator, terms), 0.0)
+    return best, terms
 
 
 def kernel_figures(generator, z, columns=16):
-    """{"bottom": uint8 grid of the bottom kernels, "top": uint8 grid of the top units
-    in image space} (Fig. 2a, 2b)."""
-    bottom = bottom_kernels(generator, z)
-    bottom = np.stack([upscale(p, max(1, 32 // p.shape[0])) for p in bottom])
-    top = unit_images(generator, z, 1)
-    top = np.stack([upscale(p, max(1, 64 // p.shape[0])) for p in top])
-    return {"bottom": image_grid(bottom, columns=min(columns, len(bottom)), pad=2),
-            "top": image_grid(top, columns=min(columns // 2, len(top)), pad=2)}
+    """uint8 grids (Fig. 2a, 2b): "bottom", the bottom kernels as they paint; "top", the top
+    units in image space; and "bottom_normalised", "top_normalised", the same units each
+    stretched to its own range (`normalise_each`)."""
+    best, terms = strongest_terms(generator, z, 1)
+    used = (best > 0)[:, None, None, None]
+    grids = {}
+    for suffix, normalised in (("", False), ("_normalised", True)):
+        bottom = bottom_kernels(generator, z, normalised=normalised)
+        bottom = np.stack([upscale(p, max(1, 32 // p.shape[0])) for p in bottom])
+        top = np.where(used, normalise_each(terms) if normalised else paint(generator, terms),
+                       0.0)
+        top = np.stack([upscale(p, max(1, 64 // p.shape[0])) for p in top])
+        grids["bottom" + suffix] = image_grid(bottom, columns=min(columns, len(bottom)), pad=2)
+        grids["top" + suffix] = image_grid(top, columns=min(columns // 2, len(top)), pad=2)
+    return grids
 
 
 def _and_panel(crop, thumbs, coefficients, max_coefficient, max_or, scale):
@@ -103,14 +140,16 @@ def _and_panel(crop, thumbs, coefficients, max_coefficient, max_or, scale):
     return panel
 
 
-def parse_figure(generator, z, max_or=3, thumb=40):
+def parse_figure(generator, z, max_or=3, thumb=40, normalised=False):
     """The parse of one latent z [d] as a picture (Fig. 3): uint8 [H', W', 3].
 
     One block per sparse layer, bottom first. Left: the generated image with the layer's
     AND cells outlined; right: one panel per AND node, holding the crop of the image its
     units can paint and its OR nodes, largest coefficient first, each drawn as
     tanh(bias_n + s_j B_j) with s_j printed and shown as a bar (full width = the largest
-    s_j of the layer).
+    s_j of the layer). normalised=True draws each OR node as its own s_j B_j over the
+    crop, min-max stretched (`normalise_each`), which shows its shape on images whose
+    units are faint beside the bias.
     """
     parse = generator.parse(np.asarray(z, np.float32)[None])
     # float32: under a mixed precision policy the parse is 16-bit (bfloat16 has no round).
@@ -134,8 +173,9 @@ def parse_figure(generator, z, max_or=3, thumb=40):
             for x in range(w):
                 y0, x0, y1, x1 = boxes[y, x]
                 here = np.flatnonzero((position[:, 0] == y) & (position[:, 1] == x))
-                thumbs = [_pad_to(paint(generator, terms[j])[y0:y1, x0:x1], box_size)
-                          for j in here]
+                drawn = (normalise_each(terms[here, y0:y1, x0:x1]) if normalised
+                         else paint(generator, terms[here])[:, y0:y1, x0:x1])
+                thumbs = [_pad_to(thumb_j, box_size) for thumb_j in drawn]
                 panels.append(_and_panel(_pad_to(image[y0:y1, x0:x1], box_size), thumbs,
                                          coefficient[here], top, max_or, scale))
         grid = image_grid(np.stack(panels), columns=w, pad=4)
@@ -185,14 +225,28 @@ def explanation_summaries(model, num_samples=128, seed=0):
                          description="Fig. 2b: each top unit as its basis function in "
                          "image space (Eq. 6), tanh(bias + s_j B_j) at its largest "
                          "coefficient over samples; unused units are grey.")
+        tf.summary.image("kernels/bottom_normalised", figures["bottom_normalised"][None],
+                         step=step, description="Fig. 2a, normalised: each bottom kernel "
+                         "ker_c min-max stretched to its own range, which shows its shape "
+                         "where it is faint beside the bias (faces); unused units dimmed.")
+        tf.summary.image("kernels/top_in_image_space_normalised",
+                         figures["top_normalised"][None], step=step,
+                         description="Fig. 2b, normalised: each top unit's s_j B_j (Eq. 6) "
+                         "at its largest coefficient over samples, min-max stretched per "
+                         "unit; unused units are grey.")
         chain = model.chains.value[0].numpy()
         tf.summary.image("parse/train_0", parse_figure(model.generator, chain)[None],
                          step=step, description="Fig. 3: the And-Or parse of training "
                          "image 0 from its chain: per layer the image with its AND cells, "
                          "then each cell's OR nodes (surviving units) with coefficients.")
+        tf.summary.image("parse/train_0_normalised",
+                         parse_figure(model.generator, chain, normalised=True)[None],
+                         step=step, description="Fig. 3, normalised: the same parse with "
+                         "each OR node drawn as its own s_j B_j over its cell, min-max "
+                         "stretched, so that faint basis functions show their shape.")
 
     return write
 
 
-__all__ = ["bottom_kernels", "explanation_summaries", "kernel_figures", "parse_figure",
-           "unit_images"]
+__all__ = ["bottom_kernels", "explanation_summaries", "kernel_figures", "normalise_each",
+           "parse_figure", "strongest_terms", "unit_images"]

@@ -1,0 +1,141 @@
+"""The real-image experiments' pieces: location specificity and sharpness (unit_metrics),
+normalised kernel figures, and benchmarks/paper_experiments.py run for real on a tiny
+generated folder (no ../shared, no scikit-image)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sparse_gen_tf import Generator, GeneratorConfig, unit_metrics, visualize
+from sparse_gen_tf.figures import write_png
+
+SCRIPT = os.path.join("benchmarks", "paper_experiments.py")
+TINY_FLAGFILE = ("--image_size=32\n--num_images=64\n--batch_size=8\n--latent_dim=4\n"
+                 "--channels=8,8\n--kernel_sizes=4,8\n--strides=2,8\n--topk=4,8\n"
+                 "--langevin_steps=2\n--checkpoint_every=1\n--num_summary_images=2\n")
+FAST = ("--inference_steps=2", "--restarts=2", "--num_heldout=4", "--heldout=4",
+        "--face_steps=2")
+
+
+def test_a_channel_at_one_cell_scores_one_and_an_even_channel_one_over_cells():
+    activations = np.zeros([5, 4, 4, 3], np.float32)
+    activations[:, 1, 2, 0] = 2.0            # channel 0: always the same cell
+    activations[:, :, :, 1] = 0.5            # channel 1: every cell alike
+    # channel 2 never fires: not in use, so it does not pull the mean down.
+    score, in_use = unit_metrics.location_specificity(unit_metrics.cell_energies(activations))
+    assert in_use == 2
+    assert score == pytest.approx((1.0 + 1.0 / 16) / 2)
+
+
+def test_specificity_weights_cells_by_energy():
+    activations = np.zeros([2, 2, 2, 1], np.float32)
+    activations[0, 0, 0, 0] = 3.0            # energy 9 at one cell
+    activations[1, 1, 1, 0] = 1.0            # energy 1 at another
+    score, _ = unit_metrics.location_specificity(unit_metrics.cell_energies(activations))
+    assert score == pytest.approx(0.9)
+
+
+def test_specificity_of_a_silent_layer_is_nan():
+    score, in_use = unit_metrics.location_specificity(np.zeros([2, 2, 3]))
+    assert in_use == 0 and np.isnan(score)
+
+
+def test_sharpness_is_one_for_the_data_and_below_one_when_blurred():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, [4, 16, 16, 3])
+    blurred = (images + np.roll(images, 1, 1) + np.roll(images, 1, 2)
+               + np.roll(images, (1, 1), (1, 2))) / 4
+    assert unit_metrics.sharpness(images, images) == pytest.approx(1.0)
+    assert unit_metrics.sharpness(blurred, images) < 0.5
+    assert unit_metrics.sharpness(np.zeros_like(images), images) == 0.0
+
+
+def test_layer_specificities_lie_between_uniform_and_one():
+    generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
+    z = visualize.sample_latents(generator, 16)
+    scores = unit_metrics.layer_specificities(generator, z, batch=5)
+    assert scores["specificity_uniform_1"] == 0.25 and scores["specificity_uniform_2"] == 1 / 16
+    for i in (1, 2):
+        assert scores[f"specificity_uniform_{i}"] <= scores[f"specificity_{i}"] <= 1.0
+
+
+def test_normalised_kernels_span_the_full_range_whatever_their_scale():
+    generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
+    z = visualize.sample_latents(generator, 16)
+    deconv = generator.deconvs[-1]
+    deconv.kernel.assign(deconv.kernel * 1e-3)  # faint beside the bias, as on faces
+    raw = visualize.bottom_kernels(generator, z)
+    normalised = visualize.normalise_each(deconv.kernel.numpy())
+    assert np.ptp(raw, axis=(1, 2, 3)).max() < 0.05
+    np.testing.assert_allclose(normalised.min(axis=(1, 2, 3)), -1.0, atol=1e-6)
+    np.testing.assert_allclose(normalised.max(axis=(1, 2, 3)), 1.0, atol=1e-6)
+    figures = visualize.kernel_figures(generator, z)
+    assert {"bottom", "top", "bottom_normalised", "top_normalised"} <= set(figures)
+    assert figures["bottom_normalised"].shape == figures["bottom"].shape
+    spread = [np.ptp(figures[k].astype(np.int32)) for k in ("bottom_normalised", "bottom")]
+    assert spread[0] > 5 * spread[1]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, commands):
+    """The script run on a folder of 20 generated 32x32 images, each a bright square in
+    one of the four quadrants, as the faces (the bricks go through the same code)."""
+    root = tmp_path_factory.mktemp("paper")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        image = np.full((32, 32, 3), 40, np.uint8)
+        y, x = 16 * (i % 2), 16 * (i // 2 % 2)
+        image[y + 4:y + 12, x + 4:x + 12] = rng.integers(150, 255)
+        write_png(str(root / "images" / f"{i:03d}.png"), image)
+    flagfile = root / "tiny.flags"
+    flagfile.write_text(TINY_FLAGFILE)
+    args = (SCRIPT, f"--faces={root / 'images'}", f"--faces_flagfile={flagfile}",
+            f"--runs={root / 'runs'}", f"--docs={root / 'docs'}", *FAST)
+    result = commands.run(*args, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, args, result
+
+
+def test_the_script_trains_sparse_and_dense_and_writes_the_figures(experiment):
+    root, _, result = experiment
+    names = {f"faces_{f}.png" for f in ("kernels_bottom", "kernels_bottom_raw",
+                                         "kernels_top", "parse", "reconstructions",
+                                         "samples")}
+    assert set(os.listdir(root / "docs")) == names | {"real_images.md"}
+    records = json.loads((root / "runs" / "paper_experiments.json").read_text())
+    sparse, dense = records["faces"]["sparse"], records["faces"]["dense"]
+    # Dense is K = h w c at every layer: 2*2*8 and 4*4*8.
+    assert sparse["results"]["topk"] == [4, 8] and dense["results"]["topk"] == [32, 128]
+    assert "--topk=32,128" in dense["command"] and "--heldout=4" in dense["command"]
+    for kind in (sparse, dense):
+        results = kind["results"]
+        assert results["num_heldout"] == 4 and results["num_examples"] == 16
+        assert np.isfinite(results["psnr_heldout_served"]) and kind["train_s"] > 0
+        assert 0.25 <= results["specificity_1"] <= 1 and 1 / 16 <= results["specificity_2"] <= 1
+        assert results["sharpness_samples"] >= 0
+    table = (root / "docs" / "real_images.md").read_text()
+    assert "Location specificity, layer 2 (uniform 0.062)" in table
+    assert "PSNR held-out, exported reconstruct (dB)" in table and "## bricks" not in table
+
+
+def test_a_second_call_reuses_the_runs(experiment, commands):
+    root, args, _ = experiment
+    checkpoint = root / "runs" / "faces_sparse" / "checkpoints" / "checkpoint"
+    before = checkpoint.stat().st_mtime_ns
+    result = commands.run(*args, "--noserved", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing" in result.stdout and checkpoint.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "nothing to do"),
+    (("--faces=/no/such/folder",), "is not a folder"),
+    (("--bricks=.", "--make_bricks"), "not both"),
+])
+def test_bad_input_fails_in_one_line(args, message, tmp_path, commands):
+    result = commands.run(SCRIPT, f"--runs={tmp_path}", f"--docs={tmp_path}", *args)
+    assert result.returncode != 0
+    assert message in commands.last_line(result.stderr) and "Traceback" not in result.stderr
