@@ -180,11 +180,11 @@ def describe(generator, *, settings, step_size, sigma, bank=None, source=None):
     if bank is None:
         start = f"{settings.restarts} draws from N(0, I)"
     else:
-        what = ("training chains, one per training image" if settings.training_codes else
-                f"k-means centroids of the training chains, each the mean of at least "
-                f"{MIN_MEMBERS}")
-        start = (f"the {min(settings.restarts, len(bank))} of {len(bank)} {what} with the "
-                 "highest log joint (Eq. 11), then N(0, I) draws for the other restarts")
+        what = ("training chains (one per training image)" if settings.training_codes else
+                f"k-means centroids of the training chains (each the mean of at least "
+                f"{MIN_MEMBERS} chains)")
+        start = (f"the {min(settings.restarts, len(bank))} (of {len(bank)}) {what} with "
+                 "the highest log joint (Eq. 11), then N(0, I) draws for the other restarts")
     return {
         "source": source,
         "generator_config": dataclasses.asdict(cfg),
