@@ -66,7 +66,8 @@ flags.DEFINE_integer("face_steps", 2000, "Training steps of each face run.", low
 flags.DEFINE_integer("brick_steps", 1000, "Training steps of each brick run.", lower_bound=1)
 flags.DEFINE_integer("heldout", 50, "Images held out of training (the last files).",
                      lower_bound=1)
-flags.DEFINE_integer("num_heldout", 256, "Held-out images evaluate scores.", lower_bound=1)
+flags.DEFINE_integer("num_heldout", 50, "Held-out images evaluate scores (and training "
+                     "images it runs the same inference on).", lower_bound=1)
 flags.DEFINE_bool("train", True, "Train runs that lack the final checkpoint; --notrain "
                   "scores whatever checkpoint each workdir has.")
 flags.DEFINE_bool("served", True, "Also score the exported reconstruct signature.")
@@ -107,6 +108,11 @@ def train_command(flagfile, data_dir, steps, workdir, topk=None):
     return command + ([f"--topk={topk}"] if topk else [])
 
 
+def shown(command):
+    """A train command as the README prints it: paths inside the repository relative."""
+    return " ".join(c.replace(ROOT + os.sep, "") for c in command[1:])
+
+
 def checkpoint_step(workdir):
     """The step of workdir's latest checkpoint, or None."""
     path = latest_checkpoint(workdir) if os.path.isdir(workdir) else None
@@ -126,7 +132,7 @@ def train_or_reuse(command, workdir, steps):
     if not FLAGS.train:
         raise UserError(f"{workdir} has no checkpoint and --notrain was given; drop "
                         "--notrain to train it")
-    print(" ".join(command[1:]) if command[0] == sys.executable else command, flush=True)
+    print("python " + shown(command), flush=True)
     start = time.time()
     result = subprocess.run(command, cwd=os.getcwd(), capture_output=True, text=True)
     if result.returncode:
@@ -228,11 +234,12 @@ def experiment(name, data_dir, flagfile, steps, settings):
         topk = dense_topk(os.path.join(FLAGS.runs, f"{name}_sparse")) if kind == "dense" else None
         command = train_command(flagfile, data_dir, steps, workdir, topk)
         seconds = train_or_reuse(command, workdir, steps)
+        start = time.time()
         results = evaluate.evaluate(workdir, num_heldout=FLAGS.num_heldout, settings=settings,
                                     baseline=False, served=FLAGS.served)
-        records[kind] = {"command": "python " + " ".join(
-            c.replace(ROOT + os.sep, "") for c in command[1:]), "train_s": seconds,
-            "step": checkpoint_step(workdir), "results": results}
+        records[kind] = {"command": "python " + shown(command), "train_s": seconds,
+            "step": checkpoint_step(workdir), "evaluate_s": time.time() - start,
+            "results": results}
         opened[kind] = load_run(workdir)
     figures = draw_figures(name, opened, FLAGS.docs, settings)
     return records, figures
@@ -247,7 +254,8 @@ def report(all_records):
         for kind in KINDS:
             r = records[kind]
             took = f"{r['train_s'] / 60:.0f} min" if r["train_s"] else "time not recorded"
-            lines += [f"- {kind}: step {r['step']}, {took}: `{r['command']}`"]
+            lines += [f"- {kind}: step {r['step']}, trained in {took}, evaluated in "
+                      f"{r['evaluate_s'] / 60:.1f} min: `{r['command']}`"]
         lines.append("")
     return "\n".join(lines)
 
