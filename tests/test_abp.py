@@ -55,7 +55,6 @@ def test_one_epoch_under_xla_updates_every_chain_and_the_weights():
     # TopK bounds the fraction of non-zero activations by K / size.
     assert 0 < logs["nonzero_1"] <= 8 / (2 * 2 * 8)
     assert 0 < logs["nonzero_2"] <= 16 / (4 * 4 * 8)
-    assert 0 <= logs["dead_channels_2"] <= 8
     np.testing.assert_allclose(logs["psnr"], 10 * np.log10(4 / logs["mse"]), rtol=0.05)
 
 

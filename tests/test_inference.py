@@ -39,14 +39,15 @@ def test_infer_compiles_with_xla_and_is_reproducible():
     np.testing.assert_array_equal(run(images).numpy(), z)
 
 
-def test_restarts_and_annealing_lower_the_energy():
+def test_restarts_and_annealing_find_lower_energy_than_plain_langevin():
     generator = sharp_generator()
     images = generator(tf.random.stateless_normal([8, 8], [2, 2]))
-    z0 = tf.random.stateless_normal([8, 8], [9, 9])
-    z = compiled(generator, steps=60, restarts=4, seed=0, anneal_sigma=4.0,
-                 anneal_stages=3, refine_steps=20)(images)
-    before, after = energy(generator, z0, images), energy(generator, z, images)
-    assert after.mean() < 0.5 * before.mean(), (before, after)
+    # The baseline is what these options add to: one chain from N(0, I), as many steps.
+    plain = compiled(generator, steps=60, restarts=1, seed=0)(images)
+    robust = compiled(generator, steps=60, restarts=4, seed=0, anneal_sigma=4.0,
+                      anneal_stages=3, refine_steps=20)(images)
+    before, after = energy(generator, plain, images), energy(generator, robust, images)
+    assert after.mean() < 0.8 * before.mean(), (before, after)
 
 
 def test_the_best_of_the_bank_is_where_chains_start():
