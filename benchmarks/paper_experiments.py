@@ -62,7 +62,7 @@ flags.DEFINE_string("faces_flagfile", os.path.join(ROOT, "celeba.flags"),
                     "Flag file of the face runs.")
 flags.DEFINE_string("bricks_flagfile", os.path.join(ROOT, "bricks.flags"),
                     "Flag file of the brick runs.")
-flags.DEFINE_integer("face_steps", 2000, "Training steps of each face run.", lower_bound=1)
+flags.DEFINE_integer("face_steps", 1000, "Training steps of each face run.", lower_bound=1)
 flags.DEFINE_integer("brick_steps", 1000, "Training steps of each brick run.", lower_bound=1)
 flags.DEFINE_integer("heldout", 50, "Images held out of training (the last files).",
                      lower_bound=1)
@@ -125,6 +125,11 @@ def train_or_reuse(command, workdir, steps):
     times_path = os.path.join(workdir, TIMES_FILE)
     recorded = json.load(open(times_path)) if os.path.exists(times_path) else {}
     step = checkpoint_step(workdir)
+    saved = read_config(workdir) if step is not None else None
+    if saved is not None and saved.train_steps != steps and FLAGS.train:
+        # Resuming with another budget would silently turn the run into a different one.
+        raise UserError(f"{workdir} was trained with --train_steps={saved.train_steps}, not "
+                        f"{steps}; pass that step budget to reuse it, or another --runs")
     # The last checkpoint is at the end of the last epoch, at or just past `steps`.
     if (step is not None and step >= steps) or (step is not None and not FLAGS.train):
         print(f"reusing {workdir} (step {step})", flush=True)
