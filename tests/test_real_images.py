@@ -131,6 +131,14 @@ def test_a_second_call_reuses_the_runs(experiment, commands):
     assert "reusing" in result.stdout and checkpoint.stat().st_mtime_ns == before
 
 
+def test_another_step_budget_is_refused_rather_than_resumed(experiment, commands):
+    root, args, _ = experiment
+    result = commands.run(*args, "--face_steps=5", timeout=600)
+    assert result.returncode != 0
+    assert "was trained with --train_steps=2" in commands.last_line(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "nothing to do"),
     (("--faces=/no/such/folder",), "is not a folder"),
