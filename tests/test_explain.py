@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import last_line, run_command as run
 from sparse_gen_tf import Generator, GeneratorConfig, visualize
 from sparse_gen_tf.bitmap_font import format_number, text_mask
 from sparse_gen_tf.parse_graph import ParseGraph
@@ -17,17 +16,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
         "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--train_steps=2"]
 FAST_INFERENCE = ["--inference_steps=3", "--restarts=2"]
-
-
-def run(*args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def png_shape(path):
