@@ -74,7 +74,7 @@ def main(argv):
     generator, chains = model.generator, model.chains.numpy()
     data = opened.data()
     train = pipeline.to_model_range(data.images).numpy()
-    heldout, truth = pipeline.heldout_images(config, FLAGS.num_heldout)
+    heldout, truth = pipeline.heldout_images(config, FLAGS.num_heldout, data)
     heldout = pipeline.to_model_range(heldout).numpy()
     if not len(heldout):
         sys.exit(f"{FLAGS.workdir} has no held-out images; train with --heldout=N")

@@ -163,7 +163,7 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     samples = generator(tf.random.stateless_normal(
         [min(num_heldout, len(train)), generator.config.latent_dim], [seed, 3])).numpy()
     results["sharpness_samples"] = unit_metrics.sharpness(samples, train)
-    heldout, heldout_truth = pipeline.heldout_images(config, num_heldout)
+    heldout, heldout_truth = pipeline.heldout_images(config, num_heldout, data)
     heldout = to_model_range(heldout).numpy()
     results["num_heldout"] = len(heldout)
 

@@ -89,17 +89,18 @@ def load_for(config):
 HELDOUT_IMAGE_SEED = 10_000
 
 
-def heldout_images(config, num):
+def heldout_images(config, num, data=None):
     """(uint8 images [m, H, W, 3] the run never trained on, parts GroundTruth or None).
 
     parts: `num` fresh draws of the run's grammar (m = num). Image datasets: the first
-    `num` of the --heldout images (m = min(num, --heldout); 0 without --heldout).
+    `num` of the --heldout images (m = min(num, --heldout); 0 without --heldout), taken
+    from `data` (the run's `TrainingData`) when the caller has loaded it already.
     """
     if config.dataset == "parts":
         from sparse_gen_tf.data import parts
         return parts.generate(num, image_size=config.image_size, seed=config.seed,
                               image_seed=config.seed + HELDOUT_IMAGE_SEED)
-    return load_for(config).heldout[:num], None
+    return (data or load_for(config)).heldout[:num], None
 
 
 def to_model_range(images):
