@@ -1,4 +1,4 @@
-"""Trains the sparse generator by alternating back-propagation.
+"""Trains the sparse generator by alternating back-propagation (sparse_gen_tf/train.py).
 
     python train.py                          # embedded And-Or "parts" dataset
     python train.py --flagfile=celeba.flags  # the paper's CelebA setup
@@ -6,26 +6,7 @@
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
 
-import sys
-
-from absl import app
-
-from sparse_gen_tf import cli
-from sparse_gen_tf import flags as train_flags
-from sparse_gen_tf import trainer
-from sparse_gen_tf.errors import UserError
-
-
-def main(argv):
-    cli.start("train.py", argv, quiet=False)  # training logs its progress
-    try:
-        trainer.train(train_flags.train_config())
-    except UserError as e:
-        sys.exit(f"train.py: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("train.py: interrupted; rerun the same command to resume from the last "
-                 "checkpoint")
-
+from sparse_gen_tf.train import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -35,10 +35,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from sparse_gen_tf import run
-from sparse_gen_tf.abp import psnr
+from sparse_gen_tf.training import run
+from sparse_gen_tf.learning.abp import psnr
 from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.figures import image_grid, write_png
+from sparse_gen_tf.explanation.figures import image_grid, write_png
 
 flags.DEFINE_string("abp_workdir", "runs/abp", "Workdir of the ABP run.")
 flags.DEFINE_string("coop_workdir", "runs/coop", "Workdir of the --descriptor run.")

@@ -2,7 +2,7 @@
 
     python benchmarks/export_latency.py [--calls=20] [--reconstruct_calls=5]
 
-Exports a generator of the default config (sparse_gen_tf/config.py) to a temporary
+Exports a generator of the default config (sparse_gen_tf/training/config.py) to a temporary
 directory, then times each signature at batch 1 and batch 64 in a fresh process that
 imports TensorFlow only, as a server would load it, and prints a markdown table of the
 median of --calls calls. The weights are untrained: latency depends on the ops and
@@ -75,9 +75,9 @@ def main(argv):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import numpy as np
 
-    from sparse_gen_tf import export
-    from sparse_gen_tf.config import TrainConfig
-    from sparse_gen_tf.generator import Generator
+    from sparse_gen_tf import serving
+    from sparse_gen_tf.training.config import TrainConfig
+    from sparse_gen_tf.model.generator import Generator
 
     defaults = TrainConfig()
     generator = Generator(defaults.generator_config())
@@ -87,8 +87,8 @@ def main(argv):
             variable.assign(rng.normal(0.0, 0.1, variable.shape).astype(np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         chains = rng.standard_normal([defaults.num_images, defaults.latent_dim])
-        settings = export.ReconstructSettings(steps=FLAGS.reconstruct_steps)
-        path = export.export_generator(generator, tmp, settings=settings, chains=chains,
+        settings = serving.ReconstructSettings(steps=FLAGS.reconstruct_steps)
+        path = serving.export_generator(generator, tmp, settings=settings, chains=chains,
                                        step_size=defaults.langevin_step_size,
                                        sigma=defaults.sigma)
         cfg = generator.config

@@ -26,12 +26,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.data import images as image_files
 from sparse_gen_tf.data import pipeline
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import paper_config, time_train_step  # noqa: E402  (a sibling script)
+from train_step import paper_config, time_train_step  # a sibling script
 
 flags.DEFINE_integer("folder_images", 2000, "JPEG files to write, decode and serve.")
 flags.DEFINE_integer("batches", 200, "Batches to draw from each pipeline.")

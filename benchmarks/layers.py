@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
-from sparse_gen_tf.layers import TransposedConv, kth_largest_by_bisection
+from sparse_gen_tf.model.layers import TransposedConv, kth_largest_by_bisection
 
 flags.DEFINE_integer("repeats", 30, "Timed calls per variant.")
 FLAGS = flags.FLAGS

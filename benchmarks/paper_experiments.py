@@ -43,11 +43,14 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sparse_gen_tf import evaluate, inference, visualize  # noqa: E402
-from sparse_gen_tf.data import pipeline  # noqa: E402
-from sparse_gen_tf.errors import UserError  # noqa: E402
-from sparse_gen_tf.figures import image_grid, write_png  # noqa: E402
-from sparse_gen_tf.run import latest_checkpoint, load_run, read_config  # noqa: E402
+from sparse_gen_tf import cli
+from sparse_gen_tf.explanation import evaluation
+from sparse_gen_tf.explanation import visualize
+from sparse_gen_tf.learning import inference
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.explanation.figures import image_grid, write_png
+from sparse_gen_tf.training.run import latest_checkpoint, load_run, read_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("faces", None, "Folder of aligned face images (e.g. 64x64 CelebA "
@@ -71,7 +74,7 @@ flags.DEFINE_integer("num_heldout", 50, "Held-out images evaluate scores (and tr
 flags.DEFINE_bool("train", True, "Train runs that lack the final checkpoint; --notrain "
                   "scores whatever checkpoint each workdir has.")
 flags.DEFINE_bool("served", True, "Also score the exported reconstruct signature.")
-inference.define_flags()
+cli.define_inference_flags()
 
 KINDS = ("sparse", "dense")
 TIMES_FILE = "wall_time.json"
@@ -240,7 +243,7 @@ def experiment(name, data_dir, flagfile, steps, settings):
         command = train_command(flagfile, data_dir, steps, workdir, topk)
         seconds = train_or_reuse(command, workdir, steps)
         start = time.time()
-        results = evaluate.evaluate(workdir, num_heldout=FLAGS.num_heldout, settings=settings,
+        results = evaluation.evaluate(workdir, num_heldout=FLAGS.num_heldout, settings=settings,
                                     baseline=False, served=FLAGS.served)
         records[kind] = {"command": "python " + shown(command), "train_s": seconds,
             "step": checkpoint_step(workdir), "evaluate_s": time.time() - start,
@@ -254,7 +257,7 @@ def report(all_records):
     """Markdown: per dataset the evaluate table, then the commands and wall times."""
     lines = []
     for name, records in all_records.items():
-        lines += [f"## {name}", "", evaluate.markdown_table(
+        lines += [f"## {name}", "", evaluation.markdown_table(
             [records[k]["results"] for k in KINDS]), ""]
         for kind in KINDS:
             r = records[kind]
@@ -268,7 +271,7 @@ def report(all_records):
 def main(argv):
     del argv
     try:
-        settings = inference.settings_from_flags(FLAGS)
+        settings = cli.inference_settings(FLAGS)
         bricks = FLAGS.bricks
         if FLAGS.make_bricks:
             if bricks:

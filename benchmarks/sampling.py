@@ -3,7 +3,7 @@
     python benchmarks/sampling.py --workdir=runs/parts [--num_samples=512]
 
 On a trained parts run, each row draws --num_samples images in another way and scores
-them with `parts_metrics.grammar_validity` (legal quadrants, clean cells):
+them with `parts_scores.grammar_validity` (legal quadrants, clean cells):
 
   prior            z ~ N(0, I), the paper's prior (what `sample` serves)
   prior, rescaled  N(0, I) scaled to the chains' mean norm
@@ -33,9 +33,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_gen_tf import inference, parts_metrics  # noqa: E402
-from sparse_gen_tf.data import pipeline  # noqa: E402
-from sparse_gen_tf.run import load_run  # noqa: E402
+from sparse_gen_tf.explanation import parts_scores
+from sparse_gen_tf.learning import inference
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.training.run import load_run
 
 flags.DEFINE_string("workdir", "runs/parts", "A training run on --dataset=parts.")
 flags.DEFINE_integer("num_samples", 512, "Images per row.")
@@ -114,7 +115,7 @@ def main(argv):
           f"{n} images per row, seed {FLAGS.seed}.\n")
     print("| samples from | legal quadrants | clean cells |\n|---|---|---|")
     for label, images in rows:
-        validity, clean = parts_metrics.grammar_validity(images, truth)
+        validity, clean = parts_scores.grammar_validity(images, truth)
         print(f"| {label} | {validity:.3f} | {clean:.3f} |")
 
 

@@ -13,7 +13,7 @@ TensorFlow and calls it, as TF Serving would. It prints markdown tables of
 * the median latency of a call at batch 1 and 64 (after two warm-up calls);
 * the leak: the starting points an export holds, rendered, against the nearest training
   image (median and best PSNR). g(chain) reproduces its own training image; a centroid
-  averages at least `export.MIN_MEMBERS` chains.
+  averages at least `serving.MIN_MEMBERS` chains.
 """
 
 import os
@@ -28,9 +28,12 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_gen_tf import evaluate, export, inference, parts_metrics  # noqa: E402
-from sparse_gen_tf.data import pipeline  # noqa: E402
-from sparse_gen_tf.run import load_run  # noqa: E402
+from sparse_gen_tf import serving
+from sparse_gen_tf.explanation import evaluation
+from sparse_gen_tf.explanation import parts_scores
+from sparse_gen_tf.learning import inference
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.training.run import load_run
 
 flags.DEFINE_string("workdir", "runs/parts", "Training run to export and measure.")
 flags.DEFINE_integer("num_heldout", 256, "Held-out images to score.")
@@ -38,9 +41,9 @@ flags.DEFINE_integer("calls", 5, "Timed calls per latency cell (median).")
 FLAGS = flags.FLAGS
 
 STARTS = {  # label -> ReconstructSettings
-    "served, centroids (default)": export.ReconstructSettings(),
-    "served, N(0, I) only": export.ReconstructSettings(centroids=0),
-    "served, training codes": export.ReconstructSettings(training_codes=True),
+    "served, centroids (default)": serving.ReconstructSettings(),
+    "served, N(0, I) only": serving.ReconstructSettings(centroids=0),
+    "served, training codes": serving.ReconstructSettings(training_codes=True),
 }
 
 
@@ -80,15 +83,15 @@ def main(argv):
         sys.exit(f"{FLAGS.workdir} has no held-out images; train with --heldout=N")
     channel_parts = None
     if truth is not None:
-        dominant = parts_metrics.dominant_channels(
-            parts_metrics.bottom_contributions(generator, chains[:512]))
-        channel_parts = parts_metrics.fit_channel_parts(
+        dominant = parts_scores.dominant_channels(
+            parts_scores.bottom_contributions(generator, chains[:512]))
+        channel_parts = parts_scores.fit_channel_parts(
             dominant, data.ground_truth.part_labels[:512], generator.config.channels[-1])
 
     def scores(z):
         if channel_parts is None:
-            return parts_metrics.psnr(heldout, generator(z).numpy()), float("nan")
-        return evaluate.score_latents(generator, z, heldout, truth.part_labels,
+            return parts_scores.psnr(heldout, generator(z).numpy()), float("nan")
+        return evaluation.score_latents(generator, z, heldout, truth.part_labels,
                                       channel_parts)
 
     batch_64 = heldout[:64]
@@ -102,13 +105,13 @@ def main(argv):
         psnr_per_image(generator(chains).numpy(), train), [50, 100])))
     for label, settings in STARTS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            path = export.export_generator(generator, tmp, settings=settings,
+            path = serving.export_generator(generator, tmp, settings=settings,
                                            step_size=model.langevin_step_size,
                                            sigma=model.sigma, chains=chains)
             reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
 
             def call(images):
-                return reconstruct(image=tf.constant(export.to_unit_range(images)))["z"]
+                return reconstruct(image=tf.constant(serving.to_unit_range(images)))["z"]
 
             z = np.concatenate([call(chunk).numpy() for chunk in np.split(
                 heldout, range(64, len(heldout), 64))])

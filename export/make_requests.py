@@ -4,7 +4,7 @@
     python export/make_requests.py --export_dir=exports/sparse_gen/3 --out_dir=/tmp/req
 
 Without --export_dir it exports an untrained generator of the default config (only the
-shapes matter), so the committed files follow sparse_gen_tf/config.py.
+shapes matter), so the committed files follow sparse_gen_tf/training/config.py.
 """
 
 import json
@@ -17,9 +17,9 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sparse_gen_tf import export  # noqa: E402
-from sparse_gen_tf.config import TrainConfig  # noqa: E402
-from sparse_gen_tf.generator import Generator  # noqa: E402
+from sparse_gen_tf import serving
+from sparse_gen_tf.training.config import TrainConfig
+from sparse_gen_tf.model.generator import Generator
 
 flags.DEFINE_string("export_dir", None, "A SavedModel version directory (E/<version>).")
 flags.DEFINE_string("out_dir", os.path.join(ROOT, "export", "requests"),
@@ -33,11 +33,11 @@ def main(argv):
         export_dir = FLAGS.export_dir
         if export_dir is None:
             defaults = TrainConfig()
-            export_dir = export.export_generator(
+            export_dir = serving.export_generator(
                 Generator(defaults.generator_config()), tmp,
-                settings=export.ReconstructSettings(steps=1, restarts=1),
+                settings=serving.ReconstructSettings(steps=1, restarts=1),
                 step_size=defaults.langevin_step_size, sigma=defaults.sigma)
-        bodies = export.example_requests(export_dir)
+        bodies = serving.example_requests(export_dir)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     for name, body in bodies.items():
         with open(os.path.join(FLAGS.out_dir, name), "w") as f:

@@ -6,12 +6,12 @@ descriptor of §2.4 with cooperative learning (`Descriptor`, `DescriptorConfig`,
 `CooperativeLearning`).
 """
 
-from sparse_gen_tf.abp import AlternatingBackprop
-from sparse_gen_tf.cooperative import CooperativeLearning
-from sparse_gen_tf.descriptor import Descriptor, DescriptorConfig
-from sparse_gen_tf.generator import Generator, GeneratorConfig
-from sparse_gen_tf.langevin import langevin, log_joint
-from sparse_gen_tf.layers import TopK, TransposedConv
+from sparse_gen_tf.learning.abp import AlternatingBackprop
+from sparse_gen_tf.learning.cooperative import CooperativeLearning
+from sparse_gen_tf.model.descriptor import Descriptor, DescriptorConfig
+from sparse_gen_tf.model.generator import Generator, GeneratorConfig
+from sparse_gen_tf.learning.langevin import langevin, log_joint
+from sparse_gen_tf.model.layers import TopK, TransposedConv
 
 __all__ = ["AlternatingBackprop", "CooperativeLearning", "Descriptor", "DescriptorConfig",
            "Generator", "GeneratorConfig", "TopK",

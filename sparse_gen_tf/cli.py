@@ -1,8 +1,11 @@
-"""What every command (train.py, explain, evaluate) does first, before its own work."""
+"""What the commands (train.py, explain, evaluate, the export scripts) share: their start,
+and the inference flags of explain and evaluate."""
 
 import sys
 
 from absl import flags, logging
+
+from sparse_gen_tf.learning import inference
 
 
 def start(program, argv, quiet=True):
@@ -16,3 +19,29 @@ def start(program, argv, quiet=True):
                  "--name=value")
     if quiet and not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
+
+
+def define_inference_flags():
+    """absl flags for `inference.InferenceSettings` (explain and evaluate)."""
+    d = inference.DEFAULT_SETTINGS
+    flags.DEFINE_integer("inference_steps", d.steps, "Langevin steps per chain.",
+                         lower_bound=0)
+    flags.DEFINE_integer("restarts", d.restarts, "Chains per image; the best one is kept.",
+                         lower_bound=1)
+    flags.DEFINE_float("anneal_sigma", d.anneal_sigma,
+                       "First-stage σ as a multiple of the model's σ (1 = no annealing).",
+                       lower_bound=1.0)
+    flags.DEFINE_integer("anneal_stages", d.anneal_stages, "Stages of σ annealing.",
+                         lower_bound=1)
+    flags.DEFINE_integer("refine_steps", d.refine_steps,
+                         "Noise-free steps on the selected chain.", lower_bound=0)
+    flags.DEFINE_boolean("use_bank", d.use_bank,
+                         "Start chains from the training images' persistent chains too.")
+
+
+def inference_settings(values):
+    """The `inference.InferenceSettings` of parsed flags `values`."""
+    return inference.InferenceSettings(
+        steps=values.inference_steps, restarts=values.restarts,
+        anneal_sigma=values.anneal_sigma, anneal_stages=values.anneal_stages,
+        refine_steps=values.refine_steps, use_bank=values.use_bank)

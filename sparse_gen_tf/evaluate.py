@@ -1,303 +1,22 @@
-"""Scores a trained generator: reconstructions, sparsity and, on parts, the ground truth.
+"""The `evaluate` command: scores trained runs and prints one markdown table.
 
     python -m sparse_gen_tf.evaluate --workdir=runs/parts[,runs/parts_dense]
+    sparse-gen-evaluate --workdir=runs/parts
 
-For each workdir it writes WORKDIR/evaluation.json, and it prints one markdown table with
-a column per run. Every run gets:
-
-  psnr_train            training images, z = their persistent chains
-  psnr_train_infer      training images, z from `inference.infer` like the held-out ones
-  psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
-  psnr_heldout_served   held-out images through the exported `reconstruct` signature:
-                        the run exported as export/export_saved_model.py does by default,
-                        loaded with TensorFlow and called (--served)
-  nonzero_i             fraction of units of sparse layer i that survive, over the
-                        training chains' parses
-  dead_channels_i       channels of layer i that no training chain's parse uses
-  specificity_i         location specificity of layer i over the training chains'
-                        parses: the mean share of a channel's energy at its most-used
-                        cell (unit_metrics; 1 / cells if it fires everywhere alike)
-  sharpness_samples     Laplacian energy of samples g(z), z ~ N(0, I), relative to the
-                        training images' (unit_metrics.sharpness); sharpness_heldout the
-                        same for the held-out reconstructions through inference.infer
-
-Held-out images are fresh draws of the grammar for parts, and the --heldout images for an
-image dataset; a run trained without --heldout has no held-out rows. Runs on the
-embedded parts dataset are also scored against its ground truth (see parts_metrics for
-the definitions):
-
-  dictionary_recovery   mean over true parts of the best r with a bottom basis function
-  kernel_purity         fraction of bottom kernels in use with |r| > 0.9 to one part
-  parse_accuracy        held-out cells whose dominant OR node maps to the true part
-  *_served              the same through the exported `reconstruct`
-  *_occluded            held-out with the central half hidden from the likelihood,
-                        scored on the hidden cells / pixels only
-  *_plain               held-out, plain Langevin from N(0, I), 200 steps: the calibration
-                        baseline, `inference.PLAIN_SETTINGS`
-  validity_*            the fraction of quadrants that are legal derivations of the
-                        grammar (`parts_metrics.grammar_validity`), and clean_cells_* the
-                        fraction of cells holding one part at the data's intensity or
-                        nothing: of --num_heldout samples g(z), z ~ N(0, I); of the
-                        reconstructions g(z_i) of training images (the model's ceiling);
-                        and of the training images themselves (the control, 1.0)
-
-Channels are mapped to parts on the first --num_fit training images (persistent chains);
-"in use" means surviving in at least one of their parses.
+The rows are defined in `explanation/evaluation.py`; each run's scores also go to
+WORKDIR/evaluation.json.
 """
 
-import json
-import os
 import sys
-import tempfile
 
-import numpy as np
-import tensorflow as tf
+from absl import app, flags
 
-from sparse_gen_tf import export, inference, parts_metrics, unit_metrics
-from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.data.pipeline import to_model_range
+from sparse_gen_tf import cli
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.run import load_run
-
-ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
-        ("kernel_purity", "Kernel purity (clean / in use)", None),
-        ("parse_accuracy", "Parse accuracy, held-out", "{:.3f}"),
-        ("parse_accuracy_train", "Parse accuracy, training (persistent chains)", "{:.3f}"),
-        ("parse_accuracy_train_infer", "Parse accuracy, training, same inference as "
-         "held-out", "{:.3f}"),
-        ("parse_accuracy_served", "Parse accuracy, held-out, exported reconstruct",
-         "{:.3f}"),
-        ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
-        ("psnr_heldout_served", "PSNR held-out, exported reconstruct (dB)", "{:.2f}"),
-        ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
-        ("sharpness_samples", "Sharpness of samples (Laplacian energy / data's)",
-         "{:.3f}"),
-        ("sharpness_heldout", "Sharpness of held-out reconstructions", "{:.3f}"),
-        ("num_examples", "Training images", "{:d}"),
-        ("num_heldout", "Held-out images", "{:d}"),
-        ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
-        ("parse_accuracy_occluded", "Parse accuracy, held-out, hidden cells only",
-         "{:.3f}"),
-        ("psnr_occluded", "PSNR held-out, hidden pixels only (dB)", "{:.2f}"),
-        ("parse_accuracy_plain", "Parse accuracy, held-out, plain Langevin", "{:.3f}"),
-        ("validity_samples", "Grammar validity, samples z ~ N(0, I) (legal quadrants)",
-         "{:.3f}"),
-        ("clean_cells_samples", "Clean cells, samples z ~ N(0, I)", "{:.3f}"),
-        ("validity_reconstructions", "Grammar validity, reconstructions of training "
-         "images", "{:.3f}"),
-        ("validity_data", "Grammar validity, training images (control)", "{:.3f}"),
-        ("psnr_heldout_plain", "PSNR held-out, plain Langevin (dB)", "{:.2f}"))
-
-
-def score_latents(generator, z, images, part_labels, channel_parts):
-    """(PSNR, parse accuracy) of latents z for images with true labels."""
-    dominant = parts_metrics.dominant_channels(
-        parts_metrics.bottom_contributions(generator, z))
-    return (parts_metrics.psnr(images, generator(z).numpy()),
-            parts_metrics.parse_accuracy(dominant, channel_parts, part_labels))
-
-
-def occlusion_scores(model, images, part_labels, channel_parts, settings, seed):
-    """(PSNR of the hidden pixels, parse accuracy of the hidden cells) when the central
-    half of each image is hidden from the likelihood (`central_occluder`)."""
-    generator = model.generator
-    observed = inference.central_occluder(images)
-    z = inference.reconstruct(model, images, settings=settings, seed=seed,
-                              observed=observed).numpy()
-    hidden = observed[..., 0] == 0
-    grid = part_labels.shape[1]
-    cell = images.shape[1] // grid
-    hidden_cells = hidden.reshape(len(hidden), grid, cell, grid, cell)[:, :, 0, :, 0]
-    dominant = parts_metrics.dominant_channels(
-        parts_metrics.bottom_contributions(generator, z))
-    return (parts_metrics.psnr(images[hidden], generator(z).numpy()[hidden]),
-            parts_metrics.parse_accuracy(dominant[hidden_cells], channel_parts,
-                                         part_labels[hidden_cells]))
-
-
-def served_latents(opened, images, batch=64):
-    """z [N, d] for images [N, H, W, 3] in [-1, 1] from the exported `reconstruct`: the
-    run exported with the export command's defaults to a temporary directory, loaded with
-    TensorFlow and called, as TF Serving would."""
-    model = opened.model
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export.export_generator(model.generator, tmp,
-                                       step_size=model.langevin_step_size,
-                                       sigma=model.sigma, chains=model.chains.numpy())
-        reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
-        return np.concatenate([
-            reconstruct(image=tf.constant(export.to_unit_range(chunk)))["z"].numpy()
-            for chunk in np.array_split(images, max(1, -(-len(images) // batch)))])
-
-
-def sparsity(generator, z, batch=256):
-    """{nonzero_i, dead_channels_i} of the parses of z [N, d] (layer i = 1 at the top)."""
-    active = [[] for _ in range(generator.num_layers)]
-    for chunk in np.array_split(z, max(1, -(-len(z) // batch))):
-        for i, activation in enumerate(generator.parse(chunk)["activations"]):
-            active[i].append(activation.numpy() != 0)
-    results = {}
-    for i, masks in enumerate(active, 1):
-        masks = np.concatenate(masks)
-        results[f"nonzero_{i}"] = float(masks.mean())
-        results[f"dead_channels_{i}"] = int((~masks.any(axis=(0, 1, 2))).sum())
-    return results
-
-
-def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
-             baseline=True, served=True, seed=0):
-    """Computes the scores of workdir's latest checkpoint; writes evaluation.json."""
-    opened = load_run(workdir)
-    config, model = opened.config, opened.model
-    generator = model.generator
-    chains = model.chains.numpy()
-    results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.topk),
-               "train_steps": config.train_steps, "num_examples": opened.num_examples,
-               "inference": settings.to_dict(),
-               "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
-    results.update(sparsity(generator, chains))
-    data = opened.data()
-    train = to_model_range(data.images).numpy()
-    results["psnr_train"] = parts_metrics.psnr(train, generator(chains).numpy())
-    results.update(unit_metrics.layer_specificities(generator, chains))
-    samples = generator(tf.random.stateless_normal(
-        [min(num_heldout, len(train)), generator.config.latent_dim], [seed, 3])).numpy()
-    results["sharpness_samples"] = unit_metrics.sharpness(samples, train)
-    heldout, heldout_truth = pipeline.heldout_images(config, num_heldout, data)
-    heldout = to_model_range(heldout).numpy()
-    results["num_heldout"] = len(heldout)
-
-    def infer(images, how=settings):
-        return inference.reconstruct(model, images, settings=how, seed=seed).numpy()
-
-    if config.dataset != "parts":
-        num_train = min(num_heldout, len(train))
-        results["psnr_train_infer"] = parts_metrics.psnr(
-            train[:num_train], generator(infer(train[:num_train])).numpy())
-        if len(heldout):
-            reconstructions = generator(infer(heldout)).numpy()
-            results["psnr_heldout"] = parts_metrics.psnr(heldout, reconstructions)
-            results["sharpness_heldout"] = unit_metrics.sharpness(reconstructions, heldout)
-            if served:
-                results["psnr_heldout_served"] = parts_metrics.psnr(
-                    heldout, generator(served_latents(opened, heldout)).numpy())
-        return write_results(workdir, results)
-
-    truth = data.ground_truth
-    problem = parts_metrics.check_geometry(generator.config, truth.parts.shape[1])
-    if problem:
-        raise UserError(f"cannot score {workdir} against the parts grammar: {problem}")
-    # Training images with their persistent chains: the channel-to-part map, the kernels.
-    num_fit = results["num_fit"] = min(num_fit, len(train))
-    fit_chains, train, labels = chains[:num_fit], train[:num_fit], truth.part_labels[:num_fit]
-    fit_dominant = parts_metrics.dominant_channels(
-        parts_metrics.bottom_contributions(generator, fit_chains))
-    channel_parts = parts_metrics.fit_channel_parts(fit_dominant, labels,
-                                                    generator.config.channels[-1])
-    patches, in_use = parts_metrics.bottom_patches(generator, fit_chains)
-    results["dictionary_recovery"], per_part, _ = parts_metrics.dictionary_recovery(
-        patches, truth.parts)
-    results["recovery_per_part"] = per_part.tolist()
-    (results["kernel_purity"], results["kernels_pure"],
-     results["kernels_in_use"]) = parts_metrics.kernel_purity(patches, truth.parts, in_use)
-    results["parse_accuracy_train"] = parts_metrics.parse_accuracy(
-        fit_dominant, channel_parts, labels)
-
-    def score(z, images, part_labels):
-        return score_latents(generator, z, images, part_labels, channel_parts)
-
-    heldout_labels = heldout_truth.part_labels
-    results["psnr_heldout"], results["parse_accuracy"] = score(
-        infer(heldout), heldout, heldout_labels)
-    if served:
-        results["psnr_heldout_served"], results["parse_accuracy_served"] = score(
-            served_latents(opened, heldout), heldout, heldout_labels)
-    num_train = min(num_heldout, num_fit)
-    results["psnr_train_infer"], results["parse_accuracy_train_infer"] = score(
-        infer(train[:num_train]), train[:num_train], labels[:num_train])
-    results["psnr_occluded"], results["parse_accuracy_occluded"] = occlusion_scores(
-        model, heldout, heldout_labels, channel_parts, settings, seed)
-    if baseline:
-        results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score(
-            infer(heldout, inference.PLAIN_SETTINGS), heldout, heldout_labels)
-    results.update(sample_scores(generator, chains, train, truth, num_heldout, seed))
-    return write_results(workdir, results)
-
-
-def sample_scores(generator, chains, train, truth, num_samples, seed):
-    """{validity_*, clean_cells_*} of samples g(z), z ~ N(0, I), of the reconstructions of
-    training images g(z_i), and of the training images [N, H, W, 3] in [-1, 1]."""
-    z = tf.random.stateless_normal([num_samples, generator.config.latent_dim], [seed, 1])
-    scores = {}
-    for name, images in (("samples", generator(z).numpy()),
-                         ("reconstructions", generator(chains[:num_samples]).numpy()),
-                         ("data", train[:num_samples])):
-        scores[f"validity_{name}"], scores[f"clean_cells_{name}"] = (
-            parts_metrics.grammar_validity(images, truth))
-    return scores
-
-
-def write_results(workdir, results):
-    with open(os.path.join(workdir, "evaluation.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    return results
-
-
-def run_label(results):
-    k = ",".join(map(str, results["topk"]))
-    return f"{results['dataset']}, K = {k}"
-
-
-def uniform_specificity(all_results, layer):
-    """The specificity of a channel firing alike at every cell of `layer` (1 / cells)."""
-    return next((r[f"specificity_uniform_{layer}"] for r in all_results
-                 if f"specificity_uniform_{layer}" in r), float("nan"))
-
-
-def markdown_table(all_results):
-    """A markdown table, one row per score that some run has, and one column per run."""
-    lines = ["| | " + " | ".join(run_label(r) for r in all_results) + " |",
-             "|---|" + "---|" * len(all_results)]
-    layers = max(len(r["topk"]) for r in all_results)
-    sparsity_rows = [row for i in range(1, layers + 1) for row in (
-        (f"nonzero_{i}", f"Surviving units, layer {i} (fraction)", "{:.4f}"),
-        (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"),
-        (f"specificity_{i}", f"Location specificity, layer {i} (uniform "
-         f"{uniform_specificity(all_results, i):.3f})", "{:.3f}"))]
-    for key, label, fmt in ROWS + tuple(sparsity_rows):
-        if not any(key in r for r in all_results):
-            continue
-        cells = []
-        for r in all_results:
-            if key not in r:
-                cells.append("")
-            elif key == "kernel_purity":
-                cells.append(f"{r['kernel_purity']:.2f} ({r['kernels_pure']}/"
-                             f"{r['kernels_in_use']})")
-            else:
-                cells.append(fmt.format(r[key]))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def main(argv):
-    from absl import flags
-    from sparse_gen_tf import cli
-    cli.start("evaluate", argv)
-    values = flags.FLAGS
-    try:
-        settings = inference.settings_from_flags(values)
-        all_results = [evaluate(w, num_heldout=values.num_heldout, num_fit=values.num_fit,
-                                settings=settings, baseline=values.baseline,
-                                served=values.served, seed=values.seed)
-                       for w in values.workdir]
-    except UserError as e:
-        sys.exit(f"evaluate: error: {e}")
-    print(markdown_table(all_results))
+from sparse_gen_tf.explanation import evaluation
 
 
 def define_flags():
-    from absl import flags
     flags.DEFINE_list("workdir", None, "Training run(s) to score, comma separated.",
                       required=True)
     flags.DEFINE_integer("num_heldout", 256, "Held-out images to infer and score.",
@@ -309,10 +28,29 @@ def define_flags():
                          "(exported with the export command's defaults to a temporary "
                          "directory, loaded with TensorFlow).")
     flags.DEFINE_integer("seed", 0, "Seeds the inference.", lower_bound=0)
-    inference.define_flags()
+    cli.define_inference_flags()
+
+
+def main(argv):
+    cli.start("evaluate", argv)
+    values = flags.FLAGS
+    try:
+        settings = cli.inference_settings(values)
+        all_results = [evaluation.evaluate(w, num_heldout=values.num_heldout,
+                                           num_fit=values.num_fit, settings=settings,
+                                           baseline=values.baseline, served=values.served,
+                                           seed=values.seed)
+                       for w in values.workdir]
+    except UserError as e:
+        sys.exit(f"evaluate: error: {e}")
+    print(evaluation.markdown_table(all_results))
+
+
+def run():
+    """The console script `sparse-gen-evaluate`."""
+    define_flags()
+    app.run(main)
 
 
 if __name__ == "__main__":
-    from absl import app
-    define_flags()
-    app.run(main)
+    run()

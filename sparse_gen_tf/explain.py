@@ -1,155 +1,21 @@
-"""Explains a trained generator: kernels, parse figures and parse graphs, as files.
+"""The `explain` command: writes the explanation of a trained run as files.
 
     python -m sparse_gen_tf.explain --workdir=runs/parts [--output_dir=DIR]
+    sparse-gen-explain --workdir=runs/parts
 
-writes into DIR (default WORKDIR/explain):
-
-  kernels_bottom.png         the bottom kernels as image patches (Fig. 2a)
-  kernels_top.png            each top unit as its basis function in image space (Fig. 2b)
-  kernels.png                the two above, one over the other
-  kernels_*_normalised.png   the same, each unit min-max stretched to its own range: on
-                             real images a kernel is faint beside the bias and its shape
-                             shows only this way (visualize.normalise_each)
-  sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of g(z),
-                             z ~ N(0, I)
-  image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
-  image_<i>_normalised.png   that parse figure with each OR node stretched to its range
-                             (training images when an image run held none out)
-  reconstructions.png        held-out images (odd columns) beside g(z) (even columns)
-  occlusion.png              the same with the central half hidden from the likelihood
-  summary.json               the files, inference settings, and the Eq. (5) identity
-                             error of every parse and layer
-  index.html                 the unit dashboard of all the above (dashboard.py), offline;
-                             --nohtml skips it
-
-Held-out images are images the model was not trained on: for the parts dataset, new
-draws of its grammar (another image seed); for image datasets, the images the run set
-aside with --heldout. A run trained without --heldout has none, so its training images
-are parsed instead, and summary.json says so ("images_are": "training").
+The files it writes are listed in `explanation/report.py`.
 """
 
-import json
-import os
 import sys
 
-import numpy as np
+from absl import app, flags
 
-from sparse_gen_tf import basis, dashboard, inference, parse_graph, visualize
-from sparse_gen_tf.data import pipeline
+from sparse_gen_tf import cli
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.figures import image_grid, write_png
-from sparse_gen_tf.run import load_run
-
-
-def stack(*images, gap=8):
-    """uint8 images [h_i, w_i, 3] one above the other, left-aligned, on white."""
-    width = max(image.shape[1] for image in images)
-    padded = [np.pad(image, [(0, gap), (0, width - image.shape[1]), (0, 0)],
-                     constant_values=255) for image in images]
-    return np.concatenate(padded)[:-gap]
-
-
-def pair_grid(pairs):
-    """(image, reconstruction) pairs [2n, H, W, 3], four pairs a row, drawn at about 96
-    pixels a side."""
-    grid = image_grid(pairs, columns=min(len(pairs), 8))
-    return visualize.upscale(grid, max(1, 96 // pairs.shape[1]))
-
-
-def explain_latents(generator, z, output_dir, prefix, normalised=False):
-    """Writes <prefix>_<i>.png (parse figure) and .json (parse graph) for each z [n, d],
-    and with normalised=True also <prefix>_<i>_normalised.png; returns [{file,
-    identity_error per layer}]."""
-    parse = generator.parse(z)
-    graphs = parse_graph.build(generator, z, parse)
-    errors = [basis.identity_error(generator, parse, layer).numpy()
-              for layer in range(1, generator.num_layers + 1)]
-    records = []
-    for i, graph in enumerate(graphs):
-        write_png(os.path.join(output_dir, f"{prefix}_{i}.png"),
-                  visualize.parse_figure(generator, z[i]))
-        if normalised:
-            write_png(os.path.join(output_dir, f"{prefix}_{i}_normalised.png"),
-                      visualize.parse_figure(generator, z[i], normalised=True))
-        with open(os.path.join(output_dir, f"{prefix}_{i}.json"), "w") as f:
-            f.write(graph.to_json())
-        records.append({"figure": f"{prefix}_{i}.png", "parse_graph": f"{prefix}_{i}.json",
-                        "eq5_relative_error": [float(e[i]) for e in errors]})
-    return records
-
-
-def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
-            settings=inference.DEFAULT_SETTINGS, seed=0, html=True):
-    """Writes the explanation files of workdir's latest checkpoint; returns output_dir."""
-    opened = load_run(workdir)
-    config, model = opened.config, opened.model
-    generator = model.generator
-    output_dir = output_dir or os.path.join(workdir, "explain")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --output_dir={output_dir} ({e.strerror}); choose "
-                        "a writable directory") from None
-
-    latents = visualize.sample_latents(generator, max(128, num_samples), seed)
-    figures = visualize.kernel_figures(generator, latents)
-    write_png(os.path.join(output_dir, "kernels_bottom.png"), figures["bottom"])
-    write_png(os.path.join(output_dir, "kernels_top.png"), figures["top"])
-    write_png(os.path.join(output_dir, "kernels.png"), stack(figures["bottom"],
-                                                             figures["top"]))
-    for part in ("bottom", "top"):
-        write_png(os.path.join(output_dir, f"kernels_{part}_normalised.png"),
-                  figures[f"{part}_normalised"])
-    write_png(os.path.join(output_dir, "kernels_normalised.png"),
-              stack(figures["bottom_normalised"], figures["top_normalised"]))
-    summary = {"workdir": workdir, "topk": list(config.topk),
-               "samples": explain_latents(generator, latents[:num_samples], output_dir,
-                                          "sample")}
-
-    if num_images:
-        images, _ = pipeline.heldout_images(config, num_images)
-        summary["images_are"] = "heldout"
-        if not len(images):  # an image run without --heldout: parse training images
-            images = opened.data().images[:num_images]
-            summary["images_are"] = "training"
-        images = pipeline.to_model_range(images).numpy()
-        z = inference.reconstruct(model, images, settings=settings, seed=seed).numpy()
-        recon = generator(z).numpy()
-        pairs = np.stack([images, recon], 1).reshape((-1,) + images.shape[1:])
-        write_png(os.path.join(output_dir, "reconstructions.png"), pair_grid(pairs))
-        summary["images"] = explain_latents(generator, z, output_dir, "image",
-                                            normalised=True)
-        # Occlusion recovery: the likelihood sees only the observed pixels.
-        observed = inference.central_occluder(images)
-        z = inference.reconstruct(model, images, settings=settings, seed=seed,
-                                  observed=observed).numpy()
-        shown = images * observed  # hidden pixels drawn mid-grey
-        pairs = np.stack([shown, generator(z).numpy()], 1).reshape((-1,) + images.shape[1:])
-        write_png(os.path.join(output_dir, "occlusion.png"), pair_grid(pairs))
-        summary["inference"] = settings.to_dict()
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    if html:
-        dashboard.write_dashboard(model, config, output_dir, summary)
-    return output_dir
-
-
-def main(argv):
-    from absl import flags
-    from sparse_gen_tf import cli
-    cli.start("explain", argv)
-    values = flags.FLAGS
-    try:
-        path = explain(values.workdir, values.output_dir, num_samples=values.num_samples,
-                       num_images=values.num_images, seed=values.seed,
-                       settings=inference.settings_from_flags(values), html=values.html)
-    except UserError as e:
-        sys.exit(f"explain: error: {e}")
-    print(f"Wrote the explanation to {path}")
+from sparse_gen_tf.explanation import report
 
 
 def define_flags():
-    from absl import flags
     flags.DEFINE_string("workdir", None, "Training run to explain.", required=True)
     flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/explain).")
     flags.DEFINE_integer("num_samples", 4, "Samples z ~ N(0, I) to parse.", lower_bound=0)
@@ -157,10 +23,27 @@ def define_flags():
                          lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Seeds the samples and the inference.", lower_bound=0)
     flags.DEFINE_bool("html", True, "Also write index.html, the offline unit dashboard.")
-    inference.define_flags()
+    cli.define_inference_flags()
+
+
+def main(argv):
+    cli.start("explain", argv)
+    values = flags.FLAGS
+    try:
+        path = report.explain(values.workdir, values.output_dir,
+                              num_samples=values.num_samples, num_images=values.num_images,
+                              seed=values.seed, settings=cli.inference_settings(values),
+                              html=values.html)
+    except UserError as e:
+        sys.exit(f"explain: error: {e}")
+    print(f"Wrote the explanation to {path}")
+
+
+def run():
+    """The console script `sparse-gen-explain`."""
+    define_flags()
+    app.run(main)
 
 
 if __name__ == "__main__":
-    from absl import app
-    define_flags()
-    app.run(main)
+    run()

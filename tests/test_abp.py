@@ -74,7 +74,7 @@ def test_training_reduces_reconstruction_error():
 
 
 def test_dead_channels_counts_channels_never_selected():
-    from sparse_gen_tf.abp import DeadChannels
+    from sparse_gen_tf.learning.abp import DeadChannels
     metric = DeadChannels(4)
     mask = np.zeros([2, 3, 3, 4], "float32")
     mask[0, 1, 1, 0] = 1

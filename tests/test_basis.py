@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, basis
+from sparse_gen_tf import Generator, GeneratorConfig
+from sparse_gen_tf.explanation import basis
 
 THREE_LAYERS = GeneratorConfig(image_size=16, latent_dim=8, channels=(8, 8, 4),
                                topk=(6, 12, 20), kernel_sizes=(3, 4, 4), strides=(1, 2, 4))

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from sparse_gen_tf import Generator, GeneratorConfig
-from sparse_gen_tf.cooperative import COOPERATIVE_METRICS, CooperativeLearning
-from sparse_gen_tf.descriptor import Descriptor, DescriptorConfig
+from sparse_gen_tf.learning.cooperative import COOPERATIVE_METRICS, CooperativeLearning
+from sparse_gen_tf.model.descriptor import Descriptor, DescriptorConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATOR = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
@@ -139,7 +139,7 @@ def descriptor_tensors(workdir):
 
 def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_them(
         tmp_path):
-    from sparse_gen_tf import run
+    from sparse_gen_tf.training import run
 
     workdir = str(tmp_path / "run")
     first = run_train(f"--workdir={workdir}", "--train_steps=2", *TINY, *DESCRIPTOR_FLAGS)

@@ -161,9 +161,9 @@ def restored(workdir):
     """(AlternatingBackprop, TrainConfig) of workdir's checkpoint, restored here with
     tf.train.Checkpoint rather than through the commands' loader."""
     import tensorflow as tf
-    from sparse_gen_tf.abp import AlternatingBackprop
-    from sparse_gen_tf.config import TrainConfig
-    from sparse_gen_tf.generator import Generator
+    from sparse_gen_tf.learning.abp import AlternatingBackprop
+    from sparse_gen_tf.training.config import TrainConfig
+    from sparse_gen_tf.model.generator import Generator
     with open(os.path.join(workdir, "config.json")) as f:
         values = json.load(f)
     fields = TrainConfig.__dataclass_fields__
@@ -228,7 +228,7 @@ def test_one_unit_panel_per_unit_in_use(sparse_page):
 
 
 def test_dense_run_caps_what_it_shows_and_says_so(dense_page):
-    from sparse_gen_tf.parse_graph import ParseGraph
+    from sparse_gen_tf.explanation.parse_graph import ParseGraph
     explained = os.path.dirname(dense_page[1])
     with open(dense_page[1]) as f:
         page = f.read()
@@ -249,7 +249,7 @@ def test_dense_run_caps_what_it_shows_and_says_so(dense_page):
 
 def test_unit_panels_are_capped_per_layer(sparse_page):
     """write_dashboard(max_units=2) keeps the two most used units of each layer."""
-    from sparse_gen_tf import dashboard
+    from sparse_gen_tf.explanation import dashboard
     workdir, _ = sparse_page
     model, config = restored(workdir)
     out = tempfile.mkdtemp()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf.descriptor import (Descriptor, DescriptorConfig, descriptor_langevin,
+from sparse_gen_tf.model.descriptor import (Descriptor, DescriptorConfig, descriptor_langevin,
                                       energy)
 
 CONFIG = DescriptorConfig(channels=(4, 8, 8), kernel_sizes=(5, 3, 3), strides=(2, 2, 1))

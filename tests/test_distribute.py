@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, distribute, langevin, run
-from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf import Generator, GeneratorConfig, langevin
+from sparse_gen_tf.training import distribute, run
+from sparse_gen_tf.training.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
@@ -30,7 +31,7 @@ TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=
 MIRRORED = """
 import sys
 import keras, numpy as np, tensorflow as tf
-from sparse_gen_tf import distribute
+from sparse_gen_tf.training import distribute
 strategy = distribute.make_strategy("mirrored", cpu_devices=2)
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig
 

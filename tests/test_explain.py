@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import last_line, run_command as run
-from sparse_gen_tf import Generator, GeneratorConfig, visualize
-from sparse_gen_tf.bitmap_font import format_number, text_mask
-from sparse_gen_tf.parse_graph import ParseGraph
+from sparse_gen_tf import Generator, GeneratorConfig
+from sparse_gen_tf.explanation import visualize
+from sparse_gen_tf.explanation.bitmap_font import format_number, text_mask
+from sparse_gen_tf.explanation.parse_graph import ParseGraph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",

@@ -24,17 +24,19 @@ import tensorflow as tf
 
 from tensorflow.core.protobuf import saved_model_pb2
 
-from sparse_gen_tf import export, inference, run, trainer
-from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf import serving
+from sparse_gen_tf.learning import inference
+from sparse_gen_tf.training import run, trainer
+from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.generator import Generator
+from sparse_gen_tf.model.generator import Generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
 TINY = TrainConfig(num_images=64, batch_size=32, langevin_steps=2, channels=(8, 8),
                    topk=(4, 8), latent_dim=4, train_steps=2, jit_compile=False,
                    num_summary_images=4)
-RECONSTRUCT = export.ReconstructSettings(steps=5, restarts=3)
+RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3)
 
 
 def run_export(*flags, timeout=300):
@@ -96,7 +98,7 @@ def test_saved_model_cli_lists_the_three_signatures_with_named_inputs(exported):
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
     shown = result.stdout
-    for name in export.SIGNATURES:
+    for name in serving.SIGNATURES:
         assert f"signature_def['{name}']" in shown
     for line in ("inputs['z'] tensor_info:", "inputs['image'] tensor_info:",
                  "inputs['seed'] tensor_info:", "outputs['reconstruction'] tensor_info:",
@@ -134,11 +136,11 @@ def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported)
     served = dict(np.load(exported.tmp / "outputs.npz"))
 
     generator = exported.generator
-    reconstruct_z = export.infer_latent(
+    reconstruct_z = serving.infer_latent(
         generator, inputs["image"] * 2 - 1, settings=RECONSTRUCT,
         step_size=exported.model.langevin_step_size, sigma=exported.model.sigma,
         bank=RECONSTRUCT.bank(exported.model.chains.numpy()))
-    sample_z = export.latent_from_seeds(inputs["seed"], 4)
+    sample_z = serving.latent_from_seeds(inputs["seed"], 4)
     expected = {}
     for name, z, extra in [("serving_default", inputs["z"], {}),
                            ("reconstruct", reconstruct_z, {"z": reconstruct_z}),
@@ -178,8 +180,8 @@ def test_a_unit_that_topk_keeps_but_relu_zeroes_is_not_in_the_mask(tmp_path):
     bias[[3, 17]] = [0.5, 2.0]
     generator.fc.kernel.assign(np.zeros(generator.fc.kernel.shape, np.float32))
     generator.fc.bias.assign(bias)
-    path = export.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
-                                   settings=export.ReconstructSettings(steps=1, restarts=1))
+    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                   settings=serving.ReconstructSettings(steps=1, restarts=1))
     served = tf.saved_model.load(path).signatures["serving_default"](z=tf.ones([2, 4]))
     assert tf.reduce_sum(generator.parse(tf.ones([2, 4]))["topk_masks"][0]) == 2 * 4
     mask = served["mask_1"].numpy().reshape(2, -1)
@@ -233,7 +235,7 @@ def test_a_default_export_holds_no_row_per_training_example(exported, tmp_path):
     num_examples, d = exported.model.chains.shape
     shapes = saved_tensor_shapes(exported.path)
     assert shapes and not [s for s in shapes if s and s[0] == num_examples], shapes
-    with open(os.path.join(exported.path, export.INFO_FILE)) as f:
+    with open(os.path.join(exported.path, serving.INFO_FILE)) as f:
         start = json.load(f)["signatures"]["reconstruct"]["langevin"]["start"]
     assert "k-means centroids" in start
     # Asked for, the training codes are there: the check above can fail.
@@ -270,10 +272,10 @@ def test_a_wrong_shape_or_dtype_is_a_clear_error_and_the_model_still_works(
 
 
 def test_example_requests_fit_each_signature_and_rows_equal_columns(exported, loaded):
-    bodies = export.example_requests(exported.path)
-    assert set(bodies) == {f"{name}.{form}.json" for name in export.SIGNATURES
+    bodies = serving.example_requests(exported.path)
+    assert set(bodies) == {f"{name}.{form}.json" for name in serving.SIGNATURES
                            for form in ("rows", "columns")}
-    for name in export.SIGNATURES:
+    for name in serving.SIGNATURES:
         signature = loaded.signatures[name]
         rows = signature(**request_tensors(bodies[f"{name}.rows.json"], signature))
         columns = signature(**request_tensors(bodies[f"{name}.columns.json"], signature))
@@ -283,12 +285,12 @@ def test_example_requests_fit_each_signature_and_rows_equal_columns(exported, lo
 
 def test_committed_requests_fit_an_export_of_the_default_config(tmp_path):
     defaults = TrainConfig()
-    path = export.export_generator(Generator(defaults.generator_config()), str(tmp_path),
-                                   settings=export.ReconstructSettings(steps=1, restarts=1),
+    path = serving.export_generator(Generator(defaults.generator_config()), str(tmp_path),
+                                   settings=serving.ReconstructSettings(steps=1, restarts=1),
                                    step_size=0.1, sigma=0.3)
     signatures = tf.saved_model.load(path).signatures
     files = sorted(glob.glob(os.path.join(ROOT, "export", "requests", "*.json")))
-    assert {os.path.basename(f) for f in files} == set(export.example_requests(path))
+    assert {os.path.basename(f) for f in files} == set(serving.example_requests(path))
     for file in files:
         with open(file) as f:
             body = json.load(f)
@@ -306,8 +308,8 @@ def test_versions_increase_and_an_existing_version_is_never_overwritten(exported
     base = str(tmp_path / "exports")
 
     def export_version(version=None):
-        return export.export_generator(exported.generator, base, step_size=0.1, sigma=0.3,
-                                       settings=export.ReconstructSettings(steps=1),
+        return serving.export_generator(exported.generator, base, step_size=0.1, sigma=0.3,
+                                       settings=serving.ReconstructSettings(steps=1),
                                        version=version)
 
     assert export_version() == os.path.join(base, "1")
@@ -321,7 +323,7 @@ def test_versions_increase_and_an_existing_version_is_never_overwritten(exported
         export_version(5)
     assert (os.stat(saved).st_mtime_ns, open(saved, "rb").read()) == before
     assert sorted(os.listdir(base)) == ["1", "2", "5", "6"]
-    with open(os.path.join(base, "6", export.INFO_FILE)) as f:
+    with open(os.path.join(base, "6", serving.INFO_FILE)) as f:
         info = json.load(f)
     assert info["signatures"]["reconstruct"]["langevin"]["steps"] == 1
 
@@ -416,7 +418,7 @@ def test_tensorflow_model_server_serves_the_example_requests(exported, loaded, t
             assert time.time() < deadline, "the model server did not load the export"
             time.sleep(0.5)
 
-        for name, body in export.example_requests(exported.path).items():
+        for name, body in serving.example_requests(exported.path).items():
             signature = loaded.signatures[body["signature_name"]]
             expected = signature(**request_tensors(body, signature))
             status, reply = http(f"{url}:predict", body)

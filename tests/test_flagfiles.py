@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from sparse_gen_tf import flags as train_flags
-from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.training import flags as train_flags
+from sparse_gen_tf.training.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,7 @@ def test_celeba_flags_are_the_papers_setup():
 
 
 def test_a_runs_flags_txt_reads_back_as_a_flagfile(tmp_path):
-    from sparse_gen_tf import run
+    from sparse_gen_tf.training import run
     config = TrainConfig(workdir=str(tmp_path), topk=(4, 8))
     run.write_config(config, num_examples=config.num_images)
     assert config_from(f"--flagfile={tmp_path / 'flags.txt'}") == config

@@ -4,7 +4,7 @@ grammar in each way it can be broken score low."""
 import numpy as np
 import pytest
 
-from sparse_gen_tf import parts_metrics
+from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.data import parts
 
 N = 128
@@ -27,8 +27,8 @@ def image_of(cells):
 
 def test_the_training_images_are_legal_and_every_cell_is_clean(data):
     images, truth = data
-    assert parts_metrics.grammar_validity(images, truth) == (1.0, 1.0)
-    part, intensity, _ = parts_metrics.cell_fits(images, truth.parts)
+    assert parts_scores.grammar_validity(images, truth) == (1.0, 1.0)
+    part, intensity, _ = parts_scores.cell_fits(images, truth.parts)
     np.testing.assert_array_equal(part, truth.part_labels)
     np.testing.assert_allclose(intensity, truth.coefficients, atol=0.01)
 
@@ -36,7 +36,7 @@ def test_the_training_images_are_legal_and_every_cell_is_clean(data):
 def test_faded_parts_are_not_clean(data):
     images, truth = data
     faded = -1.0 + 0.3 * (images + 1.0)  # every part at a third of its contrast or less
-    assert parts_metrics.grammar_validity(faded, truth) == (0.0, 0.0)
+    assert parts_scores.grammar_validity(faded, truth) == (0.0, 0.0)
 
 
 def test_shuffled_cells_are_clean_but_not_composites(data):
@@ -45,14 +45,14 @@ def test_shuffled_cells_are_clean_but_not_composites(data):
     order = np.stack([rng.permutation(16) for _ in range(N)])
     shuffled = image_of(np.take_along_axis(cells_of(images),
                                            order[:, :, None, None, None], 1))
-    validity, clean = parts_metrics.grammar_validity(shuffled, truth)
+    validity, clean = parts_scores.grammar_validity(shuffled, truth)
     assert clean == 1.0 and validity < 0.05
 
 
 def test_blended_images_are_mostly_not_clean(data):
     images, truth = data
     blended = 0.5 * (images + images[np.random.RandomState(1).permutation(N)])
-    validity, clean = parts_metrics.grammar_validity(blended, truth)
+    validity, clean = parts_scores.grammar_validity(blended, truth)
     # Only cells where both images hold the same part stay clean (one composite in 8).
     assert validity < 0.25 and clean < 0.35
 
@@ -61,7 +61,7 @@ def test_an_empty_cell_is_clean_but_breaks_its_quadrant(data):
     images, truth = data
     cells = cells_of(images)
     cells[:, 0] = -1.0  # the top-left cell of every image: bare background
-    validity, clean = parts_metrics.grammar_validity(image_of(cells), truth)
+    validity, clean = parts_scores.grammar_validity(image_of(cells), truth)
     assert clean == 1.0 and validity == 0.75
-    part, _, _ = parts_metrics.cell_fits(image_of(cells), truth.parts)
+    part, _, _ = parts_scores.cell_fits(image_of(cells), truth.parts)
     assert (part[:, 0, 0] == -1).all()

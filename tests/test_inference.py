@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf import Generator, GeneratorConfig, log_joint
-from sparse_gen_tf.inference import infer, starting_points
+from sparse_gen_tf.learning.inference import infer, starting_points
 
 CONFIG = GeneratorConfig(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32),
                          kernel_sizes=(4, 4), strides=(2, 4))

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, TopK, TransposedConv
-from sparse_gen_tf.layers import kth_largest, kth_largest_by_bisection
+from sparse_gen_tf.model.layers import kth_largest, kth_largest_by_bisection
 
 
 def test_topk_keeps_exactly_k_largest_per_example():

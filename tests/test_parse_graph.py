@@ -3,9 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, parse_graph, parts_metrics
+from sparse_gen_tf import Generator, GeneratorConfig
+from sparse_gen_tf.explanation import parse_graph, parts_scores
 from sparse_gen_tf.data import parts
-from sparse_gen_tf.inference import infer
+from sparse_gen_tf.learning.inference import infer
 
 CONFIG = GeneratorConfig(image_size=16, latent_dim=8, channels=(8, 8, 4), topk=(6, 12, 20),
                          kernel_sizes=(3, 4, 4), strides=(1, 2, 4))
@@ -116,8 +117,8 @@ def test_parse_of_an_image_made_of_known_parts_finds_each_part_exactly():
         generator, x, steps=0, step_size=0.03, sigma=0.3, seed=0, refine_steps=200,
         bank=tf.zeros([1, generator.config.latent_dim])), jit_compile=True)
     z = run(tf.constant(images)).numpy()
-    dominant = parts_metrics.dominant_channels(
-        parts_metrics.bottom_contributions(generator, z))
+    dominant = parts_scores.dominant_channels(
+        parts_scores.bottom_contributions(generator, z))
     np.testing.assert_array_equal(dominant, labels)
     for b, graph in enumerate(parse_graph.build(generator, z)):
         bottom = graph.layers[-1]

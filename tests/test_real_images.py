@@ -1,4 +1,4 @@
-"""The real-image experiments' pieces: location specificity and sharpness (unit_metrics),
+"""The real-image experiments' pieces: location specificity and sharpness (unit_scores),
 normalised kernel figures, and benchmarks/paper_experiments.py run for real on a tiny
 generated folder (no ../shared, no scikit-image)."""
 
@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from sparse_gen_tf import Generator, GeneratorConfig, basis, unit_metrics, visualize
-from sparse_gen_tf.figures import write_png
+from sparse_gen_tf import Generator, GeneratorConfig
+from sparse_gen_tf.explanation import basis, unit_scores, visualize
+from sparse_gen_tf.explanation.figures import write_png
 
 SCRIPT = os.path.join("benchmarks", "paper_experiments.py")
 TINY_FLAGFILE = ("--image_size=32\n--num_images=64\n--batch_size=8\n--latent_dim=4\n"
@@ -24,7 +25,7 @@ def test_a_channel_at_one_cell_scores_one_and_an_even_channel_one_over_cells():
     activations[:, 1, 2, 0] = 2.0            # channel 0: always the same cell
     activations[:, :, :, 1] = 0.5            # channel 1: every cell alike
     # channel 2 never fires: not in use, so it does not pull the mean down.
-    score, in_use = unit_metrics.location_specificity(unit_metrics.cell_energies(activations))
+    score, in_use = unit_scores.location_specificity(unit_scores.cell_energies(activations))
     assert in_use == 2
     assert score == pytest.approx((1.0 + 1.0 / 16) / 2)
 
@@ -33,12 +34,12 @@ def test_specificity_weights_cells_by_energy():
     activations = np.zeros([2, 2, 2, 1], np.float32)
     activations[0, 0, 0, 0] = 3.0            # energy 9 at one cell
     activations[1, 1, 1, 0] = 1.0            # energy 1 at another
-    score, _ = unit_metrics.location_specificity(unit_metrics.cell_energies(activations))
+    score, _ = unit_scores.location_specificity(unit_scores.cell_energies(activations))
     assert score == pytest.approx(0.9)
 
 
 def test_specificity_of_a_silent_layer_is_nan():
-    score, in_use = unit_metrics.location_specificity(np.zeros([2, 2, 3]))
+    score, in_use = unit_scores.location_specificity(np.zeros([2, 2, 3]))
     assert in_use == 0 and np.isnan(score)
 
 
@@ -47,15 +48,15 @@ def test_sharpness_is_one_for_the_data_and_below_one_when_blurred():
     images = rng.uniform(-1, 1, [4, 16, 16, 3])
     blurred = (images + np.roll(images, 1, 1) + np.roll(images, 1, 2)
                + np.roll(images, (1, 1), (1, 2))) / 4
-    assert unit_metrics.sharpness(images, images) == pytest.approx(1.0)
-    assert unit_metrics.sharpness(blurred, images) < 0.5
-    assert unit_metrics.sharpness(np.zeros_like(images), images) == 0.0
+    assert unit_scores.sharpness(images, images) == pytest.approx(1.0)
+    assert unit_scores.sharpness(blurred, images) < 0.5
+    assert unit_scores.sharpness(np.zeros_like(images), images) == 0.0
 
 
 def test_layer_specificities_lie_between_uniform_and_one():
     generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
     z = visualize.sample_latents(generator, 16)
-    scores = unit_metrics.layer_specificities(generator, z, batch=5)
+    scores = unit_scores.layer_specificities(generator, z, batch=5)
     assert scores["specificity_uniform_1"] == 0.25 and scores["specificity_uniform_2"] == 1 / 16
     for i in (1, 2):
         assert scores[f"specificity_uniform_{i}"] <= scores[f"specificity_{i}"] <= 1.0

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, langevin
-from sparse_gen_tf.layers import TopK, TransposedConv, running_count
+from sparse_gen_tf.model.layers import TopK, TransposedConv, running_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,7 +184,7 @@ def test_compile_picks_the_measured_faster_path(topk, jit_compile, sparse):
 MIRRORED = """
 import sys
 import keras, numpy as np, tensorflow as tf
-from sparse_gen_tf import distribute
+from sparse_gen_tf.training import distribute
 strategy = distribute.make_strategy("mirrored", cpu_devices=2)
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig
 

@@ -8,11 +8,11 @@ import dataclasses
 
 from absl import flags
 
-from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.data.pipeline import DATASETS
-from sparse_gen_tf.descriptor import DescriptorConfig
-from sparse_gen_tf.distribute import PRECISIONS, STRATEGIES
-from sparse_gen_tf.generator import GeneratorConfig
+from sparse_gen_tf.model.descriptor import DescriptorConfig
+from sparse_gen_tf.training.distribute import PRECISIONS, STRATEGIES
+from sparse_gen_tf.model.generator import GeneratorConfig
 
 _D = TrainConfig()
 

@@ -59,8 +59,8 @@ import math
 import keras
 import tensorflow as tf
 
-from sparse_gen_tf.abp import AlternatingBackprop, psnr
-from sparse_gen_tf.descriptor import descriptor_langevin, energy
+from sparse_gen_tf.learning.abp import AlternatingBackprop, psnr
+from sparse_gen_tf.model.descriptor import descriptor_langevin, energy
 from sparse_gen_tf.errors import DivergenceError
 
 # The descriptor's Langevin loop as its own XLA computation, for `jit_langevin` (abp.py).

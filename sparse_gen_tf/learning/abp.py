@@ -16,8 +16,8 @@ import math
 import keras
 import tensorflow as tf
 
-from sparse_gen_tf import distribute
-from sparse_gen_tf.langevin import langevin
+from sparse_gen_tf.training import distribute
+from sparse_gen_tf.learning.langevin import langevin
 
 
 def psnr(mse):

@@ -1,15 +1,13 @@
-"""Keras callbacks of a training run: atomic checkpoints, divergence guard, image summaries,
+"""Keras callbacks of a training run: atomic checkpoints, divergence guard, TensorBoard,
 and the HParams record that lets TensorBoard compare runs."""
 
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from sparse_gen_tf.errors import DivergenceError
-from sparse_gen_tf.figures import image_grid
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -55,51 +53,6 @@ class Checkpointing(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=step)
         for callback in self.on_save:
             callback(step)
-
-
-class ImageSummaries:
-    """Writes image grids to TensorBoard: samples g(z), z ~ N(0, I), and training images
-    beside their reconstructions g(z_i) from the persistent chains. For cooperative
-    learning also "data_reconstructions_revisions": each training image, g(z_i) and the
-    descriptor's revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
-
-    def __init__(self, model, data, logdir, num_images=16, seed=0):
-        self.model, self.writer = model, tf.summary.create_file_writer(logdir)
-        n = min(num_images, data.num_examples)
-        self.ids = np.arange(n)
-        self.images = data.images[:n]
-        self.z = tf.random.stateless_normal([n, model.generator.config.latent_dim],
-                                            [seed, 1])
-        self.extra = []  # callables (writer, step) adding more summaries
-
-    def __call__(self, step):
-        samples = self.model.generator(self.z).numpy()
-        recon = self.model.generator(tf.gather(self.model.chains.value, self.ids)).numpy()
-        pairs = np.stack([self.images.astype(np.float32) / 127.5 - 1.0, recon], 1)
-        pairs = pairs.reshape((-1,) + recon.shape[1:])
-        # record_if(True): Keras' TensorBoard callback gates all summaries during fit on
-        # step % --log_every == 0, which would drop checkpoints at other steps.
-        with self.writer.as_default(step=step), tf.summary.record_if(True):
-            tf.summary.image("samples", image_grid(samples)[None], max_outputs=1,
-                             description="Samples g(z) of fixed draws z ~ N(0, I): the "
-                             "same z at every step, so the grids differ by the model only.")
-            tf.summary.image("data_and_reconstructions",
-                             image_grid(pairs, columns=8)[None], max_outputs=1,
-                             description="Training images (odd columns) beside g(z_i) "
-                             "(even columns), z_i their persistent Langevin chains (Eq. "
-                             "10): how well the model explains the data it trains on.")
-            if hasattr(self.model, "revise"):
-                # A fixed seed, so that grids at different steps differ by the model only.
-                revised = self.model.revise(recon, seed=tf.constant([0, 9])).numpy()
-                triples = np.stack([pairs[0::2], recon, np.clip(revised, -1, 1)], 1)
-                tf.summary.image("data_reconstructions_revisions", image_grid(
-                    triples.reshape((-1,) + recon.shape[1:]), columns=6)[None],
-                    max_outputs=1, description="Each training image Y_i, g(z_i), and the "
-                    "descriptor's revision of g(z_i) (cooperative learning, §2.4): what "
-                    "the generator is taught to paint.")
-            for extra in self.extra:
-                extra(step)
-        self.writer.flush()
 
 
 class HParamsSummary(keras.callbacks.Callback):
@@ -162,26 +115,14 @@ def hparams_of(config):
     return values
 
 
-def grammar_summaries(model, truth, num_samples=256, seed=0):
-    """A callable(step) writing, for the parts dataset, how often samples g(z), z ~ N(0, I),
-    and the reconstructions of training images are legal derivations of its grammar
-    (`parts_metrics.grammar_validity`) as TensorBoard scalars; call it inside a writer's
-    context, as `ImageSummaries.extra` does."""
-    from sparse_gen_tf import parts_metrics
-    z = tf.random.stateless_normal([num_samples, model.generator.config.latent_dim],
-                                   [seed, 2])
+class ResumableTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, counting batches from the restored optimizer step so a
+    resumed run continues its curves instead of restarting them at 0."""
 
-    def write(step):
-        for name, latents in (("samples", z), ("reconstructions",
-                                                model.chains.value[:num_samples])):
-            validity, clean = parts_metrics.grammar_validity(
-                model.generator(latents).numpy(), truth)
-            tf.summary.scalar(f"grammar/validity_{name}", validity, step=step,
-                              description=f"Fraction of quadrants of {name} that are "
-                              "legal derivations of the parts grammar: four clean cells "
-                              "forming one of the quadrant's composites.")
-            tf.summary.scalar(f"grammar/clean_cells_{name}", clean, step=step,
-                              description=f"Fraction of cells of {name} holding one part "
-                              "at the data's intensity, or nothing.")
+    def __init__(self, initial_step, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_step = initial_step
 
-    return write
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = self.initial_step

@@ -33,12 +33,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import basis as basis_lib
-from sparse_gen_tf.dashboard_page import SCRIPT, STYLE
+from sparse_gen_tf.explanation import basis as basis_lib
+from sparse_gen_tf.explanation.dashboard_page import SCRIPT, STYLE
 from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.figures import image_grid, to_uint8
-from sparse_gen_tf.parse_graph import ParseGraph, footprint, image_boxes
-from sparse_gen_tf.visualize import paint
+from sparse_gen_tf.explanation.figures import image_grid, to_uint8
+from sparse_gen_tf.explanation.parse_graph import ParseGraph, footprint, image_boxes
+from sparse_gen_tf.explanation.visualize import paint
 
 NUM_EXAMPLES = 3      # top-coefficient training images per unit
 NUM_PARTS = 8         # next-layer OR nodes listed in a decomposition

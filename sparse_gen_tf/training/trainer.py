@@ -15,17 +15,17 @@ import math
 import os
 import sys
 
-import keras
 import tensorflow as tf
 from absl import logging
 
-from sparse_gen_tf import distribute, run
-from sparse_gen_tf.callbacks import (Checkpointing, DivergenceGuard, HParamsSummary,
-                                     ImageSummaries, grammar_summaries)
-from sparse_gen_tf.config import TrainConfig
+from sparse_gen_tf.training import distribute, run
+from sparse_gen_tf.training.callbacks import (Checkpointing, DivergenceGuard,
+                                              HParamsSummary, ResumableTensorBoard)
+from sparse_gen_tf.training.summaries import (ImageSummaries, explanation_summaries,
+                                              grammar_summaries)
+from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.visualize import explanation_summaries
 
 
 def check_resumable(config):
@@ -120,19 +120,6 @@ def train(config: TrainConfig):
                          callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     finally:
         distribute.cleanup(save_dir, strategy)
-
-
-class ResumableTensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard callback, counting batches from the restored optimizer step so a
-    resumed run continues its curves instead of restarting them at 0."""
-
-    def __init__(self, initial_step, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_step = initial_step
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._global_train_batch = self.initial_step
 
 
 __all__ = ["train", "UserError"]

@@ -18,10 +18,10 @@ range, so that its shape shows whatever its scale.
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import basis as basis_lib
-from sparse_gen_tf.bitmap_font import draw_text, format_number
-from sparse_gen_tf.figures import image_grid, to_uint8
-from sparse_gen_tf.parse_graph import image_boxes
+from sparse_gen_tf.explanation import basis as basis_lib
+from sparse_gen_tf.explanation.bitmap_font import draw_text, format_number
+from sparse_gen_tf.explanation.figures import image_grid, to_uint8
+from sparse_gen_tf.explanation.parse_graph import image_boxes
 
 WHITE, PANEL, BAR, GRID_LINE = 255, 225, (200, 40, 40), (255, 255, 0)
 
@@ -209,44 +209,5 @@ def _outline(image, cells, scale):
     return big
 
 
-def explanation_summaries(model, num_samples=128, seed=0):
-    """A callable(step) writing the kernel grids and the parse of training image 0 (from
-    its persistent chain) as TensorBoard images; call it inside a writer's context, as
-    `ImageSummaries.extra` does."""
-    z = sample_latents(model.generator, num_samples, seed)
-
-    def write(step):
-        figures = kernel_figures(model.generator, z)
-        tf.summary.image("kernels/bottom", figures["bottom"][None], step=step,
-                         description="Fig. 2a: each bottom kernel as the patch it paints, "
-                         "tanh(bias + s ker_c) at its mean coefficient s over samples; "
-                         "units no sample uses are dimmed.")
-        tf.summary.image("kernels/top_in_image_space", figures["top"][None], step=step,
-                         description="Fig. 2b: each top unit as its basis function in "
-                         "image space (Eq. 6), tanh(bias + s_j B_j) at its largest "
-                         "coefficient over samples; unused units are grey.")
-        tf.summary.image("kernels/bottom_normalised", figures["bottom_normalised"][None],
-                         step=step, description="Fig. 2a, normalised: each bottom kernel "
-                         "ker_c min-max stretched to its own range, which shows its shape "
-                         "where it is faint beside the bias (faces); unused units dimmed.")
-        tf.summary.image("kernels/top_in_image_space_normalised",
-                         figures["top_normalised"][None], step=step,
-                         description="Fig. 2b, normalised: each top unit's s_j B_j (Eq. 6) "
-                         "at its largest coefficient over samples, min-max stretched per "
-                         "unit; unused units are grey.")
-        chain = model.chains.value[0].numpy()
-        tf.summary.image("parse/train_0", parse_figure(model.generator, chain)[None],
-                         step=step, description="Fig. 3: the And-Or parse of training "
-                         "image 0 from its chain: per layer the image with its AND cells, "
-                         "then each cell's OR nodes (surviving units) with coefficients.")
-        tf.summary.image("parse/train_0_normalised",
-                         parse_figure(model.generator, chain, normalised=True)[None],
-                         step=step, description="Fig. 3, normalised: the same parse with "
-                         "each OR node drawn as its own s_j B_j over its cell, min-max "
-                         "stretched, so that faint basis functions show their shape.")
-
-    return write
-
-
-__all__ = ["bottom_kernels", "explanation_summaries", "kernel_figures", "normalise_each",
+__all__ = ["bottom_kernels", "kernel_figures", "normalise_each",
            "parse_figure", "strongest_terms", "unit_images"]

@@ -35,7 +35,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf.langevin import langevin, log_joint
+from sparse_gen_tf.learning.langevin import langevin, log_joint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,29 +225,3 @@ def _compiled(model, settings, seed, masked):
         bank=model.chains.value if settings.use_bank else None,
         anneal_sigma=settings.anneal_sigma, anneal_stages=settings.anneal_stages,
         refine_steps=settings.refine_steps), jit_compile=True)
-
-
-def define_flags():
-    """absl flags for InferenceSettings (for the explain and evaluate commands)."""
-    from absl import flags
-    d = DEFAULT_SETTINGS
-    flags.DEFINE_integer("inference_steps", d.steps, "Langevin steps per chain.",
-                         lower_bound=0)
-    flags.DEFINE_integer("restarts", d.restarts, "Chains per image; the best one is kept.",
-                         lower_bound=1)
-    flags.DEFINE_float("anneal_sigma", d.anneal_sigma,
-                       "First-stage σ as a multiple of the model's σ (1 = no annealing).",
-                       lower_bound=1.0)
-    flags.DEFINE_integer("anneal_stages", d.anneal_stages, "Stages of σ annealing.",
-                         lower_bound=1)
-    flags.DEFINE_integer("refine_steps", d.refine_steps,
-                         "Noise-free steps on the selected chain.", lower_bound=0)
-    flags.DEFINE_boolean("use_bank", d.use_bank,
-                         "Start chains from the training images' persistent chains too.")
-
-
-def settings_from_flags(values):
-    return InferenceSettings(
-        steps=values.inference_steps, restarts=values.restarts,
-        anneal_sigma=values.anneal_sigma, anneal_stages=values.anneal_stages,
-        refine_steps=values.refine_steps, use_bank=values.use_bank)

@@ -18,14 +18,14 @@ import os
 import keras
 import tensorflow as tf
 
-from sparse_gen_tf import distribute
-from sparse_gen_tf.abp import AlternatingBackprop
-from sparse_gen_tf.config import TrainConfig
-from sparse_gen_tf.cooperative import CooperativeLearning
+from sparse_gen_tf.training import distribute
+from sparse_gen_tf.learning.abp import AlternatingBackprop
+from sparse_gen_tf.training.config import TrainConfig
+from sparse_gen_tf.learning.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.descriptor import Descriptor
+from sparse_gen_tf.model.descriptor import Descriptor
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.generator import Generator
+from sparse_gen_tf.model.generator import Generator
 
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"

@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from sparse_gen_tf.descriptor import DescriptorConfig
-from sparse_gen_tf.generator import GeneratorConfig
+from sparse_gen_tf.model.descriptor import DescriptorConfig
+from sparse_gen_tf.model.generator import GeneratorConfig
 
 
 @dataclasses.dataclass(frozen=True)

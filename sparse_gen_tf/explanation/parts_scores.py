@@ -24,7 +24,7 @@ ignores scale.
 
 import numpy as np
 
-from sparse_gen_tf import basis as basis_lib
+from sparse_gen_tf.explanation import basis as basis_lib
 
 PURE = 0.9  # |r| above which a kernel counts as one clean part
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf.layers import TopK, TransposedConv
+from sparse_gen_tf.model.layers import TopK, TransposedConv
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,3 @@
+"""The explanation (§2.2): parse graphs and basis functions of generated images, their
+figures and dashboard, the scores that say whether the explanation is real, and the
+reports of the `explain` and `evaluate` commands."""

@@ -1,0 +1,35 @@
+"""Exports a generator, or the latest checkpoint of a training run, as the next version
+of a TF Serving model: the signatures (signatures.py) written atomically (versions.py)."""
+
+from sparse_gen_tf.serving.signatures import ReconstructSettings, build_archive, describe
+from sparse_gen_tf.serving.versions import choose_version, write_version
+from sparse_gen_tf.training import run
+
+
+def export_generator(generator, export_base, *, step_size, sigma,
+                     settings=ReconstructSettings(), chains=None, version=None, source=None):
+    """Exports generator as the next (or the given) version in export_base; returns its path.
+
+    chains: optional [N, d] persistent chains of the training images, from which
+    `settings.bank` makes the starting points of `reconstruct`.
+    """
+    version = choose_version(export_base, version)
+    baked = dict(settings=settings, step_size=float(step_size), sigma=float(sigma),
+                 bank=settings.bank(chains))
+    archive = build_archive(generator, **baked)
+    return write_version(archive, export_base, version,
+                         describe(generator, source=source, **baked))
+
+
+def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), version=None):
+    """Exports the latest checkpoint of the training run in workdir; returns the path.
+
+    Raises UserError if workdir holds no run or checkpoint (`run.load_run`), or see
+    `choose_version`.
+    """
+    opened = run.load_run(workdir)
+    model = opened.model
+    return export_generator(model.generator, export_base, settings=settings,
+                            step_size=model.langevin_step_size, sigma=model.sigma,
+                            chains=model.chains.numpy(), version=version,
+                            source=opened.checkpoint)

@@ -1,0 +1,214 @@
+"""SavedModel export for TF Serving: every served image comes with its explanation.
+
+An export is a directory E/<version>/ in TF Serving's layout, written by
+`keras.export.ExportArchive`, with three signatures. Images are float32 in [0, 1], batch
+sizes are dynamic, and sparse layer i counts from 1 at the top:
+
+    serving_default  z float32 [batch, d]              -> image, mask_i, activation_i
+    reconstruct      image float32 [batch, H, W, 3]    -> z, reconstruction, mask_i,
+                                                          activation_i
+    sample           seed int64 [batch]                -> image, z, mask_i, activation_i
+
+mask_i [batch, h_i, w_i, c_i] is 1 where unit (h, w, c) of feature map i survived both
+TopK and ReLU (mask_T * mask_R, Eq. 2) and activation_i = mask_i * fm^i holds the values
+that survived: the parse of §2.1-2.2. Every output row depends on its own input row only,
+bit for bit (`reconstruct` infers one image at a time, `inference.infer_each`), so TF
+Serving's server-side batching, which concatenates requests along dimension 0, cannot
+change an answer. The graph holds standard TensorFlow ops only, so the export loads with
+TensorFlow alone. A SignatureDef has no description field: what each signature does, and
+the Langevin settings baked into `reconstruct`, are written to
+`assets.extra/signatures.json` inside the version directory.
+
+What the file holds: the generator's weights, and the starting points of `reconstruct`.
+By default those are k-means centroids of the training chains, each the mean of at least
+`MIN_MEMBERS` chains, so no training example's code is in the export; the full bank of
+chains, one row per training image, goes in only with `training_codes=True`
+(--export_training_codes), since g(chain) reproduces its training image.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sparse_gen_tf.learning import inference
+
+SIGNATURES = ("serving_default", "reconstruct", "sample")
+# Seeds the N(0, I) restarts and the Langevin noise of `reconstruct`: the same for every
+# row, so that a row's answer is a function of its image alone.
+RECONSTRUCT_SEED = (0, 0)
+# A default export's starting points are means of at least this many training chains.
+MIN_MEMBERS = 8
+
+
+def to_unit_range(images):
+    """[-1, 1] (the model's range) -> [0, 1] (the served range); any shape."""
+    return (images + 1.0) * 0.5
+
+
+def from_unit_range(images):
+    """[0, 1] -> [-1, 1]; any shape."""
+    return images * 2.0 - 1.0
+
+
+def explanation(parse):
+    """{"mask_i", "activation_i"} for each sparse layer i = 1..n of `Generator.parse`.
+
+    mask_i: 0/1 float32 [batch, h_i, w_i, c_i], TopK mask * ReLU mask.
+    activation_i: [batch, h_i, w_i, c_i], the feature map where mask_i is 1, else 0.
+    """
+    outputs = {}
+    layers = zip(parse["topk_masks"], parse["relu_masks"], parse["activations"])
+    for i, (mask_t, mask_r, activation) in enumerate(layers, 1):
+        outputs[f"mask_{i}"] = mask_t * mask_r
+        outputs[f"activation_{i}"] = activation
+    return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructSettings:
+    """How the `reconstruct` signature infers z: `inference.infer` with these settings,
+    run one image at a time (`inference.infer_each`); δ and σ are the trained model's.
+
+    steps, restarts: Langevin steps per chain and chains per image (best log joint wins).
+    centroids: k-means centroids of the training chains to start from (the best
+      `restarts` of them by log joint; the rest of the restarts are N(0, I) draws).
+      0 starts from N(0, I) only.
+    training_codes: start from the training chains themselves, one per training image,
+      as `inference.infer` does; this puts every training example's code in the file.
+    """
+    steps: int = inference.DEFAULT_SETTINGS.steps
+    restarts: int = inference.DEFAULT_SETTINGS.restarts
+    centroids: int = 64
+    training_codes: bool = False
+
+    def bank(self, chains):
+        """The starting points [M, d] stored in the export, or None, for chains [N, d]."""
+        if chains is None or (not self.training_codes and not self.centroids):
+            return None
+        if self.training_codes:
+            return np.asarray(chains, np.float32)
+        bank = inference.chain_centroids(chains, self.centroids, min_members=MIN_MEMBERS)
+        return bank if len(bank) else None
+
+
+def infer_latent(generator, images, *, settings, step_size, sigma, bank):
+    """The served inference of z for images [batch, H, W, 3] in [-1, 1]: [batch, d].
+
+    `inference.infer` (restarts from the best bank entries and N(0, I), Langevin, the
+    chain with the best log joint) on each image alone, with a fixed seed, so a row's z
+    depends on its image only, bit for bit, whatever else TF Serving batches with it.
+    """
+    return inference.infer_each(generator, images, steps=settings.steps,
+                                step_size=step_size, sigma=sigma,
+                                restarts=settings.restarts, seed=RECONSTRUCT_SEED,
+                                bank=bank)
+
+
+def latent_from_seeds(seeds, latent_dim):
+    """z [batch, latent_dim] ~ N(0, I); row i is drawn from the stateless seed (seeds[i], 0).
+
+    One seed per row (rather than one seed for the batch) keeps a row's z independent of
+    the rows TF Serving batches it with.
+    """
+    seeds = tf.cast(seeds, tf.int64)
+    return tf.map_fn(
+        lambda s: tf.random.stateless_normal([latent_dim], tf.stack([s, tf.zeros_like(s)])),
+        seeds, fn_output_signature=tf.float32)
+
+
+def build_archive(generator, *, settings, step_size, sigma, bank=None):
+    """A `keras.export.ExportArchive` of generator with the three signatures (module doc).
+
+    settings: `ReconstructSettings`; step_size (δ), sigma (σ): the Langevin settings of
+    `reconstruct`, fixed in its graph. bank: optional [M, d] starting points of
+    `reconstruct` (`ReconstructSettings.bank`), stored in the graph.
+    """
+    cfg = generator.config
+    d, size = cfg.latent_dim, cfg.image_size
+
+    # ensure_shape turns a wrongly shaped request into one clear error ("Shape of tensor
+    # image [1,16,16,3] is not compatible with expected shape [?,32,32,3]"): a called
+    # signature, unlike a called tf.function, does not check shapes itself.
+    def generate(z):
+        parse = generator.parse(tf.ensure_shape(z, [None, d]))
+        return {"image": to_unit_range(parse["image"]), **explanation(parse)}
+
+    def reconstruct(image):
+        image = tf.ensure_shape(image, [None, size, size, 3])
+        z = infer_latent(generator, from_unit_range(image), settings=settings,
+                         step_size=step_size, sigma=sigma, bank=bank)
+        parse = generator.parse(z)
+        return {"z": z, "reconstruction": to_unit_range(parse["image"]),
+                **explanation(parse)}
+
+    def sample(seed):
+        z = latent_from_seeds(tf.ensure_shape(seed, [None]), d)
+        return {"z": z, **generate(z)}
+
+    # The served graph runs without XLA (TF Serving), where TensorFlow's own TopK kernel is
+    # the faster threshold (layers.kth_largest).
+    for topk in generator.topks:
+        topk.bisection = False
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    # The argument names (z, image, seed) become the signatures' input names.
+    archive.add_endpoint("serving_default", generate,
+                         [tf.TensorSpec([None, d], tf.float32, name="z")])
+    archive.add_endpoint("reconstruct", reconstruct,
+                         [tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])
+    archive.add_endpoint("sample", sample, [tf.TensorSpec([None], tf.int64, name="seed")])
+    return archive
+
+
+def describe(generator, *, settings, step_size, sigma, bank=None, source=None):
+    """The JSON-able description written to assets.extra/signatures.json."""
+    cfg = generator.config
+    size, d = cfg.image_size, cfg.latent_dim
+    explained = {}
+    for i, (h, w, c) in enumerate(cfg.feature_map_shapes(), 1):
+        explained[f"mask_{i}"] = [-1, h, w, c]
+        explained[f"activation_{i}"] = [-1, h, w, c]
+    image = [-1, size, size, 3]
+    if bank is None:
+        start = f"{settings.restarts} draws from N(0, I)"
+    else:
+        what = ("training chains (one per training image)" if settings.training_codes else
+                f"k-means centroids of the training chains (each the mean of at least "
+                f"{MIN_MEMBERS} chains)")
+        start = (f"the {min(settings.restarts, len(bank))} (of {len(bank)}) {what} with "
+                 "the highest log joint (Eq. 11), then N(0, I) draws for the other restarts")
+    return {
+        "source": source,
+        "generator_config": dataclasses.asdict(cfg),
+        "images": "float32 in [0, 1], [batch, height, width, RGB]",
+        "explanation": ("mask_i: 1 where unit (h, w, c) of sparse layer i (1 = top) "
+                        "survived TopK and ReLU, else 0; activation_i: its value there, "
+                        f"0 elsewhere; at most K_i = {list(cfg.topk)} ones per example"),
+        "signatures": {
+            "serving_default": {
+                "doc": "Generates the image of each latent vector z, with its parse.",
+                "inputs": {"z": {"dtype": "float32", "shape": [-1, d]}},
+                "outputs": {"image": image, **explained}},
+            "reconstruct": {
+                "doc": (f"Infers z for each image: {settings.restarts} Langevin chains "
+                        f"(Eq. 10) of {settings.steps} steps, started from `start`, and "
+                        "the one with the highest log joint (Eq. 11) wins; returns g(z) "
+                        "with its parse. Deterministic (fixed noise seed); each image is "
+                        "inferred alone, so a row's answer does not depend on the other "
+                        "rows."),
+                "langevin": {"steps": settings.steps, "restarts": settings.restarts,
+                             "step_size": step_size, "sigma": sigma, "noise": True,
+                             "seed": list(RECONSTRUCT_SEED), "start": start,
+                             "training_codes": settings.training_codes},
+                "inputs": {"image": {"dtype": "float32", "shape": image}},
+                "outputs": {"z": [-1, d], "reconstruction": image, **explained}},
+            "sample": {
+                "doc": ("Draws one z ~ N(0, I) per seed (stateless, seed (seed, 0)) and "
+                        "generates its image with its parse; the same seed gives the same "
+                        "sample. Send n seeds for n samples."),
+                "inputs": {"seed": {"dtype": "int64", "shape": [-1]}},
+                "outputs": {"image": image, "z": [-1, d], **explained}},
+        },
+    }
