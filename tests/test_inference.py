@@ -1,5 +1,6 @@
 """Inference of z for new images: restarts, bank starts, annealing, occlusion."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -11,7 +12,13 @@ CONFIG = GeneratorConfig(image_size=16, latent_dim=8, channels=(16, 8), topk=(16
 
 
 def sharp_generator():
-    """A random generator whose image depends strongly on z, so the posterior is peaked."""
+    """A random generator whose image depends strongly on z, so the posterior is peaked.
+
+    Seeded: unseeded Keras initialisers give other weights in every process, and how much
+    restarts gain over one chain varies with the weights (mean energy ratio 0.41-0.81 over
+    six seeds at 32 images), which made a test of that gain fail one run in several.
+    """
+    keras.utils.set_random_seed(0)
     generator = Generator(CONFIG)
     for weight in generator.trainable_weights:
         weight.assign(weight * 3.0)
@@ -41,13 +48,16 @@ def test_infer_compiles_with_xla_and_is_reproducible():
 
 def test_restarts_and_annealing_find_lower_energy_than_plain_langevin():
     generator = sharp_generator()
-    images = generator(tf.random.stateless_normal([8, 8], [2, 2]))
+    images = generator(tf.random.stateless_normal([32, 8], [2, 2]))
     # The baseline is what these options add to: one chain from N(0, I), as many steps.
     plain = compiled(generator, steps=60, restarts=1, seed=0)(images)
     robust = compiled(generator, steps=60, restarts=4, seed=0, anneal_sigma=4.0,
                       anneal_stages=3, refine_steps=20)(images)
     before, after = energy(generator, plain, images), energy(generator, robust, images)
+    # 32 images: with 8 the mean was one or two images' luck. These weights give 0.55 and
+    # 78% of images improved.
     assert after.mean() < 0.8 * before.mean(), (before, after)
+    assert (after < before).mean() > 0.6, (before, after)
 
 
 def test_the_best_of_the_bank_is_where_chains_start():
