@@ -40,3 +40,13 @@ def commands():
         evaluate=lambda *a, **k: run_command("-m", "sparse_gen_tf.evaluate", *a, **k),
         export=lambda *a, **k: run_command(
             os.path.join(ROOT, "export", "export_saved_model.py"), *a, **k))
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Seeds Python, NumPy and TensorFlow before every test. Keras initialisers are
+    unseeded, so without this every process builds other weights, and a test of a
+    statistical property (Langevin lowers the energy, training lowers the error) passes or
+    fails with them."""
+    import keras
+    keras.utils.set_random_seed(0)
