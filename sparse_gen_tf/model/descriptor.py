@@ -54,7 +54,7 @@ class DescriptorConfig:
     # CoopNets' s = 0.016 pulls every revision towards grey until f learns to cancel it.
     reference: float = dataclasses.field(default=1.0, metadata={
         "help": "Standard deviation s of the descriptor's Gaussian reference q (Eq. 13)."})
-    # CoopNets' 0.007 made the revision diverge after ~1,700 steps on parts (README).
+    # CoopNets' 0.007 made the revision diverge on parts (README, Cooperative learning).
     learning_rate: float = dataclasses.field(default=1e-3, metadata={
         "help": "The descriptor's Adam learning rate (constant, β1 = 0.5)."})
     fresh_samples: bool = dataclasses.field(default=False, metadata={
