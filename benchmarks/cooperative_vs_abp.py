@@ -93,14 +93,15 @@ def measure(workdir, num_samples):
     config, model, path, images = load_run(workdir)
     recon = np.concatenate([model.generator(z).numpy() for z in
                             np.array_split(model.chains.numpy(), 16)])
-    z = tf.random.stateless_normal([num_samples, config.latent_dim], [config.seed, 7])
+    z = tf.random.stateless_normal([num_samples, config.generator.latent_dim],
+                                 [config.seed, 7])
     samples = model.generator(z).numpy()
     recon_psnr = float(psnr(tf.reduce_mean(tf.square(images - recon))))
     step = int(path.rsplit("-", 1)[1])
-    name = "cooperative" if config.descriptor else "ABP"
+    name = "cooperative" if config.descriptor is not None else "ABP"
     rows = [(f"{name} ({step} steps)", recon_psnr,
              *sharpness(recon, images), *sharpness(samples, images))]
-    if config.descriptor:
+    if config.descriptor is not None:
         revised = model.revise(samples, seed=tf.constant([config.seed, 8])).numpy()
         rows.append(("  its descriptor's revision Ỹ of the samples", float("nan"),
                      float("nan"), float("nan"), *sharpness(revised, images)))
@@ -121,7 +122,8 @@ def figure(path, workdirs, columns=16):
     samples, reconstructions = [], []
     for workdir in workdirs:
         config, model, _, images = load_run(workdir)
-        z = tf.random.stateless_normal([columns, config.latent_dim], [config.seed, 7])
+        z = tf.random.stateless_normal([columns, config.generator.latent_dim],
+                                       [config.seed, 7])
         samples.append(model.generator(z).numpy())
         reconstructions.append(model.generator(model.chains[:columns]).numpy())
     grid = image_grid(np.concatenate(samples + reconstructions + [images[:columns]]),

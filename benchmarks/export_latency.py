@@ -80,17 +80,17 @@ def main(argv):
     from sparse_gen_tf.model.generator import Generator
 
     defaults = TrainConfig()
-    generator = Generator(defaults.generator_config())
+    generator = Generator(defaults.generator)
     rng = np.random.RandomState(0)
     for variable in generator.weights:
         if variable.path.endswith("bias"):
             variable.assign(rng.normal(0.0, 0.1, variable.shape).astype(np.float32))
     with tempfile.TemporaryDirectory() as tmp:
-        chains = rng.standard_normal([defaults.num_images, defaults.latent_dim])
+        chains = rng.standard_normal([defaults.num_images, defaults.generator.latent_dim])
         settings = serving.ReconstructSettings(steps=FLAGS.reconstruct_steps)
         path = serving.export_generator(generator, tmp, settings=settings, chains=chains,
-                                       step_size=defaults.langevin_step_size,
-                                       sigma=defaults.sigma)
+                                       step_size=defaults.langevin.step_size,
+                                       sigma=defaults.langevin.sigma)
         cfg = generator.config
         print(f"Default config: image {cfg.image_size}x{cfg.image_size}, latent_dim "
               f"{cfg.latent_dim}, channels {cfg.channels}, topk {cfg.topk}; reconstruct "

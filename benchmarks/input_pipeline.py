@@ -72,12 +72,12 @@ def main(argv):
     del argv
     rows = []
     default = TrainConfig()
-    parts = pipeline.load("parts", image_size=default.image_size,
-                          num_images=default.num_images, seed=0)
-    rows.append((f"parts {default.image_size}x{default.image_size}", None,
+    size = default.generator.image_size
+    parts = pipeline.load("parts", image_size=size, num_images=default.num_images, seed=0)
+    rows.append((f"parts {size}x{size}", None,
                  pipeline_examples_per_second(parts, default.batch_size, FLAGS.batches),
-                 train_examples_per_second(default.generator_config(), default.batch_size,
-                                           default.langevin_steps, FLAGS.repeats)))
+                 train_examples_per_second(default.generator, default.batch_size,
+                                           default.langevin.steps, FLAGS.repeats)))
 
     with tempfile.TemporaryDirectory() as folder:
         write_jpegs(folder, FLAGS.folder_images)

@@ -99,7 +99,7 @@ def make_bricks(folder, num, seed=0, crop=64):
 
 def dense_topk(workdir):
     """K_i = h_i w_i c_i of every sparse layer of the run in workdir: TopK keeps everything."""
-    shapes = read_config(workdir).generator_config().feature_map_shapes()
+    shapes = read_config(workdir).generator.feature_map_shapes()
     return ",".join(str(h * w * c) for h, w, c in shapes)
 
 

@@ -111,7 +111,7 @@ def main(argv):
         ("the persistent chains (ceiling)", generator(chains[:n]).numpy()),
         ("the training images (control)", pipeline.to_model_range(data.images[:n]).numpy()),
     ]
-    print(f"Run {FLAGS.workdir}, step {opened.step}, K = {list(opened.config.topk)}; "
+    print(f"Run {FLAGS.workdir}, step {opened.step}, K = {list(opened.config.generator.topk)}; "
           f"{n} images per row, seed {FLAGS.seed}.\n")
     print("| samples from | legal quadrants | clean cells |\n|---|---|---|")
     for label, images in rows:

@@ -106,8 +106,8 @@ def main(argv):
     for label, settings in STARTS.items():
         with tempfile.TemporaryDirectory() as tmp:
             path = serving.export_generator(generator, tmp, settings=settings,
-                                           step_size=model.langevin_step_size,
-                                           sigma=model.sigma, chains=chains)
+                                           step_size=model.langevin.step_size,
+                                           sigma=model.langevin.sigma, chains=chains)
             reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
 
             def call(images):
@@ -123,7 +123,7 @@ def main(argv):
                 leak.append((f"{label}: its {len(bank)} starting points", *np.percentile(
                     nearest_training_psnr(generator(bank).numpy(), train), [50, 100])))
 
-    print(f"Run {FLAGS.workdir} ({config.dataset}, K = {list(config.topk)}, step "
+    print(f"Run {FLAGS.workdir} ({config.dataset}, K = {list(config.generator.topk)}, step "
           f"{opened.step}, {opened.num_examples} training images); {len(heldout)} held-out "
           f"images; 16 restarts x 100 Langevin steps everywhere.\n")
     print("| inference | held-out PSNR (dB) | parse accuracy |\n|---|---|---|")

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig
+from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
 
 flags.DEFINE_list("batch_sizes", ["64"], "Batch sizes to time.")
 flags.DEFINE_list("langevin_steps", ["30"], "Langevin step counts L to time.")
@@ -96,8 +96,8 @@ def matmul_timer(n):
 
 def step_setup(config, batch_size, langevin_steps, jit_compile):
     """(compiled model, ids, random images) for timing the train step of config."""
-    model = AlternatingBackprop(Generator(config), batch_size, langevin_steps=langevin_steps,
-                                langevin_step_size=0.3, sigma=0.3)
+    model = AlternatingBackprop(Generator(config), batch_size,
+                                langevin=LangevinConfig(steps=langevin_steps))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     ids = np.arange(batch_size, dtype=np.int32)
     images = np.random.default_rng(0).uniform(

@@ -34,9 +34,9 @@ def main(argv):
         if export_dir is None:
             defaults = TrainConfig()
             export_dir = serving.export_generator(
-                Generator(defaults.generator_config()), tmp,
+                Generator(defaults.generator), tmp,
                 settings=serving.ReconstructSettings(steps=1, restarts=1),
-                step_size=defaults.langevin_step_size, sigma=defaults.sigma)
+                step_size=defaults.langevin.step_size, sigma=defaults.langevin.sigma)
         bodies = serving.example_requests(export_dir)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     for name, body in bodies.items():

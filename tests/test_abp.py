@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, log_joint
+from sparse_gen_tf import (AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig,
+                           log_joint)
 
 CONFIG = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
                          kernel_sizes=(4, 4), strides=(2, 4))
@@ -18,7 +19,7 @@ def make_model(num_examples, jit_compile=False, learning_rate=1e-3, **kwargs):
 
 def test_persistent_z_follows_the_example_id_across_shuffles():
     n = 12
-    model = make_model(n, langevin_steps=1, langevin_step_size=0.5, langevin_noise=False)
+    model = make_model(n, langevin=LangevinConfig(steps=1, step_size=0.5), langevin_noise=False)
     images = tf.random.stateless_uniform([n, 16, 16, 3], [0, 1], -1, 1)
     before = model.chains.numpy().copy()
     ids = tf.constant([7, 2, 11, 0], tf.int32)  # a shuffled batch
@@ -39,7 +40,7 @@ def test_persistent_z_follows_the_example_id_across_shuffles():
 
 def test_one_epoch_under_xla_updates_every_chain_and_the_weights():
     n = 16
-    model = make_model(n, jit_compile=True, langevin_steps=3)
+    model = make_model(n, jit_compile=True, langevin=LangevinConfig(steps=3, step_size=0.1))
     images = tf.random.stateless_uniform([n, 16, 16, 3], [2, 3], -1, 1)
     dataset = (tf.data.Dataset.from_tensor_slices((tf.range(n), images))
                .shuffle(n, seed=1).batch(4, drop_remainder=True))
@@ -60,8 +61,8 @@ def test_one_epoch_under_xla_updates_every_chain_and_the_weights():
 
 def test_training_reduces_reconstruction_error():
     n = 32
-    model = make_model(n, jit_compile=True, learning_rate=3e-3, langevin_steps=10,
-                       langevin_step_size=0.3)
+    model = make_model(n, jit_compile=True, learning_rate=3e-3,
+                       langevin=LangevinConfig(steps=10))
     target = Generator(CONFIG)
     for weight in target.trainable_weights:
         weight.assign(weight * 3.0)

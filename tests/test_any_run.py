@@ -185,7 +185,7 @@ def other_architecture(folder_run, tmp_path):
     shutil.copytree(folder_run[0], copy)
     with open(copy / "config.json") as f:
         config = json.load(f)
-    config["channels"] = [16, 8]
+    config["generator"]["channels"] = [16, 8]
     (copy / "config.json").write_text(json.dumps(config))
     return copy
 

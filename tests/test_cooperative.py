@@ -1,5 +1,6 @@
 """Cooperative learning (§2.4): the train step, its metrics, checkpoints and flags."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,22 +10,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig
+from sparse_gen_tf import Generator, GeneratorConfig, LangevinConfig
 from sparse_gen_tf.learning.cooperative import COOPERATIVE_METRICS, CooperativeLearning
 from sparse_gen_tf.model.descriptor import Descriptor, DescriptorConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATOR = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
                             kernel_sizes=(4, 4), strides=(2, 4))
-DESCRIPTOR = DescriptorConfig(channels=(4, 8, 8))
+# The paper's pure replacement (w = 0) and CoopNets' s, which these tests were written for.
+DESCRIPTOR = DescriptorConfig(channels=(4, 8, 8), reference=0.016, data_weight=0.0)
 N = 16
 
 
-def make_model(jit_compile=True, generator_optimizer=None, **kwargs):
+def make_model(jit_compile=True, generator_optimizer=None, descriptor_noise=True,
+               **descriptor):
+    """descriptor: DescriptorConfig fields that differ from DESCRIPTOR's."""
     model = CooperativeLearning(
-        Generator(GENERATOR), Descriptor(DESCRIPTOR, image_size=16), N,
-        descriptor_optimizer=keras.optimizers.Adam(0.01, beta_1=0.5), langevin_steps=3,
-        seed=1, **kwargs)
+        Generator(GENERATOR),
+        Descriptor(dataclasses.replace(DESCRIPTOR, **descriptor), image_size=16), N,
+        descriptor_optimizer=keras.optimizers.Adam(0.01, beta_1=0.5),
+        langevin=LangevinConfig(steps=3, step_size=0.1), seed=1,
+        descriptor_noise=descriptor_noise)
     model.compile(optimizer=generator_optimizer or keras.optimizers.Adam(1e-3),
                   jit_compile=jit_compile)
     return model
@@ -61,8 +67,7 @@ def test_steps_under_xla_update_both_nets_and_widen_the_descriptor_gap():
 
 
 def test_noise_free_revision_lowers_the_energy_it_reports():
-    model = make_model(descriptor_noise=False, descriptor_step_size=0.01,
-                       descriptor_reference=0.5)
+    model = make_model(descriptor_noise=False, step_size=0.01, reference=0.5)
     ids, images = data()
     logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
     assert logs["energy_after"] < logs["energy_before"]
@@ -71,8 +76,8 @@ def test_noise_free_revision_lowers_the_energy_it_reports():
 def test_generator_learns_only_from_the_revision():
     # A revision too small to represent in float32 leaves Ỹ = g(z): Eq. (12) with Ỹ for
     # Y then has a zero gradient, however far g(z) is from the data.
-    model = make_model(generator_optimizer=keras.optimizers.SGD(1.0), descriptor_steps=1,
-                       descriptor_step_size=1e-30, descriptor_noise=False)
+    model = make_model(generator_optimizer=keras.optimizers.SGD(1.0), steps=1,
+                       step_size=1e-30, descriptor_noise=False)
     ids, images = data()
     weights = [w.numpy().copy() for w in model.generator.trainable_weights]
     logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
@@ -87,8 +92,8 @@ def test_data_weight_mixes_the_data_into_the_generators_target():
     ids, images = data()
     losses = {}
     for weight in (0.5, 1.0):
-        model = make_model(descriptor_steps=1, descriptor_step_size=1e-30,
-                           descriptor_noise=False, data_weight=weight)
+        model = make_model(steps=1, step_size=1e-30, descriptor_noise=False,
+                           data_weight=weight)
         logs = model.train_on_batch(ids[:4], images[:4], return_dict=True)
         losses[weight] = logs["loss"]
         data_loss = -logs["log_likelihood"]  # ‖Y - g(z_i)‖² / (2σ²), the same z
@@ -109,7 +114,7 @@ def test_fresh_samples_join_the_step_but_only_the_batch_chains_move():
 def test_fit_stops_with_one_sentence_when_the_revision_diverges():
     from sparse_gen_tf.errors import DivergenceError
 
-    model = make_model(descriptor_step_size=50.0)  # noise alone moves pixels by ~190
+    model = make_model(step_size=50.0)  # noise alone moves pixels by ~190
     ids, images = data()
     dataset = tf.data.Dataset.from_tensor_slices((ids, images)).batch(4)
     with pytest.raises(DivergenceError, match="descriptor's Langevin diverged .* lower "

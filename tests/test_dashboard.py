@@ -162,14 +162,10 @@ def restored(workdir):
     tf.train.Checkpoint rather than through the commands' loader."""
     import tensorflow as tf
     from sparse_gen_tf.learning.abp import AlternatingBackprop
-    from sparse_gen_tf.training.config import TrainConfig
+    from sparse_gen_tf.training.run import read_config
     from sparse_gen_tf.model.generator import Generator
-    with open(os.path.join(workdir, "config.json")) as f:
-        values = json.load(f)
-    fields = TrainConfig.__dataclass_fields__
-    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in values.items() if k in fields})
-    model = AlternatingBackprop(Generator(config.generator_config()), config.num_images)
+    config = read_config(workdir)
+    model = AlternatingBackprop(Generator(config.generator), config.num_images)
     tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
         os.path.join(workdir, "checkpoints"))).expect_partial()
     return model, config

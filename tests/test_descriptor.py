@@ -29,7 +29,10 @@ def test_descriptor_gives_one_score_per_image_and_has_the_coopnets_shape():
     assert kernels == [(5, 5, 3, 4), (3, 3, 4, 8), (3, 3, 8, 8)]
     # 16 -> 8 -> 4 -> 4 pixels, 8 channels, into one dense unit.
     assert descriptor.score.kernel.shape == (4 * 4 * 8, 1)
-    assert DescriptorConfig() == DescriptorConfig((64, 128, 256), (5, 3, 3), (2, 2, 1), 0.2)
+    # The default is train.py's: the CoopNets descriptor (64, 128, 256) at a quarter width.
+    default = DescriptorConfig()
+    assert (default.channels, default.kernel_sizes, default.strides, default.leaky_slope) == \
+        ((16, 32, 64), (5, 3, 3), (2, 2, 1), 0.2)
 
 
 def test_one_noise_free_step_follows_the_langevin_update():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, langevin
+from sparse_gen_tf import Generator, GeneratorConfig, LangevinConfig, langevin
 from sparse_gen_tf.training import distribute, run
 from sparse_gen_tf.training.config import TrainConfig
 
@@ -33,7 +33,7 @@ import sys
 import keras, numpy as np, tensorflow as tf
 from sparse_gen_tf.training import distribute
 strategy = distribute.make_strategy("mirrored", cpu_devices=2)
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig
+from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
 
 config = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
                          kernel_sizes=(4, 4), strides=(2, 4))
@@ -42,9 +42,8 @@ images = tf.random.stateless_uniform([n, 16, 16, 3], [0, 1], -1, 1)
 dataset = tf.data.Dataset.from_tensor_slices((tf.range(n), images)).batch(8)
 
 def make(noise=False, jit_compile=True, jit_langevin=False):
-    model = AlternatingBackprop(Generator(config), n, langevin_steps=3,
-                                langevin_step_size=0.3, langevin_noise=noise,
-                                jit_langevin=jit_langevin)
+    model = AlternatingBackprop(Generator(config), n, langevin=LangevinConfig(steps=3),
+                                langevin_noise=noise, jit_langevin=jit_langevin)
     # SGD keeps the update linear in the gradient, so float error stays float error
     # (Adam's first step is about sign(gradient) for every weight).
     model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile)
@@ -219,8 +218,8 @@ def test_mixed_precision_keeps_z_and_loss_float32_and_close_to_float32(policy, n
     # The trainer's model: under mixed_float16 its loss scale must not overflow float16,
     # which would skip the step (Keras' default scale 2^15 does, for this loss).
     model = run.build_model(TrainConfig(
-        image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16), kernel_sizes=(4, 4),
-        strides=(2, 4), langevin_steps=2, mixed_precision=name, jit_compile=False), 4)
+        generator=config, langevin=LangevinConfig(steps=2), mixed_precision=name,
+        jit_compile=False), 4)
     kernel = model.generator.deconvs[-1].kernel.numpy().copy()
     logs = model.train_on_batch(tf.range(4), images, return_dict=True)
     assert model.chains.dtype == "float32"

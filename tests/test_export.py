@@ -29,13 +29,14 @@ from sparse_gen_tf.learning import inference
 from sparse_gen_tf.training import run, trainer
 from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.model.generator import Generator
+from sparse_gen_tf.learning.langevin import LangevinConfig
+from sparse_gen_tf.model.generator import Generator, GeneratorConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
-TINY = TrainConfig(num_images=64, batch_size=32, langevin_steps=2, channels=(8, 8),
-                   topk=(4, 8), latent_dim=4, train_steps=2, jit_compile=False,
-                   num_summary_images=4)
+TINY = TrainConfig(num_images=64, batch_size=32, langevin=LangevinConfig(steps=2),
+                   generator=GeneratorConfig(channels=(8, 8), topk=(4, 8), latent_dim=4),
+                   train_steps=2, jit_compile=False, num_summary_images=4)
 RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3)
 
 
@@ -138,7 +139,7 @@ def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported)
     generator = exported.generator
     reconstruct_z = serving.infer_latent(
         generator, inputs["image"] * 2 - 1, settings=RECONSTRUCT,
-        step_size=exported.model.langevin_step_size, sigma=exported.model.sigma,
+        step_size=exported.model.langevin.step_size, sigma=exported.model.langevin.sigma,
         bank=RECONSTRUCT.bank(exported.model.chains.numpy()))
     sample_z = serving.latent_from_seeds(inputs["seed"], 4)
     expected = {}
@@ -161,7 +162,7 @@ def test_masks_keep_at_most_k_and_activations_are_the_surviving_values(exported,
     z = tf.random.stateless_normal([6, 4], [2, 0])
     served = loaded.signatures["serving_default"](z=z)
     parse = exported.generator.parse(z)
-    for i, k in enumerate(TINY.topk, 1):
+    for i, k in enumerate(TINY.generator.topk, 1):
         mask = served[f"mask_{i}"].numpy()
         assert mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
         kept = mask.reshape(6, -1).sum(axis=1)
@@ -173,7 +174,7 @@ def test_masks_keep_at_most_k_and_activations_are_the_surviving_values(exported,
 
 
 def test_a_unit_that_topk_keeps_but_relu_zeroes_is_not_in_the_mask(tmp_path):
-    generator = Generator(TINY.generator_config())
+    generator = Generator(TINY.generator)
     # Layer 1 is its bias alone: 2 positive units, the other 30 at -1. TopK (K = 4) keeps
     # the 2 positives and 2 of the -1s; ReLU then zeroes those two.
     bias = -np.ones(generator.fc.bias.shape, np.float32)
@@ -285,7 +286,7 @@ def test_example_requests_fit_each_signature_and_rows_equal_columns(exported, lo
 
 def test_committed_requests_fit_an_export_of_the_default_config(tmp_path):
     defaults = TrainConfig()
-    path = serving.export_generator(Generator(defaults.generator_config()), str(tmp_path),
+    path = serving.export_generator(Generator(defaults.generator), str(tmp_path),
                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
                                    step_size=0.1, sigma=0.3)
     signatures = tf.saved_model.load(path).signatures

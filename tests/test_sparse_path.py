@@ -186,7 +186,7 @@ import sys
 import keras, numpy as np, tensorflow as tf
 from sparse_gen_tf.training import distribute
 strategy = distribute.make_strategy("mirrored", cpu_devices=2)
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig
+from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
 
 config = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
                          kernel_sizes=(4, 4), strides=(2, 4))
@@ -196,8 +196,8 @@ dataset = tf.data.Dataset.from_tensor_slices((tf.range(n), images)).batch(8)
 models = []
 for sparse in (False, True):
     with strategy.scope():
-        model = AlternatingBackprop(Generator(config), n, langevin_steps=3,
-                                    langevin_step_size=0.3, jit_langevin=True)
+        model = AlternatingBackprop(Generator(config), n, langevin=LangevinConfig(steps=3),
+                                    jit_langevin=True)
         model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     model.generator.sparse_path = sparse
     if models:

@@ -35,7 +35,7 @@ def test_train_writes_checkpoints_events_and_flags_then_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert checkpoint_step(workdir) == 4  # 2 steps per epoch, a checkpoint per epoch
     with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["topk"] == [4, 8]
+        assert json.load(f)["generator"]["topk"] == [4, 8]
     with open(os.path.join(workdir, "flags.txt")) as f:
         assert "--topk=4,8\n" in f.read()
     events = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(workdir, "tb"))

@@ -80,8 +80,9 @@ def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0):
 
 def load_for(config):
     """`load` with the settings of a TrainConfig."""
-    return load(config.dataset, image_size=config.image_size, num_images=config.num_images,
-                data_dir=config.data_dir, seed=config.seed, heldout=config.heldout)
+    return load(config.dataset, image_size=config.generator.image_size,
+                num_images=config.num_images, data_dir=config.data_dir, seed=config.seed,
+                heldout=config.heldout)
 
 
 # Added to a run's seed for the parts images that held-out evaluation draws: a grammar
@@ -98,7 +99,7 @@ def heldout_images(config, num, data=None):
     """
     if config.dataset == "parts":
         from sparse_gen_tf.data import parts
-        return parts.generate(num, image_size=config.image_size, seed=config.seed,
+        return parts.generate(num, image_size=config.generator.image_size, seed=config.seed,
                               image_seed=config.seed + HELDOUT_IMAGE_SEED)
     return (data or load_for(config)).heldout[:num], None
 

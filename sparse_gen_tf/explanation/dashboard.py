@@ -216,7 +216,7 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
     """
     generator = model.generator
     chains = np.asarray(model.chains.value, np.float32)
-    data = pipeline.load(config.dataset, image_size=config.image_size,
+    data = pipeline.load(config.dataset, image_size=config.generator.image_size,
                          num_images=len(chains), data_dir=config.data_dir, seed=config.seed)
     images = data.images[:len(chains)]
     activations = training_parses(generator, chains)
@@ -232,8 +232,8 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
                   for name, _ in pages)
     body = (f'<h1>Unit dashboard: {html.escape(str(summary.get("workdir", "")))}</h1>'
             f'<p>{html.escape(config.dataset)} data, {len(chains)} training parses, '
-            f'K = {", ".join(map(str, config.topk))}, channels = '
-            f'{", ".join(map(str, config.channels))}. Parses: {nav}</p>'
+            f'K = {", ".join(map(str, config.generator.topk))}, channels = '
+            f'{", ".join(map(str, config.generator.channels))}. Parses: {nav}</p>'
             f'<section id="model"><h2>Model at a glance</h2>{"".join(glance)}</section>'
             f'<div id="panels"><p class="hint">Click a unit or a parse.</p>'
             f'{"".join(panels)}{"".join(p for _, p in pages)}</div>')

@@ -123,8 +123,8 @@ def served_latents(opened, images, batch=64):
     model = opened.model
     with tempfile.TemporaryDirectory() as tmp:
         path = serving.export_generator(model.generator, tmp,
-                                       step_size=model.langevin_step_size,
-                                       sigma=model.sigma, chains=model.chains.numpy())
+                                       step_size=model.langevin.step_size,
+                                       sigma=model.langevin.sigma, chains=model.chains.numpy())
         reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
         return np.concatenate([
             reconstruct(image=tf.constant(serving.to_unit_range(chunk)))["z"].numpy()
@@ -152,10 +152,10 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     config, model = opened.config, opened.model
     generator = model.generator
     chains = model.chains.numpy()
-    results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.topk),
+    results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.generator.topk),
                "train_steps": config.train_steps, "num_examples": opened.num_examples,
                "inference": settings.to_dict(),
-               "langevin_step_size": model.langevin_step_size, "sigma": model.sigma}
+               "langevin_step_size": model.langevin.step_size, "sigma": model.langevin.sigma}
     results.update(sparsity(generator, chains))
     data = opened.data()
     train = to_model_range(data.images).numpy()

@@ -102,7 +102,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
                   figures[f"{part}_normalised"])
     write_png(os.path.join(output_dir, "kernels_normalised.png"),
               stack(figures["bottom_normalised"], figures["top_normalised"]))
-    summary = {"workdir": workdir, "topk": list(config.topk),
+    summary = {"workdir": workdir, "topk": list(config.generator.topk),
                "samples": explain_latents(generator, latents[:num_samples], output_dir,
                                           "sample")}
 

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from sparse_gen_tf.training import distribute
-from sparse_gen_tf.learning.langevin import langevin
+from sparse_gen_tf.learning.langevin import LangevinConfig, langevin
 
 
 def psnr(mse):
@@ -63,7 +63,7 @@ class AlternatingBackprop(keras.Model):
     Args:
       generator: a `Generator`.
       num_examples: size of the training set; one chain z_i per example id.
-      langevin_steps, langevin_step_size, sigma: L, δ and σ of Eq. (10)-(11).
+      langevin: a `LangevinConfig`, L, δ and σ of Eq. (10)-(11); default train.py's.
       langevin_noise: False drops the δ·E term (deterministic inference, for tests).
       seed: seeds the chains' initial draw and the Langevin noise.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
@@ -71,16 +71,13 @@ class AlternatingBackprop(keras.Model):
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
-    def __init__(self, generator, num_examples, *, langevin_steps=20,
-                 langevin_step_size=0.1, sigma=0.3, langevin_noise=True, seed=0,
-                 jit_langevin=False, **kwargs):
+    def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
+                 seed=0, jit_langevin=False, **kwargs):
         super().__init__(**kwargs)
         self.jit_langevin = bool(jit_langevin)
         self.generator = generator
         self.num_examples = int(num_examples)
-        self.langevin_steps = int(langevin_steps)
-        self.langevin_step_size = float(langevin_step_size)
-        self.sigma = float(sigma)
+        self.langevin = langevin or LangevinConfig()
         self.langevin_noise = bool(langevin_noise)
         latent_dim = generator.config.latent_dim
         # Chains start from the prior, as a fresh Langevin chain would.
@@ -139,8 +136,8 @@ class AlternatingBackprop(keras.Model):
             seed = tf.random.experimental.stateless_fold_in(
                 tf.cast(seed, tf.int32), replica.replica_id_in_sync_group)
         run = _compiled_langevin if self.jit_langevin else langevin
-        return run(self.generator, z, images, seed, steps=self.langevin_steps,
-                   step_size=self.langevin_step_size, sigma=self.sigma,
+        return run(self.generator, z, images, seed, steps=self.langevin.steps,
+                   step_size=self.langevin.step_size, sigma=self.langevin.sigma,
                    noise=self.langevin_noise, observed=observed)
 
     def update_chains(self, ids, z):
@@ -168,7 +165,7 @@ class AlternatingBackprop(keras.Model):
             # Under a mixed policy g computes in 16 bits; the loss is summed in float32.
             reconstruction = tf.cast(parse["image"], images.dtype)
             squared_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
-            loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
+            loss = tf.reduce_mean(squared_error) / (2.0 * self.langevin.sigma ** 2)
             # Keras sums gradients across replicas, so each replica's share is 1/n.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
@@ -180,7 +177,7 @@ class AlternatingBackprop(keras.Model):
         mse = tf.reduce_mean(tf.square(images - reconstruction))
         log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
         values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
-                  "log_likelihood": -squared_error / (2.0 * self.sigma ** 2),
+                  "log_likelihood": -squared_error / (2.0 * self.langevin.sigma ** 2),
                   "log_prior": log_prior, "z_norm": tf.norm(z, axis=-1)}
         for i, activation in enumerate(parse["activations"], 1):
             active = tf.cast(activation != 0, "float32")

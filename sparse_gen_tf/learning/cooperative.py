@@ -41,7 +41,7 @@ Choices the paper leaves open, and why:
     more high-frequency power in its samples (benchmarks/cooperative_vs_abp.py). Since
     ‖T - g‖² = (1 - w)‖Ỹ - g‖² + w‖Y - g‖² - w(1 - w)‖Ỹ - Y‖², a constant in θ, this
     is ABP's Eq. (12) and the paper's revision-driven one, mixed in proportion w.
-  - train.py's reference is s = 1, not CoopNets' 0.016 (this class's default): at 0.016
+  - The reference is s = 1 by default, not CoopNets' 0.016: at 0.016
     the term -Y/s² dominates the revision until f has learned to cancel it; at s = 1 it
     is nearly flat at the data's scale and f alone moves Ỹ. Parts, 640 steps, w = 0.5:
     sample high-frequency power 0.24 of the data's at s = 1, 0.10 at s = 0.016, ABP 0.09;
@@ -82,34 +82,26 @@ class CooperativeLearning(AlternatingBackprop):
 
     Args:
       generator: a `Generator`.
-      descriptor: a `Descriptor`, f(Y; φ) of Eq. (13).
+      descriptor: a `Descriptor`, f(Y; φ) of Eq. (13). Its `DescriptorConfig` also gives
+        T, δ and s of the revision (steps, step_size, reference), whether fresh samples
+        join (fresh_samples, step 2 of the module doc) and w of step 5 (data_weight; 0
+        is the paper's pure replacement of Y_i by Ỹ_i).
       num_examples: size of the training set (one persistent chain per example).
       descriptor_optimizer: the descriptor's own optimizer (the model's `compile`
-        optimizer updates the generator); default Adam(0.007, β1 = 0.5) as in CoopNets.
-      descriptor_steps, descriptor_step_size, descriptor_reference: T, δ and s of the
-        descriptor's Langevin dynamics.
-      fresh_samples: also revise g(z_f) for z_f ~ N(0, I) (step 2 of the module doc).
-      data_weight: w of step 5; 0 is the paper's pure replacement of Y_i by Ỹ_i.
-      The defaults are CoopNets' and the paper's; train.py's (config.py) differ where a
-      measurement said so (w = 0.5, s = 1, descriptor learning rate 1e-3).
+        optimizer updates the generator); default Adam(the config's learning_rate,
+        β1 = 0.5), constant.
       descriptor_noise: False drops the δ·E term of the revision (for tests).
-      **kwargs: AlternatingBackprop's (langevin_steps, langevin_step_size, sigma, seed...).
+      **kwargs: AlternatingBackprop's (langevin, seed, jit_langevin...).
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, descriptor, num_examples, *, descriptor_optimizer=None,
-                 descriptor_steps=15, descriptor_step_size=0.002, descriptor_reference=0.016,
-                 fresh_samples=False, data_weight=0.0, descriptor_noise=True, **kwargs):
+                 descriptor_noise=True, **kwargs):
         super().__init__(generator, num_examples, **kwargs)
         self.descriptor = descriptor
-        self.descriptor_steps = int(descriptor_steps)
-        self.descriptor_step_size = float(descriptor_step_size)
-        self.descriptor_reference = float(descriptor_reference)
-        self.fresh_samples = bool(fresh_samples)
-        self.data_weight = float(data_weight)
         self.descriptor_noise = bool(descriptor_noise)
         self.descriptor_optimizer = descriptor_optimizer or keras.optimizers.Adam(
-            0.007, beta_1=0.5)
+            descriptor.config.learning_rate, beta_1=0.5)
         # Build the slots now: inside the compiled step they could not be created, and a
         # checkpoint restores only variables that exist.
         self.descriptor_optimizer.build(self.descriptor.trainable_weights)
@@ -135,9 +127,9 @@ class CooperativeLearning(AlternatingBackprop):
         run = _compiled_descriptor_langevin if self.jit_langevin else descriptor_langevin
         return run(
             self.descriptor, tf.stop_gradient(images),
-            self.next_seed() if seed is None else seed, steps=self.descriptor_steps,
-            step_size=self.descriptor_step_size, reference=self.descriptor_reference,
-            noise=self.descriptor_noise)
+            self.next_seed() if seed is None else seed, steps=self.descriptor.config.steps,
+            step_size=self.descriptor.config.step_size,
+            reference=self.descriptor.config.reference, noise=self.descriptor_noise)
 
     def train_step(self, data):
         ids, images, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -147,7 +139,8 @@ class CooperativeLearning(AlternatingBackprop):
         z_examples = self.infer(tf.gather(self.chains.value, ids), images)
         self.update_chains(ids, z_examples)
         z = z_examples
-        if self.fresh_samples:
+        settings = self.descriptor.config
+        if settings.fresh_samples:
             # 2. Prior draws, as CoopNets' generator proposes.
             z = tf.concat([z, tf.random.stateless_normal(tf.shape(z_examples),
                                                          self.next_seed())], axis=0)
@@ -156,8 +149,8 @@ class CooperativeLearning(AlternatingBackprop):
         generated = tf.cast(self.generator(z), images.dtype)
         revised = tf.stop_gradient(self.revise(generated))
         # Energies under the φ that did the revision, i.e. before step 4 moves it.
-        energy_before = energy(self.descriptor, generated, self.descriptor_reference)
-        energy_after = energy(self.descriptor, revised, self.descriptor_reference)
+        energy_before = energy(self.descriptor, generated, settings.reference)
+        energy_after = energy(self.descriptor, revised, settings.reference)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
 
         # 4. Descriptor: maximum likelihood, positive phase on data, negative on Ỹ.
@@ -175,14 +168,14 @@ class CooperativeLearning(AlternatingBackprop):
             parse = self.generator.parse(z)
             image = tf.cast(parse["image"], images.dtype)
             target = revised
-            if self.data_weight:
+            if settings.data_weight:
                 # Step 5's T_i = (1 - w) Ỹ_i + w Y_i for the examples; fresh samples have
                 # no data and keep Ỹ.
-                examples = (1.0 - self.data_weight) * revised[:batch] + \
-                    self.data_weight * images
+                examples = (1.0 - settings.data_weight) * revised[:batch] + \
+                    settings.data_weight * images
                 target = tf.concat([examples, revised[batch:]], axis=0)
             squared_error = tf.reduce_sum(tf.square(target - image), axis=[1, 2, 3])
-            loss = tf.reduce_mean(squared_error) / (2.0 * self.sigma ** 2)
+            loss = tf.reduce_mean(squared_error) / (2.0 * self.langevin.sigma ** 2)
             # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
         weights = self.generator.trainable_weights
@@ -194,7 +187,7 @@ class CooperativeLearning(AlternatingBackprop):
         mse = tf.reduce_mean(tf.square(images - reconstruction))
         values = {
             "loss": loss, "mse": mse, "psnr": psnr(mse),
-            "log_likelihood": -data_error / (2.0 * self.sigma ** 2),
+            "log_likelihood": -data_error / (2.0 * self.langevin.sigma ** 2),
             "log_prior": -0.5 * tf.reduce_sum(tf.square(z_examples), axis=-1),
             "z_norm": tf.norm(z_examples, axis=-1),
             "descriptor_loss": descriptor_loss, "f_observed": f_observed,

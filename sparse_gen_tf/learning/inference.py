@@ -105,7 +105,7 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
       generator: a `Generator` (any callable z -> images with `.config.latent_dim`).
       images: [batch, H, W, 3] in [-1, 1].
       steps: Langevin steps per chain, split evenly over the annealing stages.
-      step_size, sigma: δ and σ of Eq. (10)-(11); take them from the TrainConfig.
+      step_size, sigma: δ and σ of Eq. (10)-(11); take them from the run's LangevinConfig.
       restarts: chains per image (Python int); the one with the highest log joint wins.
       seed: int, or an int32 [2] stateless seed; the same seed gives the same z.
       observed: optional 0/1 [batch, H, W, 1 or 3]: the likelihood counts only these
@@ -220,8 +220,8 @@ def _compiled(model, settings, seed, masked):
     """One XLA function per (model, settings, seed, masked), reused across calls."""
     del masked  # part of the cache key only: None and a mask trace differently
     return tf.function(lambda images, observed: infer(
-        model.generator, images, steps=settings.steps, step_size=model.langevin_step_size,
-        sigma=model.sigma, restarts=settings.restarts, seed=seed, observed=observed,
+        model.generator, images, steps=settings.steps, step_size=model.langevin.step_size,
+        sigma=model.langevin.sigma, restarts=settings.restarts, seed=seed, observed=observed,
         bank=model.chains.value if settings.use_bank else None,
         anneal_sigma=settings.anneal_sigma, anneal_stages=settings.anneal_stages,
         refine_steps=settings.refine_steps), jit_compile=True)

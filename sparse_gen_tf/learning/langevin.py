@@ -12,7 +12,24 @@ matmul layout, the images' space_to_depth layout) is computed once, before the l
 `Generator.squared_error_fn`.
 """
 
+import dataclasses
+
 import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class LangevinConfig:
+    """L, δ and σ of Eq. (10)-(11): the inference of z in every train step.
+
+    Field metadata: "help" (what the field is; train.py's flag shows it), the bounds that
+    flag checks.
+    """
+    steps: int = dataclasses.field(default=20, metadata={
+        "help": "Langevin steps L per train step (Eq. 10).", "lower_bound": 0})
+    step_size: float = dataclasses.field(default=0.3, metadata={
+        "help": "Langevin step size δ (Eq. 10).", "lower_bound": 0.0})
+    sigma: float = dataclasses.field(default=0.3, metadata={
+        "help": "Observation noise σ (Eq. 7, 11)."})
 
 
 def log_joint(generator, z, images, sigma, observed=None):

@@ -24,16 +24,47 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class DescriptorConfig:
-    """Architecture of f(Y; φ): one convolution per entry, bottom (image side) first.
+    """The descriptor of cooperative learning: f(Y; φ), its Langevin revision, its training.
 
-    channels[i], kernel_sizes[i], strides[i]: the i-th convolution ("same" padding), each
-    followed by a leaky ReLU of slope `leaky_slope`; a dense layer maps the last feature
-    map to the scalar f. The defaults are the CoopNets descriptor.
+    channels[i], kernel_sizes[i], strides[i]: the i-th convolution of f, bottom (image
+    side) first ("same" padding), each followed by a leaky ReLU of slope `leaky_slope`;
+    a dense layer maps the last feature map to the scalar f. `Descriptor` reads these.
+    steps, step_size, reference: T, δ and s of the revision's Langevin dynamics (Eq. 13);
+    learning_rate, fresh_samples, data_weight: how `CooperativeLearning` trains with it.
+
+    The defaults are train.py's. Kernels, strides, T and δ are the CoopNets descriptor's;
+    its channels (64, 128, 256) are cut to a quarter so that the 15 revision steps do not
+    dominate a CPU train step on the 32x32 parts data. s, w and the learning rate differ
+    from CoopNets' where a measurement on parts said so (README, "Cooperative learning
+    with a descriptor"). Field metadata as in `GeneratorConfig`.
     """
-    channels: tuple = (64, 128, 256)
-    kernel_sizes: tuple = (5, 3, 3)
-    strides: tuple = (2, 2, 1)
+    channels: tuple = dataclasses.field(default=(16, 32, 64), metadata={
+        "help": "Channels of each descriptor conv, image side first (CoopNets: "
+                "64,128,256).", "state": True})
+    kernel_sizes: tuple = dataclasses.field(default=(5, 3, 3), metadata={
+        "help": "Kernel size of each descriptor conv.", "state": True})
+    strides: tuple = dataclasses.field(default=(2, 2, 1), metadata={
+        "help": "Stride of each descriptor conv.", "state": True})
     leaky_slope: float = 0.2
+    steps: int = dataclasses.field(default=15, metadata={
+        "help": "Descriptor Langevin steps per train step (revision of g(z)).",
+        "lower_bound": 1})
+    step_size: float = dataclasses.field(default=0.002, metadata={
+        "help": "Descriptor Langevin step size δ."})
+    # CoopNets' s = 0.016 pulls every revision towards grey until f learns to cancel it.
+    reference: float = dataclasses.field(default=1.0, metadata={
+        "help": "Standard deviation s of the descriptor's Gaussian reference q (Eq. 13)."})
+    # CoopNets' 0.007 made the revision diverge on parts (README, Cooperative learning).
+    learning_rate: float = dataclasses.field(default=1e-3, metadata={
+        "help": "The descriptor's Adam learning rate (constant, β1 = 0.5)."})
+    fresh_samples: bool = dataclasses.field(default=False, metadata={
+        "help": "Also revise g(z) for fresh z ~ N(0, I) (CoopNets); they join the "
+                "descriptor's negative phase and the generator's regression."})
+    # The paper's w = 0 leaves the generator no pull towards the data while f is weak.
+    data_weight: float = dataclasses.field(default=0.5, metadata={
+        "help": "w in [0, 1]: the generator regresses on (1 - w) * revision + w * data "
+                "(0: the paper's pure replacement of Y_i by the revision).",
+        "lower_bound": 0.0, "upper_bound": 1.0})
 
     def __post_init__(self):
         for name in ("channels", "kernel_sizes", "strides"):

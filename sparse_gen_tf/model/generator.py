@@ -24,13 +24,26 @@ class GeneratorConfig:
     channels[i], topk[i]: channels and K of sparse feature map i+1 (top first).
     kernel_sizes[i], strides[i]: the transposed conv that leaves feature map i+1;
     the last one paints the 3-channel image.
+
+    The defaults are train.py's (the embedded parts setup; parts.flags gives the reasons).
+    Field metadata: "help" (train.py's flag shows it), "lower_bound" (that flag's), and
+    "state": the field shapes the weights, so a resumed run must keep it. K does not:
+    it may change between runs.
     """
-    image_size: int = 32
-    latent_dim: int = 32
-    channels: tuple = (64, 64)
-    topk: tuple = (8, 24)
-    kernel_sizes: tuple = (4, 8)
-    strides: tuple = (2, 8)
+    image_size: int = dataclasses.field(default=32, metadata={
+        "help": "Side of the square images, pixels.", "lower_bound": 4, "state": True})
+    latent_dim: int = dataclasses.field(default=32, metadata={
+        "help": "Dimension d of z.", "lower_bound": 1, "state": True})
+    channels: tuple = dataclasses.field(default=(64, 64), metadata={
+        "help": "Channels of each sparse feature map, top (FC) first.", "state": True})
+    topk: tuple = dataclasses.field(default=(8, 24), metadata={
+        "help": "K of each sparse feature map, top first."})
+    kernel_sizes: tuple = dataclasses.field(default=(4, 8), metadata={
+        "help": "Kernel size of each transposed conv (the conv leaving feature map i).",
+        "state": True})
+    strides: tuple = dataclasses.field(default=(2, 8), metadata={
+        "help": "Stride of each transposed conv; their product divides image_size.",
+        "state": True})
 
     def __post_init__(self):
         for name in ("channels", "topk", "kernel_sizes", "strides"):

@@ -30,6 +30,6 @@ def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), vers
     opened = run.load_run(workdir)
     model = opened.model
     return export_generator(model.generator, export_base, settings=settings,
-                            step_size=model.langevin_step_size, sigma=model.sigma,
+                            step_size=model.langevin.step_size, sigma=model.langevin.sigma,
                             chains=model.chains.numpy(), version=version,
                             source=opened.checkpoint)

@@ -70,7 +70,7 @@ class HParamsSummary(keras.callbacks.Callback):
         super().__init__()
         self.values, self.logdir, self.last = hparams_of(config), logdir, {}
         self.trial = config.workdir
-        self.num_layers = len(config.topk)
+        self.num_layers = len(config.generator.topk)
 
     def on_train_begin(self, logs=None):
         metrics = [hp.Metric(f"final/{name}", display_name=name)
@@ -101,17 +101,18 @@ def hparams_of(config):
     int, float, bool): K per layer (K_1 = top) and the channels, L and δ of the Langevin
     dynamics (Eq. 10), σ (Eq. 11), the descriptor, the dataset; "dense" when K is every
     entry of every feature map."""
-    shapes = config.generator_config().feature_map_shapes()
-    values = {"dataset": config.dataset, "image_size": config.image_size,
-              "num_images": config.num_images, "latent_dim": config.latent_dim,
-              "channels": ",".join(map(str, config.channels)),
-              "topk": ",".join(map(str, config.topk)),
-              "dense": all(k == h * w * c for k, (h, w, c) in zip(config.topk, shapes)),
-              "L (langevin_steps)": config.langevin_steps,
-              "delta (langevin_step_size)": config.langevin_step_size,
-              "sigma": config.sigma, "descriptor": config.descriptor,
+    generator, langevin = config.generator, config.langevin
+    shapes = generator.feature_map_shapes()
+    values = {"dataset": config.dataset, "image_size": generator.image_size,
+              "num_images": config.num_images, "latent_dim": generator.latent_dim,
+              "channels": ",".join(map(str, generator.channels)),
+              "topk": ",".join(map(str, generator.topk)),
+              "dense": all(k == h * w * c for k, (h, w, c) in zip(generator.topk, shapes)),
+              "L (langevin_steps)": langevin.steps,
+              "delta (langevin_step_size)": langevin.step_size,
+              "sigma": langevin.sigma, "descriptor": config.descriptor is not None,
               "learning_rate": config.learning_rate, "train_steps": config.train_steps}
-    values.update({f"K_{i}": k for i, k in enumerate(config.topk, 1)})
+    values.update({f"K_{i}": k for i, k in enumerate(generator.topk, 1)})
     return values
 
 

@@ -1,84 +1,224 @@
-"""One training run's settings, as a plain dataclass (the flags in `flags.py` fill it)."""
+"""One training run's settings: `TrainConfig`, nested as the system is, and its flat view.
+
+    TrainConfig
+      generator:  GeneratorConfig   g(z) of Eq. (7)               --image_size, --topk, ...
+      langevin:   LangevinConfig    L, δ, σ of Eq. (10)-(11)      --langevin_steps, --sigma
+      descriptor: DescriptorConfig  f(Y; φ) of §2.4, or None      --descriptor, --descriptor_*
+      the data, the optimisation, checkpoints and where it runs   --dataset, --batch_size, ...
+
+Every setting is written once, as a dataclass field: its default is the default, and its
+metadata holds the help its flag shows, the flag's bounds, and whether it shapes the
+checkpointed state. `settings()` flattens the tree into train.py's flags (their names
+predate the nesting and stay, so that flag files and old runs keep working); `flags.py`
+defines them from it, and `from_flat` / `flag_values` convert between the two views.
+"""
 
 import dataclasses
+import typing
 
+from sparse_gen_tf.data.pipeline import DATASETS
+from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.model.descriptor import DescriptorConfig
 from sparse_gen_tf.model.generator import GeneratorConfig
+from sparse_gen_tf.training.distribute import PRECISIONS, STRATEGIES
+
+
+def _setting(default, help, **metadata):
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything `trainer.train` needs. Defaults are the embedded `parts` setup."""
-    workdir: str = "runs/parts"
-    dataset: str = "parts"
-    data_dir: str = None
-    image_size: int = 32
-    num_images: int = 2048
-    # Image datasets: the images after the training ones set aside for explain and
-    # evaluate (the parts dataset draws fresh held-out images instead).
-    heldout: int = 0
-    batch_size: int = 64
-    train_steps: int = 3000
-    latent_dim: int = 32
-    channels: tuple = (64, 64)
-    topk: tuple = (8, 24)
-    kernel_sizes: tuple = (4, 8)
-    strides: tuple = (2, 8)
-    langevin_steps: int = 20
-    langevin_step_size: float = 0.3
-    sigma: float = 0.3
-    learning_rate: float = 3e-3     # cosine-decayed to a tenth over train_steps
-    jit_compile: bool = True
-    seed: int = 0
-    checkpoint_every: int = 5      # epochs
-    keep_checkpoints: int = 3
-    log_every: int = 10            # steps between TensorBoard scalars
-    num_summary_images: int = 16   # images per TensorBoard grid
-    # Cooperative learning with a descriptor (§2.4, cooperative.py). Steps, δ and the
-    # kernels/strides are the CoopNets descriptor's; its channels (64, 128, 256) are cut
-    # to a quarter for the 32x32 parts data, whose 15 descriptor Langevin steps per train
-    # step would otherwise dominate the CPU time.
-    descriptor: bool = False
-    descriptor_channels: tuple = (16, 32, 64)
-    descriptor_kernel_sizes: tuple = (5, 3, 3)
-    descriptor_strides: tuple = (2, 2, 1)
-    descriptor_steps: int = 15
-    descriptor_step_size: float = 0.002
-    # s = 1, not CoopNets' 0.016: at 0.016 the reference term -Y/s² shrinks every revision
-    # towards grey by ~11% over 15 steps unless f learns to cancel it; at 1 it is nearly
-    # flat at the data's scale and f alone moves Ỹ. Parts, 640 steps, w = 0.5: sample
-    # high-frequency power 0.24 of the data's at s = 1, 0.10 at 0.016 (ABP 0.09).
-    descriptor_reference: float = 1.0
-    # Adam, β1 = 0.5, constant. CoopNets' 0.007 made the revision diverge after ~1,700
-    # steps on parts (benchmarks/cooperative_vs_abp.py); 1e-3 stayed stable for 3,000.
-    descriptor_learning_rate: float = 1e-3
-    descriptor_fresh_samples: bool = False
-    # The generator's target mixes the data back in: (1 - w) Ỹ + w Y (cooperative.py).
-    # The paper's pure replacement (w = 0) left the generator at 11.7 dB after 640 steps
-    # on parts, against ABP's 17.1; w = 0.5 reached 17.0 with sharper samples.
-    descriptor_data_weight: float = 0.5
+    """Everything `trainer.train` needs. Defaults are the embedded `parts` setup.
+
+    Field metadata: "help" (the flag's text), "lower_bound"/"upper_bound"/"choices" (the
+    flag's checks), "state" (a resumed run must keep it: it shapes the checkpoint or
+    fixes which image each persistent chain belongs to). A nested config's fields become
+    flags named "flag_prefix" + field name, unless "flag_names" renames them.
+    """
+    workdir: str = _setting("runs/parts", "Checkpoints, TensorBoard events and flags go "
+                            "here; rerunning resumes.")
+    dataset: str = _setting(
+        "parts", "parts: embedded And-Or grammar images (no download); celeb_a: TFDS "
+        "celeb_a from --data_dir; folder: JPEG/PNG files under --data_dir.",
+        choices=tuple(DATASETS), state=True)
+    data_dir: str = _setting(None, "TFDS data_dir for celeb_a, or the image folder for "
+                             "--dataset=folder.")
+    num_images: int = _setting(
+        2048, "Training images to use (the paper uses 5000 CelebA images).", lower_bound=1,
+        state=True)
+    heldout: int = _setting(
+        0, "Image datasets: hold out this many images, the ones after the training images "
+        "in file order (the last ones if the folder has fewer than --num_images + "
+        "--heldout), for explain and evaluate. parts draws fresh held-out images and "
+        "takes no --heldout.", lower_bound=0, state=True)
+    generator: GeneratorConfig = dataclasses.field(
+        default_factory=GeneratorConfig, metadata={"flag_prefix": ""})
+    langevin: LangevinConfig = dataclasses.field(
+        default_factory=LangevinConfig,
+        metadata={"flag_prefix": "langevin_", "flag_names": {"sigma": "sigma"}})
+    batch_size: int = _setting(64, "Examples per train step.", lower_bound=1)
+    train_steps: int = _setting(3000, "Total train steps, rounded up to whole epochs.",
+                                lower_bound=1)
+    learning_rate: float = _setting(
+        3e-3, "Initial Adam learning rate; cosine-decayed to a tenth by --train_steps.")
+    jit_compile: bool = _setting(True, "Compile the train step, Langevin included, with XLA.")
+    seed: int = _setting(0, "Seeds data generation, chains and Langevin noise.", state=True)
+    checkpoint_every: int = _setting(
+        5, "Epochs between checkpoints (and TensorBoard image grids).", lower_bound=1)
+    keep_checkpoints: int = _setting(3, "How many of the latest checkpoints to keep.",
+                                     lower_bound=1)
+    log_every: int = _setting(10, "Train steps between TensorBoard scalar summaries.",
+                              lower_bound=1)
+    num_summary_images: int = _setting(16, "Images in each TensorBoard image grid.",
+                                       lower_bound=1)
+    # None trains by plain ABP; a config adds cooperative learning (cooperative.py).
+    descriptor: typing.Optional[DescriptorConfig] = dataclasses.field(default=None, metadata={
+        "help": "Cooperative learning (§2.4): an energy-based descriptor revises g(z) and "
+                "the generator learns from the revision.",
+        "flag_prefix": "descriptor_", "state": True})
     # Where the run executes (distribute.py). A run may resume under another strategy or
     # number of devices: the checkpoint holds one copy of every variable.
-    strategy: str = "default"      # default, mirrored or multi_worker
-    cpu_devices: int = 0           # logical CPU devices for mirrored without GPUs
-    mixed_precision: str = "float32"   # or mixed_float16 / mixed_bfloat16 (Keras policy)
+    strategy: str = _setting(
+        "default", "default: one device; mirrored: all local GPUs, or --cpu_devices logical "
+        "CPUs; multi_worker: the hosts in TF_CONFIG. --batch_size is global.",
+        choices=tuple(STRATEGIES))
+    cpu_devices: int = _setting(
+        0, "Split the CPU into this many logical devices, the replicas of "
+        "--strategy=mirrored on a machine without GPUs (0: leave it whole).", lower_bound=0)
+    # mixed_float16 wraps the optimizer (loss scaling), so its slots move: state.
+    mixed_precision: str = _setting(
+        "float32", "Keras dtype policy of the networks; z, Langevin and the losses stay "
+        "float32. mixed_float16 and mixed_bfloat16 are for GPUs.",
+        choices=tuple(PRECISIONS), state=True)
 
-    def generator_config(self):
-        return GeneratorConfig(image_size=self.image_size, latent_dim=self.latent_dim,
-                               channels=self.channels, topk=self.topk,
-                               kernel_sizes=self.kernel_sizes, strides=self.strides)
 
-    def descriptor_config(self):
-        return DescriptorConfig(channels=self.descriptor_channels,
-                                kernel_sizes=self.descriptor_kernel_sizes,
-                                strides=self.descriptor_strides)
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One flag of train.py and the TrainConfig field behind it.
 
-    # Settings that shape the checkpointed state: a resumed run must agree on all of them.
-    # (K may change between runs: the weights and chains keep their shapes.)
-    STATE_FIELDS = ("dataset", "image_size", "num_images", "heldout", "latent_dim",
-                    "channels",
-                    "kernel_sizes", "strides", "seed",
-                    "descriptor", "descriptor_channels", "descriptor_kernel_sizes",
-                    "descriptor_strides",
-                    # mixed_float16 wraps the optimizer (loss scaling), so its slots move.
-                    "mixed_precision")
+    flag: the flag's name, e.g. "langevin_step_size".
+    path: the field's attribute path in TrainConfig, e.g. ("langevin", "step_size").
+    field: the dataclasses.Field (its metadata: help, bounds, state).
+    default: the flag's default. The switch of an optional config (--descriptor) is a
+      bool, False by default; its fields' flags default to that config's defaults.
+    """
+    flag: str
+    path: tuple
+    field: dataclasses.Field
+    default: object
+
+    @property
+    def switch(self):
+        """True for the flag that turns an optional config (the descriptor) on."""
+        return _nested_class(self.field) is not None
+
+    @property
+    def kind(self):
+        """The flag's Python type: bool, int, float, str or tuple (a comma list)."""
+        return bool if self.switch else self.field.type
+
+    @property
+    def help(self):
+        return self.field.metadata["help"]
+
+    @property
+    def state(self):
+        return bool(self.field.metadata.get("state"))
+
+
+def _nested_class(field):
+    """The config class of a nested field (`Optional[X]` gives X), or None for a leaf."""
+    for candidate in (field.type, *typing.get_args(field.type)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _settings(cls, path, prefix, names):
+    defaults = cls()
+    for field in dataclasses.fields(cls):
+        nested = _nested_class(field)
+        if nested is None:
+            if "help" in field.metadata:  # a field without help has no flag
+                yield Setting(names.get(field.name, prefix + field.name),
+                              path + (field.name,), field, getattr(defaults, field.name))
+            continue
+        if getattr(defaults, field.name) is None:  # optional: a switch, then its fields
+            yield Setting(field.name, path + (field.name,), field, False)
+        yield from _settings(nested, path + (field.name,),
+                             field.metadata.get("flag_prefix", ""),
+                             field.metadata.get("flag_names", {}))
+
+
+def settings():
+    """Every flag of train.py as a `Setting`, in TrainConfig's order."""
+    return list(_settings(TrainConfig, (), "", {}))
+
+
+def flag_values(config):
+    """{flag name: value} of config, as train.py's flags would give it. The fields of an
+    absent optional config (no descriptor) are left out; its switch is False."""
+    values = {}
+    for setting in settings():
+        value = config
+        for name in setting.path:
+            if value is None:
+                break
+            value = getattr(value, name)
+        else:
+            values[setting.flag] = (value is not None) if setting.switch else value
+    return values
+
+
+def from_flat(values):
+    """The TrainConfig of {flag name: value}: absl's parsed flags, or the flat config.json
+    of a run trained before the config was nested. Lists become tuples; missing names
+    take their defaults and unknown ones are ignored."""
+    tree = {field.name: {} for field in dataclasses.fields(TrainConfig)
+            if _nested_class(field) is not None and field.default is not None}
+    for setting in settings():  # a switch comes before the fields it turns on
+        if setting.flag not in values:
+            continue
+        value = values[setting.flag]
+        if setting.switch:
+            value = {} if value else None
+        node = tree
+        for name in setting.path[:-1]:
+            node = node.get(name)
+            if node is None:  # a field of an optional config that is off, or unnamed
+                break
+        else:
+            node[setting.path[-1]] = value
+    return from_dict(tree)
+
+
+def from_dict(values, cls=TrainConfig):
+    """The config of `dataclasses.asdict(config)` read back from JSON (lists become
+    tuples, nested dicts configs). Missing fields take their defaults, unknown ones are
+    ignored, so the config.json of another version reads. Raises TypeError or ValueError
+    for values that are not a config."""
+    if not isinstance(values, dict):
+        raise TypeError(f"expected a JSON object for {cls.__name__}, got {values!r:.40}")
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        nested = _nested_class(field)
+        if nested is not None and value is not None:
+            value = from_dict(value, nested)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+def state_settings():
+    """The settings that a resumed run must agree on (field metadata "state"): what
+    shapes the weights, chains and optimizer slots, or ties chains to images."""
+    return [setting for setting in settings() if setting.state]
+
+
+__all__ = ["Setting", "TrainConfig", "flag_values", "from_dict", "from_flat", "settings",
+           "state_settings"]

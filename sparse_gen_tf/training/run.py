@@ -1,14 +1,18 @@
 """A training run on disk, and the one way every command opens it.
 
-    workdir/config.json     the TrainConfig, plus "num_examples": how many images the run
-                            really trained on (one persistent chain each)
-    workdir/flags.txt       the same settings as a flagfile
+    workdir/config.json     the TrainConfig, nested as `dataclasses.asdict` gives it, plus
+                            "num_examples": how many images the run really trained on
+                            (one persistent chain each), and "format_version"
+    workdir/flags.txt       the same settings as a flagfile (train.py's flat flags)
     workdir/checkpoints/    tf.train checkpoints (`checkpoint_for`)
 
 `load_run(workdir)` is used by explain, evaluate, export and the benchmarks. It takes the
 workdir it is given as the truth (a run may have been copied or moved since training, or
 be named relative to another current directory) and the number of chains from the
 checkpoint itself, so a folder smaller than --num_images opens like any other run.
+
+config.json format 1 (no "format_version"; runs trained before the config was nested)
+is flat, its keys train.py's flag names; it still reads, and so does its flags.txt.
 """
 
 import dataclasses
@@ -20,6 +24,7 @@ import tensorflow as tf
 
 from sparse_gen_tf.training import distribute
 from sparse_gen_tf.learning.abp import AlternatingBackprop
+from sparse_gen_tf.training import config as run_config
 from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.learning.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
@@ -28,6 +33,8 @@ from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model.generator import Generator
 
 CONFIG_FILE = "config.json"
+# 1: flat, keyed by flag name (before the nesting); 2: nested.
+FORMAT_VERSION = 2
 FLAGS_FILE = "flags.txt"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -43,8 +50,8 @@ def write_atomically(path, text):
 def read_saved(workdir):
     """(TrainConfig, num_examples or None) saved in workdir, or (None, None) if none.
 
-    Keys that TrainConfig does not know (a newer or older version's) are ignored, and
-    missing ones take their defaults, so config.json files of earlier runs still read.
+    Reads both formats of config.json. Keys that TrainConfig does not know (another
+    version's) are ignored, and missing ones take their defaults.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
@@ -52,9 +59,17 @@ def read_saved(workdir):
     try:
         with open(path) as f:
             values = json.load(f)
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in values.items() if k in fields})
+        if not isinstance(values, dict):
+            raise TypeError("not a JSON object")
+        version = values.get("format_version", 1)
+        if version == 1:
+            config = run_config.from_flat(values)
+        elif version == FORMAT_VERSION:
+            config = run_config.from_dict(values)
+        else:
+            raise UserError(f"{path} has format_version {version!r}, which this version of "
+                            f"sparse_gen_tf does not know (it writes {FORMAT_VERSION}); "
+                            "open the run with the version that trained it")
     except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise UserError(f"{path} is not a training run's config ({e}); point --workdir at "
                         "a directory written by train.py") from None
@@ -66,41 +81,37 @@ def read_config(workdir):
     return read_saved(workdir)[0]
 
 
+def _flag_text(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def write_config(config, num_examples):
     """Writes workdir/config.json (with num_examples) and workdir/flags.txt, a flagfile
     that reproduces config: `python train.py --flagfile=WORKDIR/flags.txt`."""
     os.makedirs(config.workdir, exist_ok=True)
-    values = dataclasses.asdict(config)
-    write_atomically(os.path.join(config.workdir, CONFIG_FILE),
-                     json.dumps({**values, "num_examples": int(num_examples)}, indent=2))
+    values = {"format_version": FORMAT_VERSION, **dataclasses.asdict(config),
+              "num_examples": int(num_examples)}
+    write_atomically(os.path.join(config.workdir, CONFIG_FILE), json.dumps(values, indent=2))
     write_atomically(os.path.join(config.workdir, FLAGS_FILE), "".join(
-        f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}\n"
-        for k, v in values.items() if v is not None))
+        f"--{flag}={_flag_text(value)}\n"
+        for flag, value in run_config.flag_values(config).items() if value is not None))
 
 
 def build_model(config, num_examples):
-    """The AlternatingBackprop model for config (CooperativeLearning with --descriptor),
+    """The AlternatingBackprop model for config (CooperativeLearning with a descriptor),
     compiled with Adam, for the strategy in scope. num_examples: one chain per image."""
     jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
                                                         config.jit_compile)
-    abp = dict(langevin_steps=config.langevin_steps,
-               langevin_step_size=config.langevin_step_size, sigma=config.sigma,
-               seed=config.seed, jit_langevin=jit_langevin)
-    if config.descriptor:
+    learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin)
+    generator = Generator(config.generator)
+    if config.descriptor is not None:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
         # checkpoint restores them eagerly like the generator's below.
         model = CooperativeLearning(
-            Generator(config.generator_config()),
-            Descriptor(config.descriptor_config(), image_size=config.image_size),
-            num_examples, descriptor_optimizer=keras.optimizers.Adam(
-                config.descriptor_learning_rate, beta_1=0.5),
-            descriptor_steps=config.descriptor_steps,
-            descriptor_step_size=config.descriptor_step_size,
-            descriptor_reference=config.descriptor_reference,
-            fresh_samples=config.descriptor_fresh_samples,
-            data_weight=config.descriptor_data_weight, **abp)
+            generator, Descriptor(config.descriptor, image_size=config.generator.image_size),
+            num_examples, **learner)
     else:
-        model = AlternatingBackprop(Generator(config.generator_config()), num_examples, **abp)
+        model = AlternatingBackprop(generator, num_examples, **learner)
     # Cosine decay to a tenth: fast early progress, then a small rate to settle the kernels.
     # It is a function of the optimizer's step, so a resumed run continues the schedule.
     learning_rate = keras.optimizers.schedules.CosineDecay(

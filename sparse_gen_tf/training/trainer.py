@@ -23,7 +23,7 @@ from sparse_gen_tf.training.callbacks import (Checkpointing, DivergenceGuard,
                                               HParamsSummary, ResumableTensorBoard)
 from sparse_gen_tf.training.summaries import (ImageSummaries, explanation_summaries,
                                               grammar_summaries)
-from sparse_gen_tf.training.config import TrainConfig
+from sparse_gen_tf.training.config import TrainConfig, flag_values, state_settings
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
 
@@ -33,9 +33,11 @@ def check_resumable(config):
     saved = run.read_config(config.workdir)
     if saved is None:
         return
-    changed = [f"--{name} was {getattr(saved, name)!r}, now {getattr(config, name)!r}"
-               for name in TrainConfig.STATE_FIELDS
-               if getattr(saved, name) != getattr(config, name)]
+    before, now = flag_values(saved), flag_values(config)
+    # A descriptor's fields are compared only when both runs have one.
+    changed = [f"--{s.flag} was {before[s.flag]!r}, now {now[s.flag]!r}"
+               for s in state_settings()
+               if s.flag in before and s.flag in now and before[s.flag] != now[s.flag]]
     if changed:
         raise UserError(f"--workdir={config.workdir} holds a run with other settings "
                         f"({'; '.join(changed)}); use a new --workdir or the old values")
