@@ -49,8 +49,9 @@ class DeadChannels(keras.metrics.Metric):
 
 
 # The largest K / (h*w*c) of any sparse layer at which `compile` picks the sparse
-# Langevin path under XLA on CPU: the K sweep of benchmarks/sparse_path.py measured it
-# 1.3-1.5x faster at 1-1.5%, even at 2% and slower above (BENCHMARKS.md, 2026-12-01).
+# Langevin path under XLA on CPU: the densest point of the K sweep of
+# benchmarks/sparse_path.py where it still beat the dense path (BENCHMARKS.md,
+# "2026-12-01: the sparse Langevin path").
 SPARSE_PATH_MAX_DENSITY = 0.015
 
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
@@ -107,7 +108,8 @@ class AlternatingBackprop(keras.Model):
 
         Where XLA compiles for a CPU (`jit_compile`, or `jit_langevin` for the Langevin
         loop under a strategy), TopK uses the exact bisection of `layers.kth_largest`:
-        XLA:CPU's own top_k, a serial sort, cost about a third of a paper-size step.
+        XLA:CPU's own top_k is a serial sort (BENCHMARKS.md, "TopK threshold by
+        bisection").
         There the Langevin loop also takes the sparse path (`Generator.paint`, the same
         function) when every sparse layer keeps at most SPARSE_PATH_MAX_DENSITY of its
         units; at the paper's 6.25% the dense matmuls are faster. Set
