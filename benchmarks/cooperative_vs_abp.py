@@ -20,11 +20,9 @@ Prints a markdown table, one row per run, of
   - for the cooperative run, also the descriptor-revised samples Ỹ (its Langevin from
     g(z)), to show what the generator was taught.
 
-Result on parts (3,008 steps, seed 0, 2 CPU cores, Nov 2026), default flags (data weight
-0.5, reference s = 1): cooperative learning helps. ABP 25.07 dB, sample hf power 0.19;
-cooperative 26.74 dB, sample hf power 0.30, reconstructions as sharp as the data (0.98).
-The paper's literal version (data weight 0, CoopNets' s = 0.016) reached 9.9 dB, and with
-CoopNets' descriptor learning rate 0.007 its revision diverged (README.md).
+Its results (the 3,008-step comparison, the 640-step ablation of the data weight and the
+reference s, and the earlier runs that diverged) are in README.md, "Cooperative learning
+with a descriptor".
 """
 
 import os

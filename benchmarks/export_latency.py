@@ -23,7 +23,7 @@ from absl import app, flags
 
 flags.DEFINE_integer("calls", 20, "Timed calls per signature and batch size (median).")
 flags.DEFINE_integer("reconstruct_calls", 5,
-                     "Timed calls of reconstruct, which is ~100x slower (Langevin).")
+                     "Timed calls of reconstruct, which is far slower (Langevin).")
 flags.DEFINE_integer("reconstruct_steps", 100, "Langevin steps baked into reconstruct.")
 flags.DEFINE_string("measure", None, "Internal: time this SavedModel (fresh process).")
 FLAGS = flags.FLAGS

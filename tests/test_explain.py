@@ -10,7 +10,6 @@ import tensorflow as tf
 from conftest import last_line, run_command as run
 from sparse_gen_tf import Generator, GeneratorConfig
 from sparse_gen_tf.explanation import visualize
-from sparse_gen_tf.explanation.bitmap_font import format_number, text_mask
 from sparse_gen_tf.explanation.parse_graph import ParseGraph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,10 +100,3 @@ def test_parse_figure_has_one_block_per_layer_and_is_rgb():
     # Each layer block starts with a white title row; two layers, two titles.
     white_rows = np.flatnonzero((figure == 255).all(axis=(1, 2)))
     assert figure.shape[0] > 2 * 32 and len(white_rows) > 0
-
-
-def test_font_renders_numbers_at_their_width():
-    assert text_mask("0.83", scale=2).shape == (10, 2 * (4 * 4 - 1))
-    assert text_mask("1").sum() == 8
-    assert [format_number(v) for v in (0.834, 12.44, 153.2, 12345.0)] == [
-        "0.83", "12.4", "153", "12345"]

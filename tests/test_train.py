@@ -29,6 +29,14 @@ def checkpoint_step(workdir):
     return int(path.rsplit("-", 1)[1]) if path else None
 
 
+def scalar_steps(workdir, tag):
+    """The sorted steps at which tb/train holds the scalar `tag`, over all event files."""
+    directory = os.path.join(workdir, "tb", "train")
+    return sorted(event.step for name in os.listdir(directory)
+                  for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name))
+                  if any(v.tag == tag for v in event.summary.value))
+
+
 def test_train_writes_checkpoints_events_and_flags_then_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     first = run_train(f"--workdir={workdir}", "--train_steps=4", *TINY)
@@ -55,6 +63,10 @@ def test_train_writes_checkpoints_events_and_flags_then_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Resumed from" in second.stderr
     assert checkpoint_step(workdir) == 8  # continued at step 4, not from 0
+    # The curves continue too: each optimizer step's batch scalar once, the second run's
+    # at steps 5-8 (not 1-4 again), and its epochs after the first run's.
+    assert scalar_steps(workdir, "batch_loss") == list(range(1, 9))
+    assert scalar_steps(workdir, "epoch_psnr") == list(range(4))
     reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
     assert reader.get_tensor(chains_key).shape == chains_before.shape
     assert (reader.get_tensor(chains_key) != chains_before).any()

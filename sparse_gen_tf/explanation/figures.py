@@ -1,9 +1,11 @@
-"""Image grids for TensorBoard and PNG files."""
+"""Image grids and their text labels, for TensorBoard and PNG files."""
 
+import functools
 import math
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
 
 
 def write_png(path, image):
@@ -30,3 +32,34 @@ def image_grid(images, columns=None, pad=1):
         r, q = divmod(i, columns)
         grid[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = image
     return grid
+
+
+@functools.lru_cache(maxsize=None)
+def _font(size):
+    # Pillow's built-in font (no file to ship or find); load it once per size.
+    return ImageFont.load_default(size=size)
+
+
+def text_width(text, size):
+    """Width in pixels of text drawn by `draw_text` at `size` pixels per em."""
+    return math.ceil(_font(size).getlength(text))
+
+
+def draw_text(canvas, text, y, x, size=12, colour=(0, 0, 0)):
+    """Writes text into canvas [H, W, 3] uint8 in place with Pillow's default font, `size`
+    pixels per em, the top of its letters at row y and its left end at column x; what
+    falls outside the canvas is clipped. Edges are anti-aliased into the background."""
+    image = Image.fromarray(canvas)
+    ImageDraw.Draw(image).text((x, y), text, fill=tuple(colour), font=_font(size),
+                               anchor="lt")
+    canvas[...] = np.asarray(image)
+    return canvas
+
+
+def format_number(value, width=4):
+    """A short rendering of a coefficient in at most `width` characters: 0.83, 12.4, 153."""
+    for digits in (2, 1, 0):
+        text = f"{value:.{digits}f}"
+        if len(text) <= width:
+            return text
+    return f"{value:.0f}"

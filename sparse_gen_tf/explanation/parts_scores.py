@@ -128,9 +128,9 @@ def psnr(images, reconstructions):
     return float(10.0 * np.log10(4.0 / max(mse, 1e-12)))
 
 
-# A cell is clean when one part (or the bare background) explains it to this PSNR: the
-# data's own cells, rounded to uint8, sit above 40 dB, and two half-strength parts
-# blended in one cell fall below 15.
+# A cell is clean when one part (or the bare background) explains it to this PSNR, a
+# threshold well between the data's own cells and blends of two parts (README.md, "Are
+# the samples legal images of the grammar?").
 CLEAN_CELL_PSNR = 20.0
 # Intensities a clean part may have: the grammar's COEFFICIENT_RANGE (0.6, 1.0) with a
 # margin of 0.05 for the model's smooth output.

@@ -1,4 +1,5 @@
-"""Figures of the explanation, drawn with numpy: kernels (Fig. 2) and parses (Fig. 3).
+"""Figures of the explanation: kernels (Fig. 2) and parses (Fig. 3), drawn with numpy, text
+with Pillow.
 
 Every basis function is drawn as the image it paints on its own: tanh(bias_n + s_j B_j),
 bias_n being the image layer's bias, i.e. the picture of an empty parse. That is how a
@@ -19,11 +20,14 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.explanation import basis as basis_lib
-from sparse_gen_tf.explanation.bitmap_font import draw_text, format_number
-from sparse_gen_tf.explanation.figures import image_grid, to_uint8
+from sparse_gen_tf.explanation.figures import (draw_text, format_number, image_grid,
+                                               text_width, to_uint8)
 from sparse_gen_tf.explanation.parse_graph import image_boxes
 
 WHITE, PANEL, BAR, GRID_LINE = 255, 225, (200, 40, 40), (255, 255, 0)
+# Font sizes in pixels per em: coefficients and layer titles, whose digits are 9 pixels
+# high and fit the 10-row strip under a thumbnail; the smaller '+N' of hidden OR nodes.
+LABEL_SIZE, NOTE_SIZE = 12, 10
 
 
 def upscale(image, scale):
@@ -124,19 +128,22 @@ def _and_panel(crop, thumbs, coefficients, max_coefficient, max_or, scale):
     """One AND node: the image crop, then up to max_or OR-node thumbnails, each with its
     coefficient in digits and as a bar; '+N' when more OR nodes survive."""
     t = crop.shape[0] * scale
-    cell_w = max(t, 4 * 4 * 2)  # room for four digits at scale 2
+    # Every panel has the same shape (they are tiled into one grid), so the cells are
+    # sized for the widest label, four digits, not for the labels of this panel.
+    cell_w = max(t, text_width("0000", LABEL_SIZE))
     height = t + 2 + 10 + 2 + 3
-    width = (1 + max_or) * (cell_w + 3) + 14
+    width = (1 + max_or) * (cell_w + 3) + text_width("+00", NOTE_SIZE) + 2
     panel = np.full((height, width, 3), PANEL, np.uint8)
     panel[:t, :t] = upscale(to_uint8(crop), scale)
     for i, (thumb, s) in enumerate(zip(thumbs[:max_or], coefficients[:max_or])):
         x = (1 + i) * (cell_w + 3)
         panel[:t, x:x + t] = upscale(to_uint8(thumb), scale)
-        draw_text(panel, format_number(s), t + 2, x, scale=2)
+        draw_text(panel, format_number(s), t + 2, x, size=LABEL_SIZE)
         bar = int(round(t * s / max(max_coefficient, 1e-12)))
         panel[t + 14:t + 17, x:x + max(bar, 1)] = BAR
     if len(thumbs) > max_or:
-        draw_text(panel, f"+{len(thumbs) - max_or}", 2, width - 13)
+        more = f"+{len(thumbs) - max_or}"
+        draw_text(panel, more, 2, width - text_width(more, NOTE_SIZE) - 1, size=NOTE_SIZE)
     return panel
 
 
@@ -181,7 +188,8 @@ def parse_figure(generator, z, max_or=3, thumb=40, normalised=False):
         grid = image_grid(np.stack(panels), columns=w, pad=4)
         outlined = _outline(image, h, max(1, grid.shape[0] // size))
         title = np.full((12, outlined.shape[1] + 6 + grid.shape[1], 3), WHITE, np.uint8)
-        draw_text(title, f"L{layer} K={generator.topks[layer - 1].k}", 1, 1, scale=2)
+        draw_text(title, f"L{layer} K={generator.topks[layer - 1].k}", 1, 1,
+                  size=LABEL_SIZE)
         body = np.full((max(outlined.shape[0], grid.shape[0]), title.shape[1], 3), WHITE,
                        np.uint8)
         body[:outlined.shape[0], :outlined.shape[1]] = outlined

@@ -49,8 +49,9 @@ class DeadChannels(keras.metrics.Metric):
 
 
 # The largest K / (h*w*c) of any sparse layer at which `compile` picks the sparse
-# Langevin path under XLA on CPU: the K sweep of benchmarks/sparse_path.py measured it
-# 1.3-1.5x faster at 1-1.5%, even at 2% and slower above (BENCHMARKS.md, 2026-12-01).
+# Langevin path under XLA on CPU: the densest point of the K sweep of
+# benchmarks/sparse_path.py where it still beat the dense path (BENCHMARKS.md,
+# "2026-12-01: the sparse Langevin path").
 SPARSE_PATH_MAX_DENSITY = 0.015
 
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
@@ -104,7 +105,8 @@ class AlternatingBackprop(keras.Model):
 
         Where XLA compiles for a CPU (`jit_compile`, or `jit_langevin` for the Langevin
         loop under a strategy), TopK uses the exact bisection of `layers.kth_largest`:
-        XLA:CPU's own top_k, a serial sort, cost about a third of a paper-size step.
+        XLA:CPU's own top_k is a serial sort (BENCHMARKS.md, "TopK threshold by
+        bisection").
         There the Langevin loop also takes the sparse path (`Generator.paint`, the same
         function) when every sparse layer keeps at most SPARSE_PATH_MAX_DENSITY of its
         units; at the paper's 6.25% the dense matmuls are faster. Set
@@ -192,12 +194,14 @@ class AlternatingBackprop(keras.Model):
         return distribute.step_logs(
             {name: tracker.result() for name, tracker in self.trackers.items()})
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (TF backend, under a strategy) "builds" a model before fit by running it
-        # symbolically on a batch averaged over replicas. All state here is made in
-        # __init__, so there is nothing to build, and under MultiWorkerMirroredStrategy the
-        # averaging itself fails (keras-team/keras#20585).
-        del iterator, data_batch
+    def _maybe_symbolic_build(self, *args, **kwargs):
+        # The one private Keras method overridden here, for want of a public way: under a
+        # strategy, fit first averages a batch over the replicas (strategy.reduce(MEAN,
+        # axis=None)) to build the model on it, and under MultiWorkerMirroredStrategy that
+        # eager reduce fails for every Keras 3.15 model, built or not (keras-team/keras
+        # #20585). All state here is made in __init__, so there is nothing to build.
+        # Delete this when Keras fixes it; test_distribute fails if Keras renames it.
+        del args, kwargs
 
 
 __all__ = ["AlternatingBackprop", "DeadChannels", "psnr"]

@@ -19,12 +19,13 @@ rest open. Each `train_step` on a batch (example ids, images Y_obs) does exactly
          mean_n ‖T - g(z; θ)‖² / (2σ²),   T held fixed (stop-gradient),
      where T_i = (1 - w) Ỹ_i + w Y_i for the examples (w = --descriptor_data_weight) and
      T = Ỹ for the fresh samples, each regressed on the z it came from (z_i, z_f).
-     w = 0 is the paper's "Ỹ_i replaces Y_i"; the default w = 0.5 (see below).
+     w = 0 is the paper's "Ỹ_i replaces Y_i"; train.py's default is w = 0.5 (see below).
 
 Steps 4 and 5 only read Ỹ, Y_obs and z, which are fixed by then, so their order does not
 matter; both use the parameters from before the step (CoopNets updates D, then G, the same).
 
-Choices the paper leaves open, and why:
+Choices the paper leaves open, and why (the measurements behind them are in README.md,
+"Cooperative learning with a descriptor"):
   - z is inferred from Y_obs, not re-inferred from Ỹ: Ỹ starts at g(z_i) and the
     descriptor's small steps (δ = 0.002) move it a little, so z_i is already a posterior
     sample for Ỹ_i; re-inferring would double the cost for nothing the generator can use.
@@ -32,26 +33,24 @@ Choices the paper leaves open, and why:
   - The revision starts from g(z_i), the generator's reconstruction, not from Y_obs:
     starting at the data would teach the generator the data plus a descriptor-made
     perturbation, and the descriptor's negative phase would then sit on the data itself.
-  - The data stay in the generator's target (w = 0.5 by default). With w = 0 the
-    generator sees the data only through z_i and the descriptor: g(z_i) is pulled
-    towards Ỹ_i, a perturbation of itself, so when the descriptor is still weak the
-    generator gets no pull towards the data at all, and the reference term -Y/s²
-    (s = 0.016) shrinks every revision towards grey by ~11% over 15 steps. Measured on
-    parts after 640 steps: w = 0 reached 11.7 dB (ABP 17.1), w = 0.5 17.0 dB with 20%
-    more high-frequency power in its samples (benchmarks/cooperative_vs_abp.py). Since
+  - The data stay in the generator's target (--descriptor_data_weight, default 0.5). With
+    w = 0 the generator sees the data only through z_i and the descriptor: g(z_i) is
+    pulled towards Ỹ_i, a perturbation of itself, so when the descriptor is still weak
+    the generator gets no pull towards the data at all, and the reference term -Y/s²
+    shrinks every revision towards grey by the factor (1 - δ²/(2s²))^T. On the parts data
+    that run collapses to grey, while w = 0.5 reconstructs about as well as ABP. Since
     ‖T - g‖² = (1 - w)‖Ỹ - g‖² + w‖Y - g‖² - w(1 - w)‖Ỹ - Y‖², a constant in θ, this
     is ABP's Eq. (12) and the paper's revision-driven one, mixed in proportion w.
-  - The reference is s = 1 by default, not CoopNets' 0.016: at 0.016
+  - The reference s (--descriptor_reference) defaults to 1, not CoopNets' 0.016: at 0.016
     the term -Y/s² dominates the revision until f has learned to cancel it; at s = 1 it
-    is nearly flat at the data's scale and f alone moves Ỹ. Parts, 640 steps, w = 0.5:
-    sample high-frequency power 0.24 of the data's at s = 1, 0.10 at s = 0.016, ABP 0.09;
-    reconstruction 16.0, 17.0 and 17.1 dB.
+    is nearly flat at the data's scale and f alone moves Ỹ, which gives sharper samples
+    for a slightly lower reconstruction PSNR.
   - Ỹ is not clipped to [-1, 1]: Eq. (13) lives on R^D and tanh keeps g in range anyway.
 
-Stability: with the CoopNets settings on the parts data the revision diverged after ~1,700
-steps (f's curvature outgrew δ; see benchmarks/cooperative_vs_abp.py), with every metric
-still finite. `fit` therefore adds a `RevisionGuard`, which stops the run with one line
-and keeps the last good checkpoint.
+Stability: as f sharpens its curvature can outgrow δ, and the revision then diverges with
+every metric still finite (it did on the parts data with CoopNets' descriptor learning
+rate). `fit` therefore adds a `RevisionGuard`, which stops the run with one line and
+keeps the last good checkpoint.
 """
 
 import math
@@ -209,8 +208,9 @@ class RevisionGuard(keras.callbacks.Callback):
     """Stops training with DivergenceError once the descriptor's Langevin diverges.
 
     As f(Y; φ) sharpens, its curvature can outgrow the fixed step δ; the revision then
-    climbs the energy instead of descending it and runs off to |Ỹ| ~ 10⁶ while every
-    metric stays finite, and the generator, regressing on Ỹ, is ruined within an epoch.
+    climbs the energy instead of descending it and runs away by orders of magnitude
+    while every metric stays finite, and the generator, regressing on Ỹ, is ruined
+    within an epoch.
     No sensible revision moves an image in [-1, 1] by more than half that range, so an
     RMS revision per pixel above `max_rms` (running mean of the epoch) is divergence.
     Runs on batch end, before any checkpoint of the epoch is written.

@@ -19,14 +19,11 @@ problem, because it has followed its image for the whole run. `infer` closes the
 Everything is standard TF ops with static shapes (restarts and stages are Python ints), so
 `tf.function(infer, jit_compile=True)` compiles it whole.
 
-Measured on the parts dataset (default training, K = 8,24, 256 held-out images, δ and σ
-of the run; docs/explanation.md): one chain from N(0, I) for 200 steps reaches 22.2 dB
-and parse accuracy 0.881; the defaults below (16 chains x 100 steps, bank starts) reach
-27.9 dB and 0.914, as good as the same inference on training images (28.1 dB, 0.919) and
-better than their persistent chains (25.1 dB, 0.914), which carry the noise of their last
-Langevin steps. The restarts do most of it: on an earlier run, annealing (3σ, 4 stages)
-and twice the steps changed the PSNR by less than 0.2 dB, and noise-free refinement at the
-training δ = 0.3 overshot (it helps only with a smaller step), so both are off by default.
+The restarts with bank starts are what bring held-out images up to the same inference on
+training images; annealing and refinement are off by default because they did not pay at
+the training step size. The figures: README.md, "What the model learns" (plain Langevin,
+i.e. one chain from N(0, I) for 200 steps, against these defaults), and
+docs/explanation.md, "Why these inference settings".
 """
 
 import dataclasses

@@ -92,9 +92,9 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
     squared_error = squared_error_fn(generator, images, observed)
     if noise:
         # All steps' noise in one draw, [steps, batch, d]: under XLA on CPU a draw inside
-        # the loop costs about 1 ms per step whatever its size (about a tenth of a
-        # paper-size step), one draw of all of it a few hundredths. It is the only
-        # memory that grows with L, by 4·L·batch·d bytes (1.5 MB at L = 60, batch 64).
+        # the loop has a fixed cost per step whatever its size, one draw of all of it is
+        # paid once (BENCHMARKS.md, "One noise draw per chain"). It is the only memory
+        # that grows with L, by 4·L·batch·d bytes.
         all_noise = tf.random.stateless_normal(
             tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype, alg="philox")
 

@@ -6,7 +6,8 @@ Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.m
   value comes from `tf.math.top_k`, or under XLA on CPU, where top_k is a serial partial
   sort, from an exact bisection on the float bits whose counts are matmuls.
 * `TransposedConv` is one matmul followed by an overlap-add, instead of the stock
-  `Conv2DTranspose`, whose XLA lowering on CPU is an order of magnitude slower.
+  `Conv2DTranspose`, whose XLA lowering on CPU is several times slower (BENCHMARKS.md,
+  "Layer choices").
 
 The sparse path (issue 14) is the same two operations on a sparse code: `TopK.units`
 lists the K kept entries (values and indices, static shape), and `TransposedConv.paint`
@@ -28,9 +29,9 @@ def kth_largest(values, k, bisection=False):
     `tf.math.top_k(values, k).values`, whichever way it is computed: `top_k`, or with
     bisection=True and inside a traced function, `kth_largest_by_bisection`. The two
     agree bit for bit. Bisection is for XLA on CPU, whose top_k is a std::partial_sort of
-    one row after another on one core (xla/service/cpu/runtime_topk.cc): 3x slower than
-    the bisection there, while without XLA (TensorFlow's multi-threaded TopK kernel) and
-    on GPU top_k is the faster one (BENCHMARKS.md).
+    one row after another on one core (xla/service/cpu/runtime_topk.cc), slower than the
+    bisection there, while without XLA (TensorFlow's multi-threaded TopK kernel) and on
+    GPU top_k is the faster one (BENCHMARKS.md, "Layer choices").
     """
     if bisection and not tf.executing_eagerly():
         return kth_largest_by_bisection(values, k)

@@ -116,14 +116,39 @@ def hparams_of(config):
     return values
 
 
-class ResumableTensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard callback, counting batches from the restored optimizer step so a
-    resumed run continues its curves instead of restarting them at 0."""
+class TrainScalars(keras.callbacks.Callback):
+    """Training curves for TensorBoard, under the names Keras' TensorBoard callback uses:
+    "batch_<metric>" every `every` optimizer steps and "epoch_<metric>" (with
+    "epoch_learning_rate") after each epoch, in logdir (the run's tb/train).
 
-    def __init__(self, initial_step, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_step = initial_step
+    The x axes are the optimizer's step and the epoch, both restored from the checkpoint,
+    so a resumed run continues its curves instead of restarting them at 0; Keras'
+    callback counts batches from 0 in every `fit`, and has no public way to start it
+    elsewhere.
+    """
+
+    def __init__(self, logdir, every):
+        super().__init__()
+        self.logdir, self.every = logdir, every
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._global_train_batch = self.initial_step
+        self.writer = tf.summary.create_file_writer(self.logdir)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable.
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self._write("batch", logs, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        learning_rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        self._write("epoch", {**(logs or {}), "learning_rate": learning_rate}, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+    def _write(self, prefix, logs, step):
+        with self.writer.as_default(step=step), tf.summary.record_if(True):
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(f"{prefix}_{name}", float(value))

@@ -30,8 +30,9 @@ class ImageSummaries:
         recon = self.model.generator(tf.gather(self.model.chains.value, self.ids)).numpy()
         pairs = np.stack([self.images.astype(np.float32) / 127.5 - 1.0, recon], 1)
         pairs = pairs.reshape((-1,) + recon.shape[1:])
-        # record_if(True): Keras' TensorBoard callback gates all summaries during fit on
-        # step % --log_every == 0, which would drop checkpoints at other steps.
+        # record_if(True): whatever recording condition a caller has set (Keras' own
+        # TensorBoard callback gates every summary on its update_freq), a checkpoint's
+        # images are always written.
         with self.writer.as_default(step=step), tf.summary.record_if(True):
             tf.summary.image("samples", image_grid(samples)[None], max_outputs=1,
                              description="Samples g(z) of fixed draws z ~ N(0, I): the "

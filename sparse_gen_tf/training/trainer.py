@@ -5,7 +5,7 @@ workdir/
                      (`run.load_run` reads it back for explain, evaluate and export)
   flags.txt          the same as a flagfile: `python train.py --flagfile=workdir/flags.txt`
   checkpoints/       tf.train checkpoints: generator, chains, optimizer, epoch, RNG state
-  tb/train/          Keras TensorBoard scalars (batch_* every --log_every steps, epoch_*)
+  tb/train/          scalars: batch_* every --log_every steps, epoch_* (callbacks.TrainScalars)
   tb/images/         image grids written at each checkpoint
 
 With several workers (--strategy=multi_worker) only the chief writes here (distribute.py).
@@ -20,7 +20,7 @@ from absl import logging
 
 from sparse_gen_tf.training import distribute, run
 from sparse_gen_tf.training.callbacks import (Checkpointing, DivergenceGuard,
-                                              HParamsSummary, ResumableTensorBoard)
+                                              HParamsSummary, TrainScalars)
 from sparse_gen_tf.training.summaries import (ImageSummaries, explanation_summaries,
                                               grammar_summaries)
 from sparse_gen_tf.training.config import TrainConfig, flag_values, state_settings
@@ -108,9 +108,7 @@ def train(config: TrainConfig):
                                                   seed=config.seed))
         callbacks = [
             DivergenceGuard(),
-            ResumableTensorBoard(int(model.optimizer.iterations.numpy()),
-                                 log_dir=os.path.join(config.workdir, "tb"),
-                                 update_freq=config.log_every, write_graph=False),
+            TrainScalars(os.path.join(config.workdir, "tb", "train"), config.log_every),
             Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
             HParamsSummary(config, os.path.join(config.workdir, "tb")),
         ]
