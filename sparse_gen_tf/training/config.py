@@ -63,7 +63,8 @@ class TrainConfig:
     learning_rate: float = _setting(
         3e-3, "Initial Adam learning rate; cosine-decayed to a tenth by --train_steps.")
     jit_compile: bool = _setting(True, "Compile the train step, Langevin included, with XLA.")
-    seed: int = _setting(0, "Seeds data generation, chains and Langevin noise.", state=True)
+    seed: int = _setting(0, "Seeds data generation, the initial weights, chains and Langevin "
+                    "noise.", state=True)
     checkpoint_every: int = _setting(
         5, "Epochs between checkpoints (and TensorBoard image grids).", lower_bound=1)
     keep_checkpoints: int = _setting(3, "How many of the latest checkpoints to keep.",

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 
+import keras
 import tensorflow as tf
 from absl import logging
 
@@ -66,6 +67,9 @@ def train(config: TrainConfig):
         raise UserError(f"--batch_size={config.batch_size} does not split evenly over "
                         f"{replicas} replicas; use a multiple of {replicas}")
     distribute.set_precision(config.mixed_precision)
+    # Keras' initialisers draw from the global seed: without this the same --seed would
+    # start from other weights in every process, and two runs could not be compared.
+    keras.utils.set_random_seed(config.seed)
     data = pipeline.load_for(config)
     check_same_examples(config, data.num_examples)
     dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed)
