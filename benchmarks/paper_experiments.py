@@ -76,9 +76,9 @@ flags.DEFINE_bool("train", True, "Train runs that lack the final checkpoint; --n
                   "scores whatever checkpoint each workdir has.")
 flags.DEFINE_bool("served", True, "Also score the exported reconstruct signature.")
 cli.define_inference_flags()
-# Noise-free refinement of the winning chain, at a third of the training δ = 0.3: on the
-# 1,000-step faces runs it raised held-out PSNR by 0.5 dB sparse and 1.4 dB dense, about
-# what Adam on z for 1,000 steps reaches; at δ = 0.3 itself gradient ascent overshoots.
+# Noise-free refinement of the winning chain, at a third of the training δ = 0.3 (at δ
+# itself gradient ascent overshoots): what it adds on faces and bricks is in the README,
+# "Real images".
 FLAGS.set_default("refine_steps", 200)
 FLAGS.set_default("refine_step_size", 0.1)
 
