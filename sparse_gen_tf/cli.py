@@ -34,7 +34,12 @@ def define_inference_flags():
     flags.DEFINE_integer("anneal_stages", d.anneal_stages, "Stages of σ annealing.",
                          lower_bound=1)
     flags.DEFINE_integer("refine_steps", d.refine_steps,
-                         "Noise-free steps on the selected chain.", lower_bound=0)
+                         "Noise-free steps (gradient ascent on Eq. 11) on the selected "
+                         "chain.", lower_bound=0)
+    flags.DEFINE_float("refine_step_size", d.refine_step_size,
+                       "δ of the refinement steps (default: the model's Langevin δ, at "
+                       "which gradient ascent can overshoot; faces use 0.1).",
+                       lower_bound=0.0)
     flags.DEFINE_boolean("use_bank", d.use_bank,
                          "Start chains from the training images' persistent chains too.")
 
@@ -44,4 +49,5 @@ def inference_settings(values):
     return inference.InferenceSettings(
         steps=values.inference_steps, restarts=values.restarts,
         anneal_sigma=values.anneal_sigma, anneal_stages=values.anneal_stages,
-        refine_steps=values.refine_steps, use_bank=values.use_bank)
+        refine_steps=values.refine_steps, use_bank=values.use_bank,
+        refine_step_size=values.refine_step_size)

@@ -34,6 +34,12 @@ def define_flags():
                          "k-means centroids of the training chains (each the mean of at "
                          f"least {serving.MIN_MEMBERS}) that reconstruct starts from; 0 "
                          "starts from N(0, I) only.", lower_bound=0)
+    flags.DEFINE_integer("reconstruct_refine_steps", defaults.refine_steps,
+                         "Noise-free steps (gradient ascent on Eq. 11) on reconstruct's "
+                         "winning chain.", lower_bound=0)
+    flags.DEFINE_float("reconstruct_refine_step_size", defaults.refine_step_size,
+                       "δ of those steps (default: the model's Langevin δ, at which "
+                       "gradient ascent can overshoot; faces use 0.1).", lower_bound=0.0)
     flags.DEFINE_boolean("export_training_codes", defaults.training_codes,
                          "Put every training image's chain in the export as reconstruct's "
                          "starting points. Anyone with the file can then render the "
@@ -49,15 +55,19 @@ def main(argv):
     values = flags.FLAGS
     settings = serving.ReconstructSettings(
         steps=values.reconstruct_steps, restarts=values.reconstruct_restarts,
-        centroids=values.reconstruct_centroids, training_codes=values.export_training_codes)
+        centroids=values.reconstruct_centroids, training_codes=values.export_training_codes,
+        refine_steps=values.reconstruct_refine_steps,
+        refine_step_size=values.reconstruct_refine_step_size)
     try:
         path = serving.export_workdir(values.workdir, values.export_base, settings=settings,
                                       version=values.version)
     except UserError as e:
         sys.exit(f"export_saved_model.py: error: {e}")
     codes = " from the training codes" if values.export_training_codes else ""
+    refine = (f", then {settings.refine_steps} noise-free steps" if settings.refine_steps
+              else "")
     print(f"Exported {path} (signatures: {', '.join(serving.SIGNATURES)}; reconstruct runs "
-          f"{settings.restarts} chains of {settings.steps} Langevin steps{codes})")
+          f"{settings.restarts} chains of {settings.steps} Langevin steps{codes}{refine})")
 
 
 def run():

@@ -37,7 +37,9 @@ EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
 TINY = TrainConfig(num_images=64, batch_size=32, langevin=LangevinConfig(steps=2),
                    generator=GeneratorConfig(channels=(8, 8), topk=(4, 8), latent_dim=4),
                    train_steps=2, jit_compile=False, num_summary_images=4)
-RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3)
+# With refinement, so that every test of the served reconstruct covers it too.
+RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3, refine_steps=4,
+                                          refine_step_size=0.05)
 
 
 def run_export(*flags, timeout=300):
@@ -79,7 +81,9 @@ def exported(tmp_path_factory):
     base = str(tmp / "exports")
     result = run_export(f"--workdir={config.workdir}", f"--export_base={base}",
                         f"--reconstruct_steps={RECONSTRUCT.steps}",
-                        f"--reconstruct_restarts={RECONSTRUCT.restarts}")
+                        f"--reconstruct_restarts={RECONSTRUCT.restarts}",
+                        f"--reconstruct_refine_steps={RECONSTRUCT.refine_steps}",
+                        f"--reconstruct_refine_step_size={RECONSTRUCT.refine_step_size}")
     assert result.returncode == 0, result.stderr[-3000:]
     model = run.load_run(config.workdir).model
     return types.SimpleNamespace(workdir=config.workdir, base=base,
@@ -156,6 +160,14 @@ def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported)
     assert set(served) == set(expected)
     for key, value in expected.items():
         np.testing.assert_allclose(served[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_signatures_json_records_the_refinement_baked_into_reconstruct(exported):
+    with open(os.path.join(exported.path, serving.INFO_FILE)) as f:
+        reconstruct = json.load(f)["signatures"]["reconstruct"]
+    assert reconstruct["langevin"]["refine_steps"] == RECONSTRUCT.refine_steps
+    assert reconstruct["langevin"]["refine_step_size"] == RECONSTRUCT.refine_step_size
+    assert "noise-free steps" in reconstruct["doc"]
 
 
 def test_masks_keep_at_most_k_and_activations_are_the_surviving_values(exported, loaded):

@@ -288,3 +288,20 @@ def test_celeb_a_missing_fails_fast_with_a_one_line_error(tmp_path):
     message = error_message(excinfo)
     assert str(tmp_path) in message and "tfds build celeb_a" in message
     assert "--dataset=folder" in message
+
+
+def test_flip_appends_each_training_image_mirrored_and_leaves_the_heldout_ones(tmp_path):
+    from sparse_gen_tf.data import pipeline
+    for i in range(5):  # image i: red on the left, value i on the right
+        pixels = solid(8, 8, (i, i, i))
+        pixels[:, :3] = RED
+        write_png(tmp_path / f"{i}.png", pixels)
+    data = pipeline.load("folder", image_size=8, num_images=3, data_dir=str(tmp_path),
+                         heldout=2, flip=True)
+    assert data.num_examples == 6 and len(data.heldout) == 2
+    np.testing.assert_array_equal(data.images[3:], data.images[:3, :, ::-1])
+    np.testing.assert_array_equal(data.images[:3, 0, 0], [RED] * 3)  # as on disk
+    np.testing.assert_array_equal(data.images[3:, 0, -1], [RED] * 3)  # mirrored
+    np.testing.assert_array_equal(data.heldout[:, 0, 0], [RED] * 2)
+    with pytest.raises(DataError, match="--flip is for image datasets"):
+        pipeline.load("parts", image_size=16, num_images=4, flip=True)

@@ -89,3 +89,18 @@ def test_masked_pixels_do_not_change_the_inferred_z():
     # Without the mask the occluder does change z: the test above can fail.
     unmasked = compiled(generator, steps=10, restarts=2, seed=3, bank=bank)
     assert not np.allclose(unmasked(tf.constant(images)), unmasked(tf.constant(occluded)))
+
+
+def test_refinement_climbs_the_log_joint_with_its_own_step_size():
+    generator = sharp_generator()
+    images = generator(tf.random.stateless_normal([4, 8], [7, 7]))
+    common = dict(steps=10, restarts=2, seed=1)
+    unrefined = compiled(generator, **common)(images)
+    refined = compiled(generator, refine_steps=30, refine_step_size=0.02, **common)(images)
+    # Noise-free ascent from the same selected chain only raises log p(z, Y).
+    assert (energy(generator, refined, images) < energy(generator, unrefined, images)).all()
+    # Without refine_step_size the refinement takes the Langevin δ (0.1 here): another z.
+    at_delta = compiled(generator, refine_steps=30, **common)(images)
+    same = compiled(generator, refine_steps=30, refine_step_size=0.1, **common)(images)
+    np.testing.assert_array_equal(at_delta, same)
+    assert not np.allclose(at_delta, refined)

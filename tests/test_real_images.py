@@ -16,8 +16,8 @@ SCRIPT = os.path.join("benchmarks", "paper_experiments.py")
 TINY_FLAGFILE = ("--image_size=32\n--num_images=64\n--batch_size=8\n--latent_dim=4\n"
                  "--channels=8,8\n--kernel_sizes=4,8\n--strides=2,8\n--topk=4,8\n"
                  "--langevin_steps=2\n--checkpoint_every=1\n--num_summary_images=2\n")
-FAST = ("--inference_steps=2", "--restarts=2", "--num_heldout=4", "--heldout=4",
-        "--face_steps=2")
+FAST = ("--inference_steps=2", "--restarts=2", "--refine_steps=2", "--num_heldout=4",
+        "--heldout=4", "--face_steps=2")
 
 
 def test_a_channel_at_one_cell_scores_one_and_an_even_channel_one_over_cells():

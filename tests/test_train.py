@@ -114,6 +114,7 @@ def test_resume_with_another_architecture_is_refused(tmp_path):
     (["--langevin_step_size=-1"], "langevin_step_size"),
     (["--batch_size=128"], "exceeds --num_images"),
     (["--heldout=3"], "--heldout is for image datasets"),
+    (["--flip"], "--flip is for image datasets"),
 ])
 def test_bad_flags_fail_with_one_clear_line_and_write_nothing(tmp_path, flags, message):
     workdir = tmp_path / "run"

@@ -34,7 +34,8 @@ class TrainingData:
         return len(self.images)
 
 
-def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0):
+def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0,
+         flip=False):
     """Loads `dataset` ("parts", "celeb_a" or "folder") as `TrainingData`.
 
     parts: the embedded And-Or grammar dataset (no download), seeded by `seed`.
@@ -44,12 +45,18 @@ def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0):
     For the image datasets the last `heldout` of the loaded images are held out, and a
     dataset smaller than asked for is used whole: with fewer than `num_images` +
     `heldout` images the run trains on all but the last `heldout`, and says so.
+    flip: image datasets only: append every training image mirrored left to right, as
+      an example of its own (ids N..2N-1, each with its own chain); the held-out images
+      are not mirrored.
     """
     if dataset == "parts":
         from sparse_gen_tf.data import parts
         if heldout:
             raise DataError("--heldout is for image datasets; --dataset=parts draws fresh "
                             "held-out images, so drop --heldout")
+        if flip:
+            raise DataError("--flip is for image datasets; a mirrored parts image is not a "
+                            "derivation of its grammar, so drop --flip")
         images, truth = parts.generate(num_images, image_size=image_size, seed=seed)
         return TrainingData(images, truth)
     from sparse_gen_tf.data import images as image_files
@@ -75,14 +82,17 @@ def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0):
     else:
         logging.info("training on %d images from %s%s", len(train), where,
                      f"; the next {heldout} are held out" if heldout else "")
-    return TrainingData(train, heldout=loaded[len(train):])
+    heldout_images = loaded[len(train):]
+    if flip:
+        train = np.concatenate([train, train[:, :, ::-1]])
+    return TrainingData(train, heldout=heldout_images)
 
 
 def load_for(config):
     """`load` with the settings of a TrainConfig."""
     return load(config.dataset, image_size=config.generator.image_size,
                 num_images=config.num_images, data_dir=config.data_dir, seed=config.seed,
-                heldout=config.heldout)
+                heldout=config.heldout, flip=config.flip)
 
 
 # Added to a run's seed for the parts images that held-out evaluation draws: a grammar

@@ -9,8 +9,10 @@ a column per run. Every run gets:
   psnr_train_infer      training images, z from `inference.infer` like the held-out ones
   psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
   psnr_heldout_served   held-out images through the exported `reconstruct` signature:
-                        the run exported as export/export_saved_model.py does by default,
-                        loaded with TensorFlow and called (--served)
+                        the run exported as export/export_saved_model.py does by default
+                        (with the --refine_steps and --refine_step_size given here as its
+                        --reconstruct_refine_*), loaded with TensorFlow and called
+                        (--served)
   nonzero_i             fraction of units of sparse layer i that survive, over the
                         training chains' parses
   dead_channels_i       channels of layer i that no training chain's parse uses
@@ -45,6 +47,7 @@ Channels are mapped to parts on the first --num_fit training images (persistent 
 "in use" means surviving in at least one of their parses.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -116,13 +119,13 @@ def occlusion_scores(model, images, part_labels, channel_parts, settings, seed):
                                          part_labels[hidden_cells]))
 
 
-def served_latents(opened, images, batch=64):
+def served_latents(opened, images, batch=64, settings=serving.ReconstructSettings()):
     """z [N, d] for images [N, H, W, 3] in [-1, 1] from the exported `reconstruct`: the
-    run exported with the export command's defaults to a temporary directory, loaded with
-    TensorFlow and called, as TF Serving would."""
+    run exported with `settings` (the export command's defaults unless given) to a
+    temporary directory, loaded with TensorFlow and called, as TF Serving would."""
     model = opened.model
     with tempfile.TemporaryDirectory() as tmp:
-        path = serving.export_generator(model.generator, tmp,
+        path = serving.export_generator(model.generator, tmp, settings=settings,
                                        step_size=model.langevin.step_size,
                                        sigma=model.langevin.sigma, chains=model.chains.numpy())
         reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
@@ -168,6 +171,12 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     heldout = to_model_range(heldout).numpy()
     results["num_heldout"] = len(heldout)
 
+    # The export command's defaults, with the refinement asked for here: what
+    # `export --reconstruct_refine_steps=... --reconstruct_refine_step_size=...` writes.
+    served_settings = dataclasses.replace(serving.ReconstructSettings(),
+                                          refine_steps=settings.refine_steps,
+                                          refine_step_size=settings.refine_step_size)
+
     def infer(images, how=settings):
         return inference.reconstruct(model, images, settings=how, seed=seed).numpy()
 
@@ -181,7 +190,8 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
             results["sharpness_heldout"] = unit_scores.sharpness(reconstructions, heldout)
             if served:
                 results["psnr_heldout_served"] = parts_scores.psnr(
-                    heldout, generator(served_latents(opened, heldout)).numpy())
+                    heldout, generator(served_latents(opened, heldout,
+                                                     settings=served_settings)).numpy())
         return write_results(workdir, results)
 
     truth = data.ground_truth
@@ -212,7 +222,8 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         infer(heldout), heldout, heldout_labels)
     if served:
         results["psnr_heldout_served"], results["parse_accuracy_served"] = score(
-            served_latents(opened, heldout), heldout, heldout_labels)
+            served_latents(opened, heldout, settings=served_settings), heldout,
+            heldout_labels)
     num_train = min(num_heldout, num_fit)
     results["psnr_train_infer"], results["parse_accuracy_train_infer"] = score(
         infer(train[:num_train]), train[:num_train], labels[:num_train])

@@ -21,9 +21,11 @@ Everything is standard TF ops with static shapes (restarts and stages are Python
 
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
-the training step size. The figures: README.md, "What the model learns" (plain Langevin,
-i.e. one chain from N(0, I) for 200 steps, against these defaults), and
-docs/explanation.md, "Why these inference settings".
+the training step size. Refinement with its own smaller step (refine_step_size) does pay
+on faces, and benchmarks/paper_experiments.py uses it. The figures: README.md, "What the
+model learns" (plain Langevin, i.e. one chain from N(0, I) for 200 steps, against these
+defaults) and "Real images" (refinement), and docs/explanation.md, "Why these inference
+settings".
 """
 
 import dataclasses
@@ -41,6 +43,7 @@ class InferenceSettings:
 
     use_bank: start from the persistent chains of the training images (the model's
     `chains`), in addition to N(0, I) draws.
+    refine_step_size: δ_r of the refinement; None takes the model's δ.
     """
     steps: int = 100
     restarts: int = 16
@@ -48,6 +51,7 @@ class InferenceSettings:
     anneal_stages: int = 1
     refine_steps: int = 0
     use_bank: bool = True
+    refine_step_size: float = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -95,7 +99,8 @@ def starting_points(generator, images, seed, *, restarts, sigma, bank=None,
 
 
 def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
-          observed=None, bank=None, anneal_sigma=1.0, anneal_stages=1, refine_steps=0):
+          observed=None, bank=None, anneal_sigma=1.0, anneal_stages=1, refine_steps=0,
+          refine_step_size=None):
     """Infers z for images: restarts, σ annealing, best-chain selection, refinement.
 
     Args:
@@ -110,8 +115,10 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
       bank: optional [M, d] latents to start from, e.g. the training chains.
       anneal_sigma: the first stage's σ is anneal_sigma * sigma (1 = no annealing).
       anneal_stages: number of σ stages, geometric from anneal_sigma * σ to σ.
-      refine_steps: noise-free steps on the selected chain at the end (with step_size,
-        which must then be small enough for gradient ascent to be stable).
+      refine_steps: noise-free steps on the selected chain at the end: gradient ascent
+        on Eq. (11), z <- z + δ_r²/2 ∂/∂z log p(z, Y).
+      refine_step_size: δ_r of those steps; None takes step_size. Gradient ascent needs a
+        smaller step than Langevin: at the training δ = 0.3 it overshoots.
     Returns:
       z [batch, d].
     """
@@ -141,7 +148,8 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
     z = tf.gather_nd(tf.reshape(z, [restarts, batch, d]),
                      tf.stack([best, tf.range(batch)], axis=-1))
     if refine_steps:
-        z = langevin(generator, z, images, seed, steps=refine_steps, step_size=step_size,
+        z = langevin(generator, z, images, seed, steps=refine_steps,
+                     step_size=step_size if refine_step_size is None else refine_step_size,
                      sigma=sigma, noise=False, observed=observed)
     return z
 
@@ -221,4 +229,5 @@ def _compiled(model, settings, seed, masked):
         sigma=model.langevin.sigma, restarts=settings.restarts, seed=seed, observed=observed,
         bank=model.chains.value if settings.use_bank else None,
         anneal_sigma=settings.anneal_sigma, anneal_stages=settings.anneal_stages,
-        refine_steps=settings.refine_steps), jit_compile=True)
+        refine_steps=settings.refine_steps,
+        refine_step_size=settings.refine_step_size), jit_compile=True)

@@ -77,11 +77,15 @@ class ReconstructSettings:
       0 starts from N(0, I) only.
     training_codes: start from the training chains themselves, one per training image,
       as `inference.infer` does; this puts every training example's code in the file.
+    refine_steps, refine_step_size: noise-free steps (gradient ascent on Eq. 11, step
+      δ_r; None takes the model's δ) on the winning chain, as in `inference.infer`.
     """
     steps: int = inference.DEFAULT_SETTINGS.steps
     restarts: int = inference.DEFAULT_SETTINGS.restarts
     centroids: int = 64
     training_codes: bool = False
+    refine_steps: int = inference.DEFAULT_SETTINGS.refine_steps
+    refine_step_size: float = inference.DEFAULT_SETTINGS.refine_step_size
 
     def bank(self, chains):
         """The starting points [M, d] stored in the export, or None, for chains [N, d]."""
@@ -103,7 +107,8 @@ def infer_latent(generator, images, *, settings, step_size, sigma, bank):
     return inference.infer_each(generator, images, steps=settings.steps,
                                 step_size=step_size, sigma=sigma,
                                 restarts=settings.restarts, seed=RECONSTRUCT_SEED,
-                                bank=bank)
+                                bank=bank, refine_steps=settings.refine_steps,
+                                refine_step_size=settings.refine_step_size)
 
 
 def latent_from_seeds(seeds, latent_dim):
@@ -194,14 +199,20 @@ def describe(generator, *, settings, step_size, sigma, bank=None, source=None):
             "reconstruct": {
                 "doc": (f"Infers z for each image: {settings.restarts} Langevin chains "
                         f"(Eq. 10) of {settings.steps} steps, started from `start`, and "
-                        "the one with the highest log joint (Eq. 11) wins; returns g(z) "
-                        "with its parse. Deterministic (fixed noise seed); each image is "
+                        "the one with the highest log joint (Eq. 11) wins"
+                        + (f", then {settings.refine_steps} noise-free steps of gradient "
+                           "ascent on Eq. 11 refine it" if settings.refine_steps else "")
+                        + "; returns g(z) with its parse. Deterministic (fixed noise "
+                        "seed); each image is "
                         "inferred alone, so a row's answer does not depend on the other "
                         "rows."),
                 "langevin": {"steps": settings.steps, "restarts": settings.restarts,
                              "step_size": step_size, "sigma": sigma, "noise": True,
                              "seed": list(RECONSTRUCT_SEED), "start": start,
-                             "training_codes": settings.training_codes},
+                             "training_codes": settings.training_codes,
+                             "refine_steps": settings.refine_steps,
+                             "refine_step_size": (step_size if settings.refine_step_size
+                                                  is None else settings.refine_step_size)},
                 "inputs": {"image": {"dtype": "float32", "shape": image}},
                 "outputs": {"z": [-1, d], "reconstruction": image, **explained}},
             "sample": {

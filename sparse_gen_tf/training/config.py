@@ -52,6 +52,12 @@ class TrainConfig:
         "in file order (the last ones if the folder has fewer than --num_images + "
         "--heldout), for explain and evaluate. parts draws fresh held-out images and "
         "takes no --heldout.", lower_bound=0, state=True)
+    # Faces are nearly symmetric: a mirrored face is another face of the same
+    # distribution, and a second example for the generator to fit.
+    flip: bool = _setting(
+        False, "Image datasets: also train on every training image mirrored left to "
+        "right, as an example with its own chain (twice the chains); the held-out images "
+        "are not mirrored.", state=True)
     generator: GeneratorConfig = dataclasses.field(
         default_factory=GeneratorConfig, metadata={"flag_prefix": ""})
     langevin: LangevinConfig = dataclasses.field(

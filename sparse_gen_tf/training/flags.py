@@ -94,6 +94,15 @@ def _check_heldout(values):
     return True
 
 
+@flags.multi_flags_validator(["dataset", "flip"])
+def _check_flip(values):
+    if values["dataset"] == "parts" and values["flip"]:
+        raise flags.ValidationError(
+            "--flip is for image datasets; a mirrored parts image is not a derivation of "
+            "its grammar, so drop --flip")
+    return True
+
+
 @flags.multi_flags_validator(["strategy", "cpu_devices"])
 def _check_cpu_devices(values):
     if values["cpu_devices"] > 1 and values["strategy"] != "mirrored":
