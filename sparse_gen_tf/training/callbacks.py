@@ -28,10 +28,14 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Saves model, chains and optimizer every `every` epochs through a CheckpointManager.
+    """Saves model, chains, prior and optimizer every `every` epochs through a
+    CheckpointManager.
 
-    tf.train.CheckpointManager writes the files first and then atomically replaces the
-    `checkpoint` index, so a crash mid-save leaves the previous checkpoint the latest.
+    Before each save the model's prior is fitted to the chains as they are now
+    (`AlternatingBackprop.fit_prior`), so that the saved prior belongs to the saved
+    generator. tf.train.CheckpointManager writes the files first and then atomically
+    replaces the `checkpoint` index, so a crash mid-save leaves the previous checkpoint
+    the latest.
     """
 
     def __init__(self, manager, epoch, every, on_save=()):
@@ -50,6 +54,7 @@ class Checkpointing(keras.callbacks.Callback):
         # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable,
         # which int() does not take.
         step = int(self.model.optimizer.iterations.numpy())
+        self.model.fit_prior()
         self.manager.save(checkpoint_number=step)
         for callback in self.on_save:
             callback(step)
