@@ -13,11 +13,13 @@
 
 Why the grammar is sampled at the top feature map and not in z. Each quadrant of a parts
 image picks its composite independently, but the FC map entangles the quadrants: the
-top-node codes of different training images, put together, are not the FC image of any z
-(the least-squares z of such a map renders 0.15 legal quadrants, against 0.62 for the map
-itself, at 640 steps). So a grammar sample has no z. Its parse starts at fm^1: layer 1's
-surviving OR nodes (activation_1) determine the image, and `Generator.parse_from_top`
-reproduces it from them.
+top-node codes of different training images, put together, are not the FC image of any z,
+and the least-squares z of such a map renders about half as many legal quadrants as the
+map itself (README, the method table). So a grammar sample has no z. Its parse starts at
+fm^1: layer 1's surviving OR nodes (activation_1) determine the image, and
+`Generator.parse_from_top` reproduces it from them. One layer further down (a centroid
+per quadrant's block of bottom AND nodes) scores a little higher, but has no top-layer
+parse to report.
 
 What is stored. A cluster's configuration is its centroid, the mean of the codes (fm^1 at
 that node, before TopK) of at least `clusters.MIN_MEMBERS` training parses, and its
@@ -38,9 +40,10 @@ from sparse_gen_tf.learning import clusters
 
 PRIORS = ("grammar", "normal")
 DEFAULT_PRIOR = "grammar"
-# OR configurations kept per top AND node. On parts (8 composites per quadrant, d = 32,
-# 640 steps) 8 clusters gave 0.43 legal quadrants, 16 gave 0.61 and 32 gave 0.62 (the
-# reconstructions: 0.65): a composite takes several top-node codes.
+# OR configurations kept per top AND node. A parts quadrant has 8 composites, but the
+# model codes one composite with several top-node configurations: 8 or 16 clusters per
+# node lose a third or a tenth of the legal quadrants that 32 reach, and 64 add nothing
+# (README, the method table).
 GRAMMAR_CLUSTERS = 32
 
 
@@ -98,8 +101,9 @@ class GrammarPrior(keras.layers.Layer):
         node n (before TopK) of the training parses in its cluster;
       members [s*s, clusters]: how many training parses the cluster pools, >= MIN_MEMBERS,
         or 0 for an unused slot; node n picks cluster k with probability members / total.
-    The nodes pick independently, as the quadrants of the parts grammar do; the model's
-    own parses agree (measured mutual information between the nodes' clusters: README).
+    The nodes pick independently, as the quadrants of the parts grammar do. (The model's
+    own parses do show some dependence between the nodes' clusters, but independent picks
+    already come within a few percent of the reconstructions' validity: README.)
     """
 
     kind = "grammar"
