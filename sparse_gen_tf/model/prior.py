@@ -101,6 +101,8 @@ class GrammarPrior(keras.layers.Layer):
         node n (before TopK) of the training parses in its cluster;
       members [s*s, clusters]: how many training parses the cluster pools, >= MIN_MEMBERS,
         or 0 for an unused slot; node n picks cluster k with probability members / total.
+    A run with fewer than MIN_MEMBERS training images keeps no cluster: its nodes stay
+    empty (code 0), and its samples are the image of the empty top layer.
     The nodes pick independently, as the quadrants of the parts grammar do. (The model's
     own parses do show some dependence between the nodes' clusters, but independent picks
     already come within a few percent of the reconstructions' validity: README.)
@@ -164,6 +166,10 @@ class GrammarPrior(keras.layers.Layer):
 
     def describe(self):
         members = self.members.numpy()
+        if not self.fitted:
+            return ("the parse of an empty top layer for every seed: the grammar prior "
+                    f"keeps only configurations of at least {clusters.MIN_MEMBERS} "
+                    "training parses, and this run has too few training images")
         return (f"one parse per seed from the induced And-Or grammar: each of the "
                 f"{len(members)} top AND nodes picks one of its "
                 f"{int((members > 0).sum(-1).min())}-{int((members > 0).sum(-1).max())} "

@@ -41,7 +41,6 @@ import tensorflow as tf
 
 from sparse_gen_tf.learning import clusters, inference
 from sparse_gen_tf.model import prior as prior_lib
-from sparse_gen_tf.model.prior import latent_from_seeds  # noqa: F401 (the served N(0, I))
 
 SIGNATURES = ("serving_default", "reconstruct", "sample")
 # Seeds the N(0, I) restarts and the Langevin noise of `reconstruct`: the same for every

@@ -15,9 +15,9 @@ from sparse_gen_tf.model import prior as prior_lib
 class ImageSummaries:
     """Writes image grids to TensorBoard: samples from the model's prior (`model.prior`,
     fitted at the checkpoint), and training images beside their reconstructions g(z_i)
-    from the persistent chains. For cooperative
-    learning also "data_reconstructions_revisions": each training image, g(z_i) and the
-    descriptor's revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
+    from the persistent chains. For cooperative learning also
+    "data_reconstructions_revisions": each training image, g(z_i) and the descriptor's
+    revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
 
     def __init__(self, model, data, logdir, num_images=16, seed=0):
         self.model, self.writer = model, tf.summary.create_file_writer(logdir)
