@@ -84,12 +84,12 @@ class LatentEBMBackprop(AlternatingBackprop):
         seed = tf.cast(self.seed_generator.next(), tf.int32)
         squared_error = self.generator.squared_error_fn(images)
         noise = tf.random.stateless_normal(
-            tf.concat([[self.langevin_steps], tf.shape(z)], 0), seed)
-        delta = self.langevin_step_size
-        for t in range(self.langevin_steps):
+            tf.concat([[self.langevin.steps], tf.shape(z)], 0), seed)
+        delta, sigma = self.langevin.step_size, self.langevin.sigma
+        for t in range(self.langevin.steps):
             with tf.GradientTape() as tape:
                 tape.watch(z)
-                log_likelihood = -tf.reduce_sum(squared_error(z)) / (2.0 * self.sigma ** 2)
+                log_likelihood = -tf.reduce_sum(squared_error(z)) / (2.0 * sigma ** 2)
             grad = tape.gradient(log_likelihood, z) + self.log_prior_grad(z)
             z = z + 0.5 * delta ** 2 * grad + delta * noise[t]
         return z
@@ -114,9 +114,8 @@ def main(argv):
     keras.utils.set_random_seed(config.seed)
     data = pipeline.load_for(config)
     model = LatentEBMBackprop(
-        Generator(config.generator_config()), data.num_examples,
-        langevin_steps=config.langevin_steps, langevin_step_size=config.langevin_step_size,
-        sigma=config.sigma, seed=config.seed, prior_steps=FLAGS.prior_steps,
+        Generator(config.generator), data.num_examples, langevin=config.langevin,
+        seed=config.seed, prior_steps=FLAGS.prior_steps,
         prior_step_size=FLAGS.prior_step_size,
         energy_learning_rate=FLAGS.energy_learning_rate)
     model.generator.initialize_output_bias(data.images.mean(axis=(0, 1, 2)) / 127.5 - 1.0)

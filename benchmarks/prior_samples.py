@@ -64,7 +64,7 @@ def main(argv):
             "samples, grammar prior": grammar.sample(generator, seeds)["image"].numpy(),
             "samples, N(0, I)": prior_lib.NormalPrior(generator.config).sample(
                 generator, seeds)["image"].numpy()}
-    print(f"Run {FLAGS.workdir}, step {opened.step}, K = {list(opened.config.topk)}, "
+    print(f"Run {FLAGS.workdir}, step {opened.step}, K = {list(opened.config.generator.topk)}, "
           f"{len(data)} training images; {n} images per row, seed {FLAGS.seed}.\n")
     print("| images | sharpness (Laplacian energy / data's) | RMS distance to the nearest "
           "training image |\n|---|---|---|")

@@ -12,17 +12,18 @@ import tensorflow as tf
 from sparse_gen_tf import serving
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.learning import clusters
+from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.model.generator import Generator, GeneratorConfig
 from sparse_gen_tf.training import run, trainer
 from sparse_gen_tf.training.config import TrainConfig
 
-TINY = TrainConfig(num_images=64, batch_size=32, langevin_steps=2, channels=(8, 8),
-                   topk=(4, 8), latent_dim=4, train_steps=2, jit_compile=False,
-                   num_summary_images=4)
-# Enough training for about a third of the reconstructions' quadrants to be legal
-# derivations of the grammar (measured: 0.38; grammar samples 0.34, N(0, I) 0.0): the
-# default run for a fifth of its steps, with one checkpoint, at the end.
+TINY = TrainConfig(num_images=64, batch_size=32, langevin=LangevinConfig(steps=2),
+                   generator=GeneratorConfig(channels=(8, 8), topk=(4, 8), latent_dim=4),
+                   train_steps=2, jit_compile=False, num_summary_images=4)
+# The default run for a fifth of its steps (one checkpoint, at the end): enough for a
+# good share of the reconstructions' quadrants to be legal derivations of the grammar,
+# and so a fair test of whether the prior's samples come near them.
 SMALL = TrainConfig(train_steps=640, checkpoint_every=1000, num_summary_images=4)
 NUM_SAMPLES = 256
 
@@ -118,7 +119,7 @@ def test_a_grammar_sample_is_a_sparse_parse_that_its_top_layer_determines(tiny):
     generator = tiny.model.generator
     sample = tiny.model.prior.sample(generator, prior_lib.sample_seeds(8))
     assert "z" not in sample
-    for k, mask_t, mask_r in zip(TINY.topk, sample["topk_masks"], sample["relu_masks"]):
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
         kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
         assert (kept <= k).all() and (kept > 0).all()
     again = generator.parse_from_top(sample["activations"][0])

@@ -104,8 +104,8 @@ class HParamsSummary(keras.callbacks.Callback):
 def hparams_of(config):
     """The hyperparameters of a TrainConfig that tell runs apart, as HParams values (str,
     int, float, bool): K per layer (K_1 = top) and the channels, L and δ of the Langevin
-    dynamics (Eq. 10), σ (Eq. 11), the descriptor, the dataset; "dense" when K is every
-    entry of every feature map."""
+    dynamics (Eq. 10), σ (Eq. 11), the descriptor, the dataset, the prior; "dense" when K
+    is every entry of every feature map."""
     generator, langevin = config.generator, config.langevin
     shapes = generator.feature_map_shapes()
     values = {"dataset": config.dataset, "image_size": generator.image_size,
@@ -116,7 +116,8 @@ def hparams_of(config):
               "L (langevin_steps)": langevin.steps,
               "delta (langevin_step_size)": langevin.step_size,
               "sigma": langevin.sigma, "descriptor": config.descriptor is not None,
-              "learning_rate": config.learning_rate, "train_steps": config.train_steps}
+              "learning_rate": config.learning_rate, "train_steps": config.train_steps,
+              "prior": config.prior}
     values.update({f"K_{i}": k for i, k in enumerate(generator.topk, 1)})
     return values
 

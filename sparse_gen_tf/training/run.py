@@ -102,7 +102,8 @@ def build_model(config, num_examples):
     compiled with Adam, for the strategy in scope. num_examples: one chain per image."""
     jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
                                                         config.jit_compile)
-    learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin)
+    learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin,
+                   prior=config.prior)
     generator = Generator(config.generator)
     if config.descriptor is not None:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
