@@ -154,6 +154,8 @@ class GrammarPrior(keras.layers.Layer):
         logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
                           tf.fill(tf.shape(self.members), -1e30))
 
+        # Plain TF ops, nothing for AutoGraph to convert (it warns about the closure).
+        @tf.autograph.experimental.do_not_convert
         def one(seed):  # [s, s, c] for one row
             choice = tf.random.stateless_categorical(
                 logits, 1, tf.stack([seed, tf.zeros_like(seed)]))  # [s*s, 1]
