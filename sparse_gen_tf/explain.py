@@ -18,7 +18,7 @@ from sparse_gen_tf.explanation import report
 def define_flags():
     flags.DEFINE_string("workdir", None, "Training run to explain.", required=True)
     flags.DEFINE_string("output_dir", None, "Where to write (default WORKDIR/explain).")
-    flags.DEFINE_integer("num_samples", 4, "Samples z ~ N(0, I) to parse.", lower_bound=0)
+    flags.DEFINE_integer("num_samples", 4, "Samples from the run's prior to parse.", lower_bound=0)
     flags.DEFINE_integer("num_images", 4, "Held-out images to infer and parse.",
                          lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Seeds the samples and the inference.", lower_bound=0)

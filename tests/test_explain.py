@@ -60,6 +60,9 @@ def test_explain_writes_figures_and_parse_graphs(workdir):
         with open(os.path.join(out, record["parse_graph"])) as f:
             graph = ParseGraph.from_json(f.read())
         assert [len(layer.and_nodes) for layer in graph.layers] == [4, 16]
+        # Samples of the default (grammar) prior are parses with no z; images have one.
+        assert len(graph.latent) == (0 if record in summary["samples"] else 4)
+    assert summary["prior"] == "grammar" and len(summary["samples"]) == 2
     assert summary["inference"]["restarts"] == 2
 
 
@@ -75,7 +78,7 @@ def test_evaluate_prints_the_table_and_writes_json(workdir):
     assert scores["kernels_in_use"] <= 8 and np.isfinite(scores["psnr_heldout"])
     # The control is the data itself: every quadrant a legal derivation.
     assert scores["validity_data"] == 1.0 and scores["clean_cells_data"] == 1.0
-    assert "| Grammar validity, samples z ~ N(0, I) (legal quadrants) |" in result.stdout
+    assert "| Grammar validity, samples from the prior (legal quadrants) |" in result.stdout
 
 
 @pytest.mark.parametrize("module", ["sparse_gen_tf.explain", "sparse_gen_tf.evaluate"])

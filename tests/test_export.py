@@ -145,12 +145,13 @@ def test_plain_tensorflow_loads_the_export_and_matches_the_keras_model(exported)
         generator, inputs["image"] * 2 - 1, settings=RECONSTRUCT,
         step_size=exported.model.langevin.step_size, sigma=exported.model.langevin.sigma,
         bank=RECONSTRUCT.bank(exported.model.chains.numpy()))
-    sample_z = serving.latent_from_seeds(inputs["seed"], 4)
+    # The run's prior is the grammar: its samples are parses, with no z.
+    sample_parse = exported.model.prior.sample(generator, tf.constant(inputs["seed"]))
     expected = {}
-    for name, z, extra in [("serving_default", inputs["z"], {}),
-                           ("reconstruct", reconstruct_z, {"z": reconstruct_z}),
-                           ("sample", sample_z, {"z": sample_z})]:
-        parse = generator.parse(tf.constant(z))
+    for name, parse, extra in [("serving_default", generator.parse(inputs["z"]), {}),
+                               ("reconstruct", generator.parse(reconstruct_z),
+                                {"z": reconstruct_z}),
+                               ("sample", sample_parse, {})]:
         image_key = "reconstruction" if name == "reconstruct" else "image"
         outputs = {image_key: (parse["image"] + 1) / 2, **extra,
                    **{f"mask_{i}": t * r for i, (t, r) in enumerate(

@@ -332,8 +332,10 @@ def image_panel(generator, record, output_dir, max_or_nodes):
     name = os.path.splitext(record["parse_graph"])[0]
     with open(os.path.join(output_dir, record["parse_graph"])) as f:
         graph = ParseGraph.from_dict(json.load(f))
-    z = np.asarray(graph.latent, np.float32)[None]
-    parse = generator.parse(z)
+    if graph.latent:
+        parse = generator.parse(np.asarray(graph.latent, np.float32)[None])
+    else:  # a grammar sample: no z, its top layer's OR nodes determine it
+        parse = generator.parse_from_top(graph.top_activation())
     image = np.asarray(parse["image"], np.float32)[0]
     layers = []
     for layer in graph.layers:

@@ -19,9 +19,10 @@ a column per run. Every run gets:
   specificity_i         location specificity of layer i over the training chains'
                         parses: the mean share of a channel's energy at its most-used
                         cell (unit_scores; 1 / cells if it fires everywhere alike)
-  sharpness_samples     Laplacian energy of samples g(z), z ~ N(0, I), relative to the
-                        training images' (unit_scores.sharpness); sharpness_heldout the
-                        same for the held-out reconstructions through inference.infer
+  sharpness_samples     Laplacian energy of samples from the run's prior (--prior, "prior"
+                        in evaluation.json) relative to the training images'
+                        (unit_scores.sharpness); sharpness_heldout the same for the
+                        held-out reconstructions through inference.infer
 
 Held-out images are fresh draws of the grammar for parts, and the --heldout images for an
 image dataset; a run trained without --heldout has no held-out rows. Runs on the
@@ -39,7 +40,7 @@ the definitions):
   validity_*            the fraction of quadrants that are legal derivations of the
                         grammar (`parts_scores.grammar_validity`), and clean_cells_* the
                         fraction of cells holding one part at the data's intensity or
-                        nothing: of --num_heldout samples g(z), z ~ N(0, I); of the
+                        nothing: of --num_heldout samples from the run's prior; of the
                         reconstructions g(z_i) of training images (the model's ceiling);
                         and of the training images themselves (the control, 1.0)
 
@@ -61,6 +62,7 @@ from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.training.run import load_run
 
 ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
@@ -74,6 +76,7 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
         ("psnr_heldout_served", "PSNR held-out, exported reconstruct (dB)", "{:.2f}"),
         ("psnr_train", "PSNR training, persistent chains (dB)", "{:.2f}"),
+        ("prior", "Prior of the samples (--prior)", "{}"),
         ("sharpness_samples", "Sharpness of samples (Laplacian energy / data's)",
          "{:.3f}"),
         ("sharpness_heldout", "Sharpness of held-out reconstructions", "{:.3f}"),
@@ -84,9 +87,9 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
          "{:.3f}"),
         ("psnr_occluded", "PSNR held-out, hidden pixels only (dB)", "{:.2f}"),
         ("parse_accuracy_plain", "Parse accuracy, held-out, plain Langevin", "{:.3f}"),
-        ("validity_samples", "Grammar validity, samples z ~ N(0, I) (legal quadrants)",
+        ("validity_samples", "Grammar validity, samples from the prior (legal quadrants)",
          "{:.3f}"),
-        ("clean_cells_samples", "Clean cells, samples z ~ N(0, I)", "{:.3f}"),
+        ("clean_cells_samples", "Clean cells, samples from the prior", "{:.3f}"),
         ("validity_reconstructions", "Grammar validity, reconstructions of training "
          "images", "{:.3f}"),
         ("validity_data", "Grammar validity, training images (control)", "{:.3f}"),
@@ -164,8 +167,8 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     train = to_model_range(data.images).numpy()
     results["psnr_train"] = parts_scores.psnr(train, generator(chains).numpy())
     results.update(unit_scores.layer_specificities(generator, chains))
-    samples = generator(tf.random.stateless_normal(
-        [min(num_heldout, len(train)), generator.config.latent_dim], [seed, 3])).numpy()
+    results["prior"] = model.prior.kind
+    samples = draw_samples(model, min(num_heldout, len(train)), seed)
     results["sharpness_samples"] = unit_scores.sharpness(samples, train)
     heldout, heldout_truth = pipeline.heldout_images(config, num_heldout, data)
     heldout = to_model_range(heldout).numpy()
@@ -232,17 +235,24 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     if baseline:
         results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score(
             infer(heldout, inference.PLAIN_SETTINGS), heldout, heldout_labels)
-    results.update(sample_scores(generator, chains, train, truth, num_heldout, seed))
+    results.update(sample_scores(model, train, truth, num_heldout, seed))
     return write_results(workdir, results)
 
 
-def sample_scores(generator, chains, train, truth, num_samples, seed):
-    """{validity_*, clean_cells_*} of samples g(z), z ~ N(0, I), of the reconstructions of
-    training images g(z_i), and of the training images [N, H, W, 3] in [-1, 1]."""
-    z = tf.random.stateless_normal([num_samples, generator.config.latent_dim], [seed, 1])
+def draw_samples(model, num, seed):
+    """num samples [num, H, W, 3] in [-1, 1] from the model's prior (`model.prior`)."""
+    return model.prior.sample(model.generator,
+                              prior_lib.sample_seeds(num, seed))["image"].numpy()
+
+
+def sample_scores(model, train, truth, num_samples, seed):
+    """{validity_*, clean_cells_*} of samples from the model's prior, of the
+    reconstructions of training images g(z_i), and of the training images [N, H, W, 3] in
+    [-1, 1]."""
     scores = {}
-    for name, images in (("samples", generator(z).numpy()),
-                         ("reconstructions", generator(chains[:num_samples]).numpy()),
+    chains = model.chains.numpy()
+    for name, images in (("samples", draw_samples(model, num_samples, seed)),
+                         ("reconstructions", model.generator(chains[:num_samples]).numpy()),
                          ("data", train[:num_samples])):
         scores[f"validity_{name}"], scores[f"clean_cells_{name}"] = (
             parts_scores.grammar_validity(images, truth))

@@ -74,10 +74,25 @@ class Layer:
 
 @dataclasses.dataclass(frozen=True)
 class ParseGraph:
-    """The And-Or parse graph of one image: its latent z and the layers, top first."""
+    """The And-Or parse graph of one image: its latent z and the layers, top first.
+
+    latent is () for a sample of the grammar prior, which is drawn as a parse and has no
+    z; its top layer's OR nodes determine it (`top_activation`).
+    """
     image_size: int
     latent: tuple
     layers: tuple
+
+    def top_activation(self):
+        """fm^1_s [1, h, w, c] float32, the top layer's surviving coefficients (0 elsewhere):
+        `generator.parse_from_top` of it reproduces the parse, TopK_1 and ReLU keeping it
+        as it is."""
+        top = self.layers[0]
+        activation = np.zeros((1,) + tuple(top.shape), np.float32)
+        for a in top.and_nodes:
+            for o in a.or_nodes:
+                activation[0, a.y, a.x, o.channel] = o.coefficient
+        return activation
 
     def or_nodes(self, layer):
         """[(y, x, OrNode)] of the 1-based layer, in AND-node order."""
@@ -167,18 +182,20 @@ def _links(kernel, stride, y, x, channel, coefficient, below):
 
 
 def build(generator, z, parse=None):
-    """The parse graphs of a batch of latents.
+    """The parse graphs of a batch of latents, or of parses.
 
     Args:
       generator: a `Generator`.
-      z: [batch, latent_dim] (numpy or tensor).
-      parse: `generator.parse(z)` if already computed.
+      z: [batch, latent_dim] (numpy or tensor), or None for parses that have no z (the
+        grammar prior's samples); their graphs have latent ().
+      parse: `generator.parse(z)` if already computed; required when z is None.
     Returns:
       list of `ParseGraph`, one per example.
     """
     parse = parse if parse is not None else generator.parse(z)
     config = generator.config
-    z = np.asarray(z, np.float32)
+    batch = int(np.shape(parse["feature_maps"][0])[0])
+    z = np.zeros([batch, 0], np.float32) if z is None else np.asarray(z, np.float32)
     features = [np.asarray(f) for f in parse["feature_maps"]]
     topk = [np.asarray(m) > 0 for m in parse["topk_masks"]]
     alive = [np.asarray(a) > 0 for a in parse["activations"]]

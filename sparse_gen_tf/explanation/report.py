@@ -10,8 +10,9 @@ writes into DIR (default WORKDIR/explain):
   kernels_*_normalised.png   the same, each unit min-max stretched to its own range: on
                              real images a kernel is faint beside the bias and its shape
                              shows only this way (visualize.normalise_each)
-  sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of g(z),
-                             z ~ N(0, I)
+  sample_<i>.png, .json      the parse figure (Fig. 3) and And-Or parse graph of a
+                             sample from the run's prior (--prior; the grammar's samples
+                             are parses with no z, "latent": [] in the graph)
   image_<i>.png, .json       the same for held-out images, z inferred by `inference.infer`
   image_<i>_normalised.png   that parse figure with each OR node stretched to its range
                              (training images when an image run held none out)
@@ -37,6 +38,7 @@ from sparse_gen_tf.explanation import basis, dashboard, parse_graph, visualize
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.explanation.figures import image_grid, write_png
 from sparse_gen_tf.training.run import load_run
 
@@ -56,21 +58,29 @@ def pair_grid(pairs):
     return visualize.upscale(grid, max(1, 96 // pairs.shape[1]))
 
 
-def explain_latents(generator, z, output_dir, prefix, normalised=False):
+def row_of(parse, i):
+    """Example i of a batched parse dict, as a parse of batch 1."""
+    return {key: [v[i:i + 1] for v in value] if isinstance(value, list) else value[i:i + 1]
+            for key, value in parse.items()}
+
+
+def explain_latents(generator, z, output_dir, prefix, normalised=False, parse=None):
     """Writes <prefix>_<i>.png (parse figure) and .json (parse graph) for each z [n, d],
     and with normalised=True also <prefix>_<i>_normalised.png; returns [{file,
-    identity_error per layer}]."""
-    parse = generator.parse(z)
+    identity_error per layer}]. parse: the parses instead, with z None, for samples
+    of the grammar prior (which have no z)."""
+    parse = parse if parse is not None else generator.parse(z)
     graphs = parse_graph.build(generator, z, parse)
     errors = [basis.identity_error(generator, parse, layer).numpy()
               for layer in range(1, generator.num_layers + 1)]
     records = []
     for i, graph in enumerate(graphs):
+        one = row_of(parse, i)
         write_png(os.path.join(output_dir, f"{prefix}_{i}.png"),
-                  visualize.parse_figure(generator, z[i]))
+                  visualize.parse_figure(generator, None, parse=one))
         if normalised:
             write_png(os.path.join(output_dir, f"{prefix}_{i}_normalised.png"),
-                      visualize.parse_figure(generator, z[i], normalised=True))
+                      visualize.parse_figure(generator, None, normalised=True, parse=one))
         with open(os.path.join(output_dir, f"{prefix}_{i}.json"), "w") as f:
             f.write(graph.to_json())
         records.append({"figure": f"{prefix}_{i}.png", "parse_graph": f"{prefix}_{i}.json",
@@ -102,9 +112,12 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
                   figures[f"{part}_normalised"])
     write_png(os.path.join(output_dir, "kernels_normalised.png"),
               stack(figures["bottom_normalised"], figures["top_normalised"]))
-    summary = {"workdir": workdir, "topk": list(config.generator.topk),
-               "samples": explain_latents(generator, latents[:num_samples], output_dir,
-                                          "sample")}
+    summary = {"workdir": workdir, "topk": list(config.generator.topk), "prior": model.prior.kind,
+               "samples": []}
+    if num_samples:
+        samples = model.prior.sample(generator, prior_lib.sample_seeds(num_samples, seed))
+        summary["samples"] = explain_latents(generator, samples.get("z"), output_dir,
+                                             "sample", parse=samples)
 
     if num_images:
         images, _ = pipeline.heldout_images(config, num_images)

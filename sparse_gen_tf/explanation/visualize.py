@@ -147,8 +147,11 @@ def _and_panel(crop, thumbs, coefficients, max_coefficient, max_or, scale):
     return panel
 
 
-def parse_figure(generator, z, max_or=3, thumb=40, normalised=False):
+def parse_figure(generator, z, max_or=3, thumb=40, normalised=False, parse=None):
     """The parse of one latent z [d] as a picture (Fig. 3): uint8 [H', W', 3].
+
+    parse: instead of z (None), a parse of one example (`Generator.parse` of batch 1), e.g.
+    a sample of the grammar prior, which has no z.
 
     One block per sparse layer, bottom first. Left: the generated image with the layer's
     AND cells outlined; right: one panel per AND node, holding the crop of the image its
@@ -158,7 +161,8 @@ def parse_figure(generator, z, max_or=3, thumb=40, normalised=False):
     crop, min-max stretched (`normalise_each`), which shows its shape on images whose
     units are faint beside the bias.
     """
-    parse = generator.parse(np.asarray(z, np.float32)[None])
+    if parse is None:
+        parse = generator.parse(np.asarray(z, np.float32)[None])
     # float32: under a mixed precision policy the parse is 16-bit (bfloat16 has no round).
     image = np.asarray(parse["image"], np.float32)[0]
     size = image.shape[0]

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from sparse_gen_tf.training import distribute
 from sparse_gen_tf.learning.langevin import LangevinConfig, langevin
+from sparse_gen_tf.model import prior as prior_lib
 
 
 def psnr(mse):
@@ -67,13 +68,15 @@ class AlternatingBackprop(keras.Model):
       langevin: a `LangevinConfig`, L, δ and σ of Eq. (10)-(11); default train.py's.
       langevin_noise: False drops the δ·E term (deterministic inference, for tests).
       seed: seeds the chains' initial draw and the Langevin noise.
+      prior: where samples come from (`model.prior`: "grammar" or "normal"); the grammar
+        prior's state is fitted from the chains by `fit_prior`, at every checkpoint.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
         cannot be (several replicas; `distribute.compile_options`).
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
-                 seed=0, jit_langevin=False, **kwargs):
+                 seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR, **kwargs):
         super().__init__(**kwargs)
         self.jit_langevin = bool(jit_langevin)
         self.generator = generator
@@ -86,6 +89,8 @@ class AlternatingBackprop(keras.Model):
             name="chains", shape=(self.num_examples, latent_dim), trainable=False,
             initializer=keras.initializers.RandomNormal(seed=seed))
         self.seed_generator = keras.random.SeedGenerator(seed, name="langevin_seed")
+        self.seed = int(seed)
+        self.prior = prior_lib.make(prior, generator.config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "loss", "mse", "psnr", "log_likelihood", "log_prior", "z_norm")}
         for i, c in enumerate(generator.config.channels, 1):
@@ -127,6 +132,13 @@ class AlternatingBackprop(keras.Model):
 
     def call(self, z):
         return self.generator(z)
+
+    def fit_prior(self):
+        """Fits the prior's state to the persistent chains (`Prior.fit`): the distribution
+        samples come from, ex post, for the generator as it is now. The checkpoint
+        callback calls it before every save, so a checkpoint's prior matches its
+        generator; it runs on the host, a few seconds for thousands of chains."""
+        self.prior.fit(self.generator, self.chains.numpy(), seed=self.seed)
 
     def infer(self, z, images, observed=None):
         """Langevin posterior sampling (Eq. 10) from z [batch, d] for images; returns z."""

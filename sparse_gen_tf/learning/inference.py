@@ -34,6 +34,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.learning import clusters
 from sparse_gen_tf.learning.langevin import langevin, log_joint
 
 
@@ -170,35 +171,13 @@ def infer_each(generator, images, **kwargs):
                      fn_output_signature=tf.TensorSpec([d], tf.float32))
 
 
-def chain_centroids(chains, num, *, min_members=8, seed=0, iterations=25):
+def chain_centroids(chains, num, *, min_members=clusters.MIN_MEMBERS, seed=0,
+                    iterations=25):
     """k-means centroids [C, d] of the persistent chains [N, d], for starting points that
     hold no single training example's code: each centroid is the mean of at least
-    `min_members` chains, C = at most min(num, N // min_members).
-
-    Lloyd's algorithm from a k-means++ start; the centroids of clusters with fewer than
-    min_members chains are then dropped (so C can be smaller than asked).
-    """
-    chains = np.asarray(chains, np.float64)
-    count = min(int(num), len(chains) // min_members)
-    if count < 1:
-        return np.zeros([0, chains.shape[1]], np.float32)
-
-    def nearest(centroids):  # [N] index of each chain's nearest centroid
-        d2 = (centroids ** 2).sum(1)[None] - 2.0 * chains @ centroids.T
-        return d2.argmin(1)
-
-    rng = np.random.RandomState(seed)
-    centroids = chains[[rng.randint(len(chains))]]
-    for _ in range(count - 1):  # k-means++: a new centroid far from the others, by D²
-        d2 = ((chains[:, None] - centroids[None]) ** 2).sum(-1).min(1)
-        centroids = np.concatenate([centroids, chains[[rng.choice(len(chains),
-                                                                 p=d2 / d2.sum())]]])
-    for _ in range(iterations):
-        labels = nearest(centroids)
-        clusters = np.unique(labels)
-        centroids = np.stack([chains[labels == c].mean(0) for c in clusters])
-    # The centroids are the means of the last assignment's clusters: keep the big ones.
-    return centroids[np.bincount(labels)[clusters] >= min_members].astype(np.float32)
+    `min_members` chains, C = at most min(num, N // min_members) (`clusters.kmeans`)."""
+    return clusters.kmeans(chains, num, min_members=min_members, seed=seed,
+                           iterations=iterations)[0]
 
 
 def central_occluder(images):

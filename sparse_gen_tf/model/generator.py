@@ -149,6 +149,11 @@ class Generator(keras.Model):
         mean_pixel = np.clip(np.asarray(mean_pixel, np.float32), -0.95, 0.95)
         self.deconvs[-1].bias.assign(np.arctanh(mean_pixel))
 
+    def top_feature_map(self, z):
+        """fm^1 = reshape(FC(z)) [batch, s, s, c_1], the top feature map before its TopK."""
+        cfg = self.config
+        return tf.reshape(self.fc(z), [-1, cfg.top_size, cfg.top_size, cfg.channels[0]])
+
     def parse(self, z, masks=None, kernels=None, blocked=False):
         """Runs g and records the parse (§2.1-2.2).
 
@@ -166,9 +171,15 @@ class Generator(keras.Model):
           per sparse layer i (lists, top first): "feature_maps" fm^i (before TopK),
           "topk_masks" mask_T, "relu_masks" mask_R, "activations" fm^i_s (after ReLU).
         """
-        cfg = self.config
-        s, c1 = cfg.top_size, cfg.channels[0]
-        fm = tf.reshape(self.fc(z), [-1, s, s, c1])
+        return self.parse_from_top(self.top_feature_map(z), masks=masks, kernels=kernels,
+                                   blocked=blocked)
+
+    def parse_from_top(self, top, masks=None, kernels=None, blocked=False):
+        """`parse` from the top feature map fm^1 [batch, s, s, c_1] (before TopK_1) down:
+        Eq. (1) at every layer. A parse drawn from the grammar prior starts here, and so
+        does the re-rendering of a parse from its layer-1 activations, which TopK_1 and
+        ReLU keep as they are. Arguments and result as in `parse`."""
+        fm = tf.cast(top, self.compute_dtype)
         record = {"feature_maps": [], "topk_masks": [], "relu_masks": [], "activations": []}
         for i, topk in enumerate(self.topks):
             if masks is None:

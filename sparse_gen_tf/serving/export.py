@@ -7,15 +7,17 @@ from sparse_gen_tf.training import run
 
 
 def export_generator(generator, export_base, *, step_size, sigma,
-                     settings=ReconstructSettings(), chains=None, version=None, source=None):
+                     settings=ReconstructSettings(), chains=None, prior=None, version=None,
+                     source=None):
     """Exports generator as the next (or the given) version in export_base; returns its path.
 
     chains: optional [N, d] persistent chains of the training images, from which
-    `settings.bank` makes the starting points of `reconstruct`.
+    `settings.bank` makes the starting points of `reconstruct`. prior: the fitted prior
+    that `sample` draws from (`model.prior`); N(0, I) if None.
     """
     version = choose_version(export_base, version)
     baked = dict(settings=settings, step_size=float(step_size), sigma=float(sigma),
-                 bank=settings.bank(chains))
+                 bank=settings.bank(chains), prior=prior)
     archive = build_archive(generator, **baked)
     return write_version(archive, export_base, version,
                          describe(generator, source=source, **baked))
@@ -31,5 +33,6 @@ def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), vers
     model = opened.model
     return export_generator(model.generator, export_base, settings=settings,
                             step_size=model.langevin.step_size, sigma=model.langevin.sigma,
-                            chains=model.chains.numpy(), version=version,
+                            chains=model.chains.numpy(), prior=model.prior,
+                            version=version,
                             source=opened.checkpoint)

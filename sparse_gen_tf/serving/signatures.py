@@ -7,7 +7,8 @@ sizes are dynamic, and sparse layer i counts from 1 at the top:
     serving_default  z float32 [batch, d]              -> image, mask_i, activation_i
     reconstruct      image float32 [batch, H, W, 3]    -> z, reconstruction, mask_i,
                                                           activation_i
-    sample           seed int64 [batch]                -> image, z, mask_i, activation_i
+    sample           seed int64 [batch]                -> image, mask_i, activation_i
+                                                          (and z, with prior normal)
 
 mask_i [batch, h_i, w_i, c_i] is 1 where unit (h, w, c) of feature map i survived both
 TopK and ReLU (mask_T * mask_R, Eq. 2) and activation_i = mask_i * fm^i holds the values
@@ -19,11 +20,17 @@ TensorFlow alone. A SignatureDef has no description field: what each signature d
 the Langevin settings baked into `reconstruct`, are written to
 `assets.extra/signatures.json` inside the version directory.
 
-What the file holds: the generator's weights, and the starting points of `reconstruct`.
-By default those are k-means centroids of the training chains, each the mean of at least
-`MIN_MEMBERS` chains, so no training example's code is in the export; the full bank of
-chains, one row per training image, goes in only with `training_codes=True`
-(--export_training_codes), since g(chain) reproduces its training image.
+`sample` draws from the run's prior (`model/prior.py`): with the default, the induced
+And-Or grammar, one parse per seed and no z (a parse recombined across the top AND nodes
+is the image of no latent vector); with prior normal, z ~ N(0, I) and z is an output.
+
+What the file holds: the generator's weights, the starting points of `reconstruct` and
+the prior's state. By default the starting points are k-means centroids of the training
+chains, and the grammar prior's OR configurations k-means centroids of the top AND nodes'
+codes over the training parses, each the mean of at least `MIN_MEMBERS` of them, so no
+training example's code is in the export; the full bank of chains, one row per training
+image, goes in only with `training_codes=True` (--export_training_codes), since
+g(chain) reproduces its training image.
 """
 
 import dataclasses
@@ -32,14 +39,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf.learning import inference
+from sparse_gen_tf.learning import clusters, inference
+from sparse_gen_tf.model import prior as prior_lib
 
 SIGNATURES = ("serving_default", "reconstruct", "sample")
 # Seeds the N(0, I) restarts and the Langevin noise of `reconstruct`: the same for every
 # row, so that a row's answer is a function of its image alone.
 RECONSTRUCT_SEED = (0, 0)
 # A default export's starting points are means of at least this many training chains.
-MIN_MEMBERS = 8
+MIN_MEMBERS = clusters.MIN_MEMBERS
 
 
 def to_unit_range(images):
@@ -111,26 +119,16 @@ def infer_latent(generator, images, *, settings, step_size, sigma, bank):
                                 refine_step_size=settings.refine_step_size)
 
 
-def latent_from_seeds(seeds, latent_dim):
-    """z [batch, latent_dim] ~ N(0, I); row i is drawn from the stateless seed (seeds[i], 0).
-
-    One seed per row (rather than one seed for the batch) keeps a row's z independent of
-    the rows TF Serving batches it with.
-    """
-    seeds = tf.cast(seeds, tf.int64)
-    return tf.map_fn(
-        lambda s: tf.random.stateless_normal([latent_dim], tf.stack([s, tf.zeros_like(s)])),
-        seeds, fn_output_signature=tf.float32)
-
-
-def build_archive(generator, *, settings, step_size, sigma, bank=None):
+def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=None):
     """A `keras.export.ExportArchive` of generator with the three signatures (module doc).
 
     settings: `ReconstructSettings`; step_size (δ), sigma (σ): the Langevin settings of
     `reconstruct`, fixed in its graph. bank: optional [M, d] starting points of
-    `reconstruct` (`ReconstructSettings.bank`), stored in the graph.
+    `reconstruct` (`ReconstructSettings.bank`), stored in the graph. prior: what `sample`
+    draws from (`model.prior`, fitted), N(0, I) if None; its state goes in the file.
     """
     cfg = generator.config
+    prior = prior or prior_lib.NormalPrior(cfg)
     d, size = cfg.latent_dim, cfg.image_size
 
     # ensure_shape turns a wrongly shaped request into one clear error ("Shape of tensor
@@ -149,8 +147,9 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None):
                 **explanation(parse)}
 
     def sample(seed):
-        z = latent_from_seeds(tf.ensure_shape(seed, [None]), d)
-        return {"z": z, **generate(z)}
+        parse = prior.sample(generator, tf.ensure_shape(seed, [None]))
+        latent = {"z": parse["z"]} if prior.has_latent else {}
+        return {**latent, "image": to_unit_range(parse["image"]), **explanation(parse)}
 
     # The served graph runs without XLA (TF Serving), where TensorFlow's own TopK kernel is
     # the faster threshold (layers.kth_largest).
@@ -158,6 +157,7 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None):
         topk.bisection = False
     archive = keras.export.ExportArchive()
     archive.track(generator)
+    archive.track(prior)
     # The argument names (z, image, seed) become the signatures' input names.
     archive.add_endpoint("serving_default", generate,
                          [tf.TensorSpec([None, d], tf.float32, name="z")])
@@ -167,9 +167,12 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None):
     return archive
 
 
-def describe(generator, *, settings, step_size, sigma, bank=None, source=None):
+def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, source=None):
     """The JSON-able description written to assets.extra/signatures.json."""
     cfg = generator.config
+    prior = prior or prior_lib.NormalPrior(cfg)
+    sample_outputs = {"image": [-1, cfg.image_size, cfg.image_size, 3],
+                      **({"z": [-1, cfg.latent_dim]} if prior.has_latent else {})}
     size, d = cfg.image_size, cfg.latent_dim
     explained = {}
     for i, (h, w, c) in enumerate(cfg.feature_map_shapes(), 1):
@@ -216,10 +219,11 @@ def describe(generator, *, settings, step_size, sigma, bank=None, source=None):
                 "inputs": {"image": {"dtype": "float32", "shape": image}},
                 "outputs": {"z": [-1, d], "reconstruction": image, **explained}},
             "sample": {
-                "doc": ("Draws one z ~ N(0, I) per seed (stateless, seed (seed, 0)) and "
-                        "generates its image with its parse; the same seed gives the same "
-                        "sample. Send n seeds for n samples."),
+                "doc": (f"Draws {prior.describe()}. Returns the image with its parse; "
+                        "the same seed gives the same sample, whatever else is in the "
+                        "batch. Send n seeds for n samples."),
+                "prior": prior.kind,
                 "inputs": {"seed": {"dtype": "int64", "shape": [-1]}},
-                "outputs": {"image": image, "z": [-1, d], **explained}},
+                "outputs": {**sample_outputs, **explained}},
         },
     }

@@ -28,10 +28,14 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Saves model, chains and optimizer every `every` epochs through a CheckpointManager.
+    """Saves model, chains, prior and optimizer every `every` epochs through a
+    CheckpointManager.
 
-    tf.train.CheckpointManager writes the files first and then atomically replaces the
-    `checkpoint` index, so a crash mid-save leaves the previous checkpoint the latest.
+    Before each save the model's prior is fitted to the chains as they are now
+    (`AlternatingBackprop.fit_prior`), so that the saved prior belongs to the saved
+    generator. tf.train.CheckpointManager writes the files first and then atomically
+    replaces the `checkpoint` index, so a crash mid-save leaves the previous checkpoint
+    the latest.
     """
 
     def __init__(self, manager, epoch, every, on_save=()):
@@ -50,6 +54,7 @@ class Checkpointing(keras.callbacks.Callback):
         # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable,
         # which int() does not take.
         step = int(self.model.optimizer.iterations.numpy())
+        self.model.fit_prior()
         self.manager.save(checkpoint_number=step)
         for callback in self.on_save:
             callback(step)
@@ -99,8 +104,8 @@ class HParamsSummary(keras.callbacks.Callback):
 def hparams_of(config):
     """The hyperparameters of a TrainConfig that tell runs apart, as HParams values (str,
     int, float, bool): K per layer (K_1 = top) and the channels, L and δ of the Langevin
-    dynamics (Eq. 10), σ (Eq. 11), the descriptor, the dataset; "dense" when K is every
-    entry of every feature map."""
+    dynamics (Eq. 10), σ (Eq. 11), the descriptor, the dataset, the prior; "dense" when K
+    is every entry of every feature map."""
     generator, langevin = config.generator, config.langevin
     shapes = generator.feature_map_shapes()
     values = {"dataset": config.dataset, "image_size": generator.image_size,
@@ -111,7 +116,8 @@ def hparams_of(config):
               "L (langevin_steps)": langevin.steps,
               "delta (langevin_step_size)": langevin.step_size,
               "sigma": langevin.sigma, "descriptor": config.descriptor is not None,
-              "learning_rate": config.learning_rate, "train_steps": config.train_steps}
+              "learning_rate": config.learning_rate, "train_steps": config.train_steps,
+              "prior": config.prior}
     values.update({f"K_{i}": k for i, k in enumerate(generator.topk, 1)})
     return values
 

@@ -20,6 +20,7 @@ from sparse_gen_tf.data.pipeline import DATASETS
 from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.model.descriptor import DescriptorConfig
 from sparse_gen_tf.model.generator import GeneratorConfig
+from sparse_gen_tf.model.prior import DEFAULT_PRIOR, PRIORS
 from sparse_gen_tf.training.distribute import PRECISIONS, STRATEGIES
 
 
@@ -79,6 +80,13 @@ class TrainConfig:
                               lower_bound=1)
     num_summary_images: int = _setting(16, "Images in each TensorBoard image grid.",
                                        lower_bound=1)
+    # Not state: each prior's variables are fitted from the chains at every checkpoint,
+    # so a run resumed with another --prior fits the new one (model/prior.py).
+    prior: str = _setting(
+        DEFAULT_PRIOR, "Where samples come from (sample signature, TensorBoard, explain, "
+        "evaluate): grammar, the induced And-Or grammar's OR configurations per top AND "
+        "node, fitted from the training parses at every checkpoint; normal, z ~ N(0, I).",
+        choices=PRIORS)
     # None trains by plain ABP; a config adds cooperative learning (cooperative.py).
     descriptor: typing.Optional[DescriptorConfig] = dataclasses.field(default=None, metadata={
         "help": "Cooperative learning (§2.4): an energy-based descriptor revises g(z) and "

@@ -102,7 +102,8 @@ def build_model(config, num_examples):
     compiled with Adam, for the strategy in scope. num_examples: one chain per image."""
     jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
                                                         config.jit_compile)
-    learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin)
+    learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin,
+                   prior=config.prior)
     generator = Generator(config.generator)
     if config.descriptor is not None:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
@@ -150,12 +151,20 @@ def chains_in_checkpoint(path):
     return int(chains[0][0])
 
 
+def prior_in_checkpoint(path):
+    """True when the checkpoint at path holds the model's prior (`model.prior`); runs
+    trained before the prior was part of the model have none."""
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    return any(name.startswith("model/prior/") for name in names)
+
+
 @dataclasses.dataclass
 class Run:
     """An opened training run.
 
     config: its TrainConfig, with workdir set to where the run is now.
-    model: the AlternatingBackprop (or CooperativeLearning) model, restored.
+    model: the AlternatingBackprop (or CooperativeLearning) model, restored, with its
+      prior (`model.prior`, fitted to its chains).
     checkpoint: the path of the checkpoint it was restored from.
     num_examples: the number of training images (= persistent chains).
     """
@@ -207,8 +216,13 @@ def load_run(workdir):
         raise UserError(f"the checkpoint {path} does not fit the architecture in "
                         f"{os.path.join(workdir, CONFIG_FILE)} ({detail}); use the "
                         "config.json it was trained with") from None
+    if not model.prior.fitted:
+        # A checkpoint from before the prior was saved with the model: fit it now, from
+        # the restored chains, as the checkpoint callback would have.
+        model.fit_prior()
     return Run(config, model, path, in_checkpoint)
 
 
 __all__ = ["Run", "build_model", "checkpoint_for", "chains_in_checkpoint",
-           "latest_checkpoint", "load_run", "read_config", "read_saved", "write_config"]
+           "latest_checkpoint", "load_run", "prior_in_checkpoint", "read_config",
+           "read_saved", "write_config"]

@@ -1,6 +1,7 @@
-"""TensorBoard summaries a run writes at each checkpoint: image grids of samples and
-reconstructions, the kernel and parse figures (Figs. 2-3), and, on the parts dataset, the
-grammar validity of samples. `Checkpointing(on_save=[ImageSummaries(...)])` calls them."""
+"""TensorBoard summaries a run writes at each checkpoint: image grids of samples (from the
+run's prior) and reconstructions, the kernel and parse figures (Figs. 2-3), and, on the
+parts dataset, the grammar validity of samples. `Checkpointing(on_save=[ImageSummaries(...)])`
+calls them."""
 
 import numpy as np
 import tensorflow as tf
@@ -8,25 +9,26 @@ import tensorflow as tf
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.explanation.figures import image_grid
 from sparse_gen_tf.explanation.visualize import kernel_figures, parse_figure, sample_latents
+from sparse_gen_tf.model import prior as prior_lib
 
 
 class ImageSummaries:
-    """Writes image grids to TensorBoard: samples g(z), z ~ N(0, I), and training images
-    beside their reconstructions g(z_i) from the persistent chains. For cooperative
-    learning also "data_reconstructions_revisions": each training image, g(z_i) and the
-    descriptor's revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
+    """Writes image grids to TensorBoard: samples from the model's prior (`model.prior`,
+    fitted at the checkpoint), and training images beside their reconstructions g(z_i)
+    from the persistent chains. For cooperative learning also
+    "data_reconstructions_revisions": each training image, g(z_i) and the descriptor's
+    revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
 
     def __init__(self, model, data, logdir, num_images=16, seed=0):
         self.model, self.writer = model, tf.summary.create_file_writer(logdir)
         n = min(num_images, data.num_examples)
         self.ids = np.arange(n)
         self.images = data.images[:n]
-        self.z = tf.random.stateless_normal([n, model.generator.config.latent_dim],
-                                            [seed, 1])
+        self.seeds = prior_lib.sample_seeds(n, seed)
         self.extra = []  # callables (writer, step) adding more summaries
 
     def __call__(self, step):
-        samples = self.model.generator(self.z).numpy()
+        samples = self.model.prior.sample(self.model.generator, self.seeds)["image"].numpy()
         recon = self.model.generator(tf.gather(self.model.chains.value, self.ids)).numpy()
         pairs = np.stack([self.images.astype(np.float32) / 127.5 - 1.0, recon], 1)
         pairs = pairs.reshape((-1,) + recon.shape[1:])
@@ -35,8 +37,9 @@ class ImageSummaries:
         # images are always written.
         with self.writer.as_default(step=step), tf.summary.record_if(True):
             tf.summary.image("samples", image_grid(samples)[None], max_outputs=1,
-                             description="Samples g(z) of fixed draws z ~ N(0, I): the "
-                             "same z at every step, so the grids differ by the model only.")
+                             description=f"Samples from the {self.model.prior.kind} prior "
+                             "(--prior), fitted to the chains at this checkpoint, for the "
+                             "same seeds at every step.")
             tf.summary.image("data_and_reconstructions",
                              image_grid(pairs, columns=8)[None], max_outputs=1,
                              description="Training images (odd columns) beside g(z_i) "
@@ -96,18 +99,17 @@ def explanation_summaries(model, num_samples=128, seed=0):
 
 
 def grammar_summaries(model, truth, num_samples=256, seed=0):
-    """A callable(step) writing, for the parts dataset, how often samples g(z), z ~ N(0, I),
-    and the reconstructions of training images are legal derivations of its grammar
-    (`parts_scores.grammar_validity`) as TensorBoard scalars; call it inside a writer's
-    context, as `ImageSummaries.extra` does."""
-    z = tf.random.stateless_normal([num_samples, model.generator.config.latent_dim],
-                                   [seed, 2])
+    """A callable(step) writing, for the parts dataset, how often samples from the model's
+    prior and the reconstructions of training images are legal derivations of its
+    grammar (`parts_scores.grammar_validity`) as TensorBoard scalars; call it inside a
+    writer's context, as `ImageSummaries.extra` does."""
+    seeds = prior_lib.sample_seeds(num_samples, seed + 1)
 
     def write(step):
-        for name, latents in (("samples", z), ("reconstructions",
-                                                model.chains.value[:num_samples])):
-            validity, clean = parts_scores.grammar_validity(
-                model.generator(latents).numpy(), truth)
+        samples = model.prior.sample(model.generator, seeds)["image"]
+        reconstructions = model.generator(model.chains.value[:num_samples])
+        for name, images in (("samples", samples), ("reconstructions", reconstructions)):
+            validity, clean = parts_scores.grammar_validity(images.numpy(), truth)
             tf.summary.scalar(f"grammar/validity_{name}", validity, step=step,
                               description=f"Fraction of quadrants of {name} that are "
                               "legal derivations of the parts grammar: four clean cells "

@@ -92,7 +92,12 @@ def train(config: TrainConfig):
     # Every worker resumes from the chief's checkpoints.
     latest = run.latest_checkpoint(config.workdir)
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        restored = checkpoint.restore(latest)
+        if run.prior_in_checkpoint(latest):
+            restored.assert_existing_objects_matched()
+        else:  # a run from before the prior was checkpointed: fit it from the chains
+            restored.expect_partial()
+            model.fit_prior()
         logging.info("Resumed from %s (epoch %d)", latest, int(epoch))
     else:
         model.generator.initialize_output_bias(

@@ -1,0 +1,54 @@
+"""k-means clusters of training codes that each pool at least `MIN_MEMBERS` of them.
+
+What a served model stores about its training set is summaries of this kind only: the
+starting points of `reconstruct` (k-means centroids of the persistent chains) and the
+grammar prior (centroids of each top AND node's code over the training parses, with the
+cluster sizes). A centroid is the mean of the codes of at least MIN_MEMBERS training
+images, so no single image's code, and so no training image g(z_i), is in the file.
+"""
+
+import numpy as np
+
+# A stored centroid is the mean of at least this many training codes.
+MIN_MEMBERS = 8
+
+
+def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
+    """k-means clusters of points [N, D] that each hold at least min_members points.
+
+    Lloyd's algorithm from a k-means++ start, at most min(num, N // min_members) clusters;
+    the clusters of the last assignment with fewer than min_members points are then
+    dropped, so there can be fewer than asked, and none when N < min_members.
+
+    Returns:
+      (centroids float32 [C, D], members int64 [C]): centroid c is exactly the mean of the
+      members[c] >= min_members points that the last assignment gave it.
+    """
+    points = np.asarray(points, np.float64)
+    count = min(int(num), len(points) // min_members)
+    if count < 1:
+        return np.zeros([0, points.shape[1]], np.float32), np.zeros([0], np.int64)
+
+    def nearest(centroids):  # [N] index of each point's nearest centroid
+        d2 = (centroids ** 2).sum(1)[None] - 2.0 * points @ centroids.T
+        return d2.argmin(1)
+
+    rng = np.random.RandomState(seed)
+    centroids = points[[rng.randint(len(points))]]
+    for _ in range(count - 1):  # k-means++: a new centroid far from the others, by D²
+        d2 = ((points[:, None] - centroids[None]) ** 2).sum(-1).min(1)
+        if not d2.sum():  # fewer distinct points than clusters
+            break
+        centroids = np.concatenate([centroids, points[[rng.choice(len(points),
+                                                                  p=d2 / d2.sum())]]])
+    for _ in range(iterations):
+        labels = nearest(centroids)
+        clusters = np.unique(labels)
+        centroids = np.stack([points[labels == c].mean(0) for c in clusters])
+    # The centroids are the means of the last assignment's clusters: keep the big ones.
+    members = np.bincount(labels)[clusters]
+    keep = members >= min_members
+    return centroids[keep].astype(np.float32), members[keep].astype(np.int64)
+
+
+__all__ = ["MIN_MEMBERS", "kmeans"]

@@ -1,0 +1,164 @@
+"""The prior that samples come from (model/prior.py): the grammar prior's samples are legal
+images of the parts grammar far more often than N(0, I)'s, it stores no training image's
+code, it is checkpointed with the model, and a seed fixes a sample."""
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sparse_gen_tf import serving
+from sparse_gen_tf.explanation import parts_scores
+from sparse_gen_tf.learning import clusters
+from sparse_gen_tf.learning.langevin import LangevinConfig
+from sparse_gen_tf.model import prior as prior_lib
+from sparse_gen_tf.model.generator import Generator, GeneratorConfig
+from sparse_gen_tf.training import run, trainer
+from sparse_gen_tf.training.config import TrainConfig
+
+TINY = TrainConfig(num_images=64, batch_size=32, langevin=LangevinConfig(steps=2),
+                   generator=GeneratorConfig(channels=(8, 8), topk=(4, 8), latent_dim=4),
+                   train_steps=2, jit_compile=False, num_summary_images=4)
+# The default run for a fifth of its steps (one checkpoint, at the end): enough for a
+# good share of the reconstructions' quadrants to be legal derivations of the grammar,
+# and so a fair test of whether the prior's samples come near them.
+SMALL = TrainConfig(train_steps=640, checkpoint_every=1000, num_summary_images=4)
+NUM_SAMPLES = 256
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny trained run (its checkpoint holds a fitted grammar prior) and its model."""
+    config = dataclasses.replace(TINY, workdir=str(tmp_path_factory.mktemp("tiny") / "run"))
+    trainer.train(config)
+    opened = run.load_run(config.workdir)
+    return types.SimpleNamespace(config=config, opened=opened, model=opened.model)
+
+
+def top_codes(model):
+    """Every training image's code at every top AND node: [s*s, N, c_1]."""
+    top = model.generator.top_feature_map(model.chains.numpy()).numpy()
+    n, s, _, c = top.shape
+    return top.reshape(n, s * s, c).transpose(1, 0, 2)
+
+
+def nearest_code_distance(centroids, codes):
+    """The smallest distance from any centroid [C, D] to any code [N, D]."""
+    d2 = ((centroids[:, None] - codes[None]) ** 2).sum(-1)
+    return float(np.sqrt(d2.min())) if d2.size else np.inf
+
+
+def test_kmeans_keeps_only_clusters_of_at_least_min_members_and_no_single_point():
+    rng = np.random.RandomState(0)
+    points = np.concatenate([rng.normal(c, 0.3, [n, 3]) for c, n in ((-6, 40), (0, 25),
+                                                                      (6, 12), (20, 3))])
+    centroids, members = clusters.kmeans(points, 6, min_members=8)
+    assert len(centroids) >= 2 and (members >= 8).all() and members.sum() <= len(points)
+    # The three far points (at 20) form a cluster too small to keep.
+    assert (np.abs(centroids - 20).max(1) > 5).all()
+    assert nearest_code_distance(centroids, points) > 0.05
+    # The check can fail: clusters of one point are the points themselves.
+    singles, _ = clusters.kmeans(points[:10], 10, min_members=1)
+    assert nearest_code_distance(singles, points[:10]) < 1e-6
+
+
+def test_the_checkpoint_holds_the_fitted_prior_and_a_fresh_model_restores_it(tiny):
+    reader = tf.train.load_checkpoint(tiny.opened.checkpoint)
+    saved = reader.get_tensor("model/prior/members/.ATTRIBUTES/VARIABLE_VALUE")
+    per_node = saved.sum(-1)  # chains in kept clusters, per top AND node
+    assert (per_node > 0).all() and (per_node <= tiny.opened.num_examples).all()
+    fresh = run.build_model(tiny.config, tiny.opened.num_examples)
+    assert not fresh.prior.fitted and not fresh.prior.centroids.numpy().any()
+    checkpoint, _ = run.checkpoint_for(fresh)
+    checkpoint.restore(tiny.opened.checkpoint).expect_partial()
+    for name in ("centroids", "members"):
+        np.testing.assert_array_equal(getattr(fresh.prior, name).numpy(), reader.get_tensor(
+            f"model/prior/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert fresh.prior.fitted
+
+
+def test_every_stored_configuration_pools_at_least_min_members_training_parses(tiny):
+    prior = tiny.model.prior
+    members = prior.members.numpy()
+    assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all()
+    assert (members.sum(-1) <= tiny.opened.num_examples).all()
+    for centroids, count, codes in zip(prior.centroids.numpy(), members, top_codes(tiny.model)):
+        kept = centroids[count > 0]
+        scale = np.linalg.norm(codes - codes.mean(0), axis=1).mean()
+        assert nearest_code_distance(kept, codes) > 1e-3 * scale
+        # A bank of the codes themselves would be caught by the same measure.
+        assert nearest_code_distance(codes[:4], codes) == 0.0
+
+
+def test_the_export_stores_the_prior_and_no_row_per_training_image(tiny, tmp_path):
+    path = serving.export_workdir(tiny.config.workdir, str(tmp_path))
+    variables = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
+    np.testing.assert_array_equal(variables["prior/centroids"],
+                                  tiny.model.prior.centroids.numpy())
+    num_examples = tiny.opened.num_examples
+    assert not [name for name, v in variables.items() if v.shape and v.shape[0] == num_examples]
+    for centroids, codes in zip(variables["prior/centroids"], top_codes(tiny.model)):
+        used = centroids[np.abs(centroids).sum(-1) > 0]
+        assert nearest_code_distance(used, codes) > 1e-4
+
+
+def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(tiny):
+    generator, prior = tiny.model.generator, tiny.model.prior
+    both = prior.sample(generator, tf.constant([7, 8], tf.int64))
+    again = prior.sample(generator, tf.constant([7, 8], tf.int64))
+    alone = prior.sample(generator, tf.constant([8], tf.int64))
+    np.testing.assert_array_equal(both["image"], again["image"])
+    np.testing.assert_array_equal(alone["image"][0], both["image"][1])
+    many = prior.sample(generator, prior_lib.sample_seeds(32))["image"].numpy()
+    assert len(np.unique(many.round(4).reshape(32, -1), axis=0)) > 1
+
+
+def test_a_grammar_sample_is_a_sparse_parse_that_its_top_layer_determines(tiny):
+    generator = tiny.model.generator
+    sample = tiny.model.prior.sample(generator, prior_lib.sample_seeds(8))
+    assert "z" not in sample
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
+        kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
+        assert (kept <= k).all() and (kept > 0).all()
+    again = generator.parse_from_top(sample["activations"][0])
+    np.testing.assert_allclose(again["image"], sample["image"], atol=1e-6)
+
+
+def test_an_export_with_the_normal_prior_samples_z_and_serves_it(tmp_path):
+    generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
+    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
+                                    prior=prior_lib.NormalPrior(generator.config))
+    served = tf.saved_model.load(path).signatures["sample"](seed=tf.constant([3, 4], tf.int64))
+    z = prior_lib.latent_from_seeds(tf.constant([3, 4], tf.int64), 4)
+    np.testing.assert_array_equal(served["z"], z)
+    np.testing.assert_allclose(served["image"], (generator(z) + 1) / 2, atol=1e-6)
+
+
+def test_unknown_priors_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="unknown prior 'gaussian'; use one of grammar, normal"):
+        prior_lib.make("gaussian", GeneratorConfig())
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small run on the parts grammar, trained long enough to parse it."""
+    config = dataclasses.replace(SMALL, workdir=str(tmp_path_factory.mktemp("small") / "run"))
+    trainer.train(config)
+    opened = run.load_run(config.workdir)
+    return types.SimpleNamespace(model=opened.model, truth=opened.data().ground_truth)
+
+
+def test_grammar_samples_are_legal_images_far_more_often_than_normal_samples(small):
+    generator, seeds = small.model.generator, prior_lib.sample_seeds(NUM_SAMPLES)
+
+    def validity(images):
+        return parts_scores.grammar_validity(np.asarray(images), small.truth)[0]
+
+    grammar = validity(small.model.prior.sample(generator, seeds)["image"])
+    normal = validity(prior_lib.NormalPrior(generator.config).sample(generator, seeds)["image"])
+    chains = validity(generator(small.model.chains.numpy()[:NUM_SAMPLES]))
+    assert grammar > normal + 0.2, (grammar, normal, chains)
+    assert grammar > 0.7 * chains, (grammar, normal, chains)
