@@ -85,21 +85,20 @@ def _check_data_dir(values):
     return True
 
 
-@flags.multi_flags_validator(["dataset", "heldout"])
-def _check_heldout(values):
-    if values["dataset"] == "parts" and values["heldout"]:
-        raise flags.ValidationError(
-            "--heldout is for image datasets; --dataset=parts draws fresh held-out images "
-            "of its grammar, so drop --heldout")
-    return True
+# Flags that only mean something for datasets of images, and why each is refused on the
+# parts grammar, whose images are drawn fresh from their derivations.
+_IMAGE_DATASET_ONLY = {
+    "heldout": "--dataset=parts draws fresh held-out images of its grammar",
+    "flip": "a mirrored parts image is not a derivation of its grammar",
+}
 
 
-@flags.multi_flags_validator(["dataset", "flip"])
-def _check_flip(values):
-    if values["dataset"] == "parts" and values["flip"]:
-        raise flags.ValidationError(
-            "--flip is for image datasets; a mirrored parts image is not a derivation of "
-            "its grammar, so drop --flip")
+@flags.multi_flags_validator(["dataset", *_IMAGE_DATASET_ONLY])
+def _check_image_dataset_only(values):
+    for name, why in _IMAGE_DATASET_ONLY.items():
+        if values["dataset"] == "parts" and values[name]:
+            raise flags.ValidationError(
+                f"--{name} is for image datasets; {why}, so drop --{name}")
     return True
 
 
