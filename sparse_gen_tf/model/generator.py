@@ -161,7 +161,8 @@ class Generator(keras.Model):
           z: [batch, latent_dim].
           masks: optional list, one per sparse layer, of (mask_T, mask_R) [batch, h, w, c]
             to use instead of computing them: the frozen, linear generator of Eq. (2).
-          kernels: optional list of each deconv's `matmul_kernel()`, computed once by a
+          kernels: optional list of each deconv's `matmul_kernel()` or
+            `unrolled_kernel()` (see `langevin_kernels`), computed once by a
             caller that runs g many times with fixed weights.
           blocked: return "logits" and "image" as `tf.nn.space_to_depth(·, s)` of the
             image, [batch, H/s, W/s, s*s*3] (needs `blocked_output`); see
@@ -226,14 +227,24 @@ class Generator(keras.Model):
         last = self.deconvs[-1]
         return last.paints_disjoint_cells and last.strides > 1
 
+    def langevin_kernels(self):
+        """Each deconv's kernel in the form that a loop with fixed weights runs fastest:
+        the matrix of the whole layer (`TransposedConv.unrolled_kernel`) where that does
+        no more multiply-adds (`unrolls`) and the dense path runs, else `matmul_kernel`
+        (which `paint` needs). Pass them as `parse(kernels=...)`."""
+        return [deconv.unrolled_kernel(shape, self.compute_dtype)
+                if not self.sparse_path and deconv.unrolls(shape)
+                else deconv.matmul_kernel(self.compute_dtype)
+                for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes())]
+
     def squared_error_fn(self, images, observed=None):
         """Returns z [batch, latent_dim] -> ‖(Y - g(z)) ⊙ observed‖² [batch] (float32),
         the likelihood term of Eq. (11), for a loop that calls it with fixed weights.
 
         Everything that does not depend on z is computed once, here, outside the loop:
-        the deconvs' matmul kernels and, when `blocked_output`, the images (and mask)
-        rearranged by space_to_depth, so that the residual is taken on the matmul's own
-        layout. The sum of squares does not depend on the order of the pixels, and XLA
+        the deconvs' kernels (`langevin_kernels`) and, when `blocked_output`, the images
+        (and mask) rearranged by space_to_depth, so that the residual is taken on the
+        matmul's own layout. The sum of squares does not depend on the order of the pixels, and XLA
         would otherwise redo the kernels' transposes and read the image with a stride of
         3 floats in every Langevin step (BENCHMARKS.md).
 
@@ -241,7 +252,7 @@ class Generator(keras.Model):
           images: [batch, H, W, 3]; observed: optional [batch, H, W, 1 or 3] 0/1 mask.
         """
         images = tf.convert_to_tensor(images)
-        kernels = [deconv.matmul_kernel(self.compute_dtype) for deconv in self.deconvs]
+        kernels = self.langevin_kernels()
         blocked = self.blocked_output
         if observed is not None:
             observed = tf.broadcast_to(tf.cast(observed, images.dtype), tf.shape(images))

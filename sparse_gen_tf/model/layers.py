@@ -33,13 +33,22 @@ def kth_largest(values, k, bisection=False):
     bisection there, while without XLA (TensorFlow's multi-threaded TopK kernel) and on
     GPU top_k is the faster one (BENCHMARKS.md, "Layer choices").
     """
+    return kth_largest_and_count(values, k, bisection)[0]
+
+
+def kth_largest_and_count(values, k, bisection=False):
+    """(`kth_largest` [batch, 1], how many entries of each row are >= it [batch, 1]
+    float32). The count is >= k, and > k exactly when values tie at the threshold; the
+    bisection has it for free, top_k pays one more pass."""
     if bisection and not tf.executing_eagerly():
-        return kth_largest_by_bisection(values, k)
+        return kth_largest_by_bisection(values, k, with_count=True)
     top, _ = tf.math.top_k(values, k=k, sorted=False)
-    return tf.reduce_min(top, axis=-1, keepdims=True)
+    threshold = tf.reduce_min(top, axis=-1, keepdims=True)
+    count = tf.reduce_sum(tf.cast(values >= threshold, tf.float32), -1, keepdims=True)
+    return threshold, count
 
 
-def kth_largest_by_bisection(values, k):
+def kth_largest_by_bisection(values, k, with_count=False):
     """`kth_largest` as 32 compare-and-count passes, one per bit of a float32.
 
     Floats map to int32 keys with the same order (a negative float's magnitude bits are
@@ -47,7 +56,8 @@ def kth_largest_by_bisection(values, k):
     keys are >= the answer with that bit. Exact, ties included; float16 and bfloat16 are
     searched as float32, which holds them exactly. Each count is a matmul of the 0/1
     comparison with a ones vector, which XLA runs as one vectorized GEMV on all cores,
-    about twice as fast as its integer reduce_sum.
+    about twice as fast as its integer reduce_sum. with_count=True also returns the count
+    of keys >= the answer ([batch, 1] float32), the count of the last bit taken.
     """
     flat = tf.cast(values, tf.float32)
     bits = tf.bitcast(flat, tf.int32)
@@ -58,22 +68,27 @@ def kth_largest_by_bisection(values, k):
             b, tf.bitwise.bitwise_and(tf.bitwise.right_shift(b, 31), magnitude))
 
     keys = flip(bits)
-    ones = tf.ones(tf.stack([tf.shape(flat)[-1], 1]), tf.float32)
+    n = tf.shape(flat)[-1]
+    ones = tf.ones(tf.stack([n, 1]), tf.float32)
     answer = tf.fill([tf.shape(flat)[0], 1], tf.constant(-2 ** 31, tf.int32))
+    count = tf.fill([tf.shape(flat)[0], 1], tf.cast(n, tf.float32))  # every key >= the minimum
 
-    def step(bit, answer):
+    def step(bit, answer, count):
         # bit 31 is the sign bit, which in the key order is inverted: start at the
         # smallest key and flip it on.
         flag = tf.where(bit == 31, tf.constant(-2 ** 31, tf.int32),
                         tf.bitwise.left_shift(1, bit))
         candidate = tf.bitwise.bitwise_xor(answer, flag)
-        count = tf.matmul(tf.cast(keys >= candidate, tf.float32), ones)
-        return bit - 1, tf.where(count >= k, candidate, answer)
+        candidate_count = tf.matmul(tf.cast(keys >= candidate, tf.float32), ones)
+        take = candidate_count >= k
+        return (bit - 1, tf.where(take, candidate, answer),
+                tf.where(take, candidate_count, count))
 
     # A loop, not 32 unrolled passes: same speed, a third less XLA compile time.
-    _, answer = tf.while_loop(lambda bit, _: bit >= 0, step, (tf.constant(31), answer),
-                              maximum_iterations=32)
-    return tf.cast(tf.bitcast(flip(answer), tf.float32), values.dtype)
+    _, answer, count = tf.while_loop(lambda bit, *_: bit >= 0, step,
+                                     (tf.constant(31), answer, count), maximum_iterations=32)
+    threshold = tf.cast(tf.bitcast(flip(answer), tf.float32), values.dtype)
+    return (threshold, count) if with_count else threshold
 
 
 def running_count(mask, block=32):
@@ -131,22 +146,22 @@ class TopK(keras.layers.Layer):
         if self.is_dense(x.shape):
             return tf.ones_like(x)
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        threshold = kth_largest(flat, self.k, bisection=self.bisection)
-        above = flat > threshold
-        at = flat == threshold
+        threshold, count = kth_largest_and_count(flat, self.k, bisection=self.bisection)
         # Entries equal to the threshold are kept only as far as needed to make exactly K.
         # Exact ties are not rare here: positions that no active unit reaches all carry the
-        # bare bias. The cumulative count costs O(n log n) only in the rare tie case, so it
-        # sits behind a cond.
-        num_at_needed = self.k - tf.reduce_sum(tf.cast(above, tf.int32), -1, keepdims=True)
-        any_surplus = tf.reduce_any(
-            tf.reduce_sum(tf.cast(at, tf.int32), -1, keepdims=True) > num_at_needed)
-
+        # bare bias. Whether any row has a surplus comes with the threshold (its count of
+        # entries >= it); the ranking of the tied entries sits behind a cond, because in
+        # the Langevin loop every extra pass over the map costs (BENCHMARKS.md).
         def break_ties():
+            above = flat > threshold
+            at = flat == threshold
+            num_at_needed = self.k - tf.reduce_sum(tf.cast(above, tf.int32), -1,
+                                                   keepdims=True)
             rank_at = tf.cumsum(tf.cast(at, tf.int32), axis=-1)
             return above | (at & (rank_at <= num_at_needed))
 
-        keep = tf.cond(any_surplus, break_ties, lambda: above | at)
+        keep = tf.cond(tf.reduce_any(count > self.k), break_ties,
+                       lambda: flat >= threshold)
         return tf.reshape(tf.cast(keep, x.dtype), tf.shape(x))
 
     def units(self, x):
@@ -259,12 +274,45 @@ class TransposedConv(keras.layers.Layer):
         kernel = tf.transpose(kernel, [0, 1, 3, 2, 4, 5])
         return tf.reshape(kernel, [c_in, m * m * s * s * c_out])
 
+    def unrolls(self, input_shape):
+        """True when, on an input map of input_shape (h, w, c_in), the whole layer as one
+        matrix (`unrolled_kernel`) does no more multiply-adds than the blocked matmul of
+        `call`: h*w <= m*m, as for the paper's top layer (2x2 -> 4x4, k = 4, s = 2). It then
+        saves the overlap-add of the m*m shifted blocks and its gradient, which under XLA
+        on CPU cost as much as the layer's matmul (BENCHMARKS.md, issue 14)."""
+        h, w = (int(v) for v in input_shape[:2])
+        m = self.blocks_per_side
+        return m > 1 and h * w <= m * m
+
+    def unrolled_kernel(self, input_shape, dtype=None):
+        """The layer without its bias as one matrix, [h*w*c_in, h*s*w*s, filters]: row j
+        is the output (pixels in row-major order, then filters) of input unit j alone,
+        i.e. unit j's basis patch where it lands, cropped by the 'same' padding. Like
+        `matmul_kernel`, a pure function of the kernel (its entries and zeros), for a
+        caller that applies the layer many times with fixed weights; `call(kernel=...)`
+        takes either, and the two differ only in the order of the sums."""
+        h, w, c_in = (int(v) for v in input_shape)
+        k, s = self.kernel_size, self.strides
+        pad = (k - s) // 2
+        kernel = tf.cast(self.kernel, dtype or self.compute_dtype)
+        rows = []
+        for i in range(h):
+            for j in range(w):
+                # Unit (i, j, ·) paints out[i*s + p - pad] += ker[p]: its patch, placed in
+                # the uncropped output of (h-1)*s + k pixels a side, then cropped.
+                placed = tf.pad(kernel, [[0, 0], [i * s, (h - 1 - i) * s],
+                                         [j * s, (w - 1 - j) * s], [0, 0]])
+                rows.append(placed[:, pad:pad + h * s, pad:pad + w * s, :])
+        # [h*w, c_in, H, W, filters] -> rows in the input's (i, j, c) order.
+        return tf.reshape(tf.stack(rows), [h * w * c_in, h * s * w * s, self.filters])
+
     def call(self, x, include_bias=True, kernel=None, blocked=False):
         """x [batch, h, w, c_in] -> [batch, h*s, w*s, filters].
 
-        kernel: optional `matmul_kernel()`, precomputed. blocked=True (only when
-        `paints_disjoint_cells`) returns the output before its depth_to_space,
-        [batch, h, w, s*s*filters], i.e. `tf.nn.space_to_depth(output, s)`.
+        kernel: optional, precomputed: `matmul_kernel()` (rank 2), or
+        `unrolled_kernel((h, w, c_in))` (rank 3), which makes the layer one matmul.
+        blocked=True (only when `paints_disjoint_cells`) returns the output before its
+        depth_to_space, [batch, h, w, s*s*filters], i.e. `tf.nn.space_to_depth(output, s)`.
         """
         s, c_out = self.strides, self.filters
         m = self.blocks_per_side
@@ -272,6 +320,15 @@ class TransposedConv(keras.layers.Layer):
         if kernel is None:
             kernel = self.matmul_kernel(x.dtype)
         batch = tf.shape(x)[0]
+        if kernel.shape.rank == 3:
+            if blocked:
+                raise ValueError("blocked output needs the blocked kernel of matmul_kernel()")
+            out = tf.reshape(tf.matmul(tf.reshape(x, [-1, h * w * c_in]),
+                                       tf.reshape(kernel, [h * w * c_in, -1])),
+                             [batch, h * s, w * s, c_out])
+            if self.use_bias and include_bias:
+                out = out + tf.cast(self.bias, out.dtype)
+            return out
         patches = tf.reshape(tf.matmul(tf.reshape(x, [-1, c_in]), kernel),
                              [batch, h, w, m, m, s * s * c_out])
         if m == 1:
