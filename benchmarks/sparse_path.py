@@ -9,10 +9,12 @@ batch 64, L = 30, celeba.flags' architecture) with `Generator.sparse_path` off a
 alternating the two, and a --peak_size float32 matmul after every step, so all three see
 the same load. It prints the best and median step, the dense-equivalent FLOP/s (the dense
 FLOP count of benchmarks/train_step.py, whichever path ran) as a fraction of the best
-matmul, and the sparse step's speed-up. With --torch (and PyTorch installed) it also
+matmul, and each path's speed-up over the dense one. At the paper point --blocked also
+times the dense path with the top layer in its blocked form (matmul + overlap-add, before
+`TransposedConv.unrolled_kernel`). With --torch (and PyTorch installed) it also
 times a stock PyTorch version of the same dense step (ConvTranspose2d, torch.topk,
 autograd Langevin) at the paper point, the reference of issue 14, in a fresh process
-right after the sweep.
+right after the paper point's row.
 """
 
 import dataclasses
@@ -28,6 +30,9 @@ from train_step import forward_flops, matmul_timer, paper_config, step_setup
 flags.DEFINE_list("fractions", ["0.01", "0.015", "0.02", "0.04", "0.0625", "0.125", "0.25", "0.5"],
                   "K / (h*w*c) of both sparse layers.")
 flags.DEFINE_boolean("torch", True, "Also time the PyTorch reference, if installed.")
+flags.DEFINE_boolean("blocked", True, "Also time the dense path with the top layer as "
+                     "blocked matmul + overlap-add (the formulation before "
+                     "TransposedConv.unrolled_kernel), at the paper point.")
 flags.DEFINE_boolean("torch_probe", False, "Internal: time the PyTorch reference in this "
                      "(fresh) process, print its best seconds per step and exit.")
 FLAGS = flags.FLAGS
@@ -44,21 +49,31 @@ def with_fraction(config, fraction):
     return dataclasses.replace(config, topk=topk)
 
 
-def time_paths(config, batch_size, steps, repeats, matmul):
-    """{sparse_path: (first call s, [step s])} and [matmul s], the paths interleaved."""
+# The formulations timed: (name, Generator.sparse_path, blocked top layer).
+DENSE, SPARSE = ("dense", False, False), ("sparse", True, False)
+BLOCKED = ("dense, blocked", False, True)
+
+
+def time_paths(config, batch_size, steps, repeats, matmul, paths=(DENSE, SPARSE)):
+    """{path: (first call s, [step s])} and [matmul s], the paths interleaved."""
     runs, times, matmuls = {}, {}, []
-    for sparse in (False, True):
+    for path in paths:
+        _, sparse, blocked = path
         model, ids, images = step_setup(config, batch_size, steps, jit_compile=True)
         model.generator.sparse_path = sparse  # overrides compile's choice
+        if blocked:
+            generator = model.generator
+            generator.langevin_kernels = lambda g=generator: [
+                deconv.matmul_kernel(g.compute_dtype) for deconv in g.deconvs]
         start = time.perf_counter()
         model.train_on_batch(ids, images)
-        runs[sparse] = (model, ids, images)
-        times[sparse] = (time.perf_counter() - start, [])
+        runs[path] = (model, ids, images)
+        times[path] = (time.perf_counter() - start, [])
     for _ in range(repeats):
-        for sparse, (model, ids, images) in runs.items():
+        for path, (model, ids, images) in runs.items():
             start = time.perf_counter()
             model.train_on_batch(ids, images)
-            times[sparse][1].append(time.perf_counter() - start)
+            times[path][1].append(time.perf_counter() - start)
             matmuls.append(matmul())
     return times, matmuls
 
@@ -140,32 +155,37 @@ def main(argv):
     print(f"\nbatch {batch}, L = {steps}, XLA; peak: {FLAGS.peak_size}² float32 matmul in "
           "the same window\n\n| K / size | K | path | first call s | step s (best) | "
           "step s (median) | dense-equivalent GFLOP/s | peak GFLOP/s | of peak | "
-          "sparse speed-up |\n|---|---|---|---|---|---|---|---|---|---|")
-    paper_best = None
+          "speed-up over dense |\n|---|---|---|---|---|---|---|---|---|---|")
+    torch_line = None
     for fraction in map(float, FLAGS.fractions):
         config = with_fraction(base, fraction)
-        times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul)
+        paths = (DENSE, SPARSE) + ((BLOCKED,) if FLAGS.blocked and config.topk == base.topk
+                                   else ())
+        times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul, paths)
         flops = (2 * steps + 3) * forward_flops(config) * batch
         peak = 2 * FLAGS.peak_size ** 3 / min(matmuls)
-        best = {sparse: min(t) for sparse, (_, t) in times.items()}
-        if config.topk == base.topk:
-            paper_best = best
-        for sparse, (first, t) in times.items():
-            speedup = f"{best[False] / best[True]:.2f}x" if sparse else ""
-            print(f"| {fraction:.2%} | {','.join(map(str, config.topk))} | "
-                  f"{'sparse' if sparse else 'dense'} | {first:.2f} | {best[sparse]:.4f} | "
-                  f"{statistics.median(t):.4f} | {flops / best[sparse] / 1e9:.0f} | "
-                  f"{peak / 1e9:.0f} | {flops / best[sparse] / peak:.0%} | {speedup} |",
-                  flush=True)
-    if FLAGS.torch:
-        reference = torch_reference(batch, steps, max(2, FLAGS.repeats // 2))
-        if reference is None:
-            print("\nPyTorch not installed: no reference column.")
-        else:
-            print(f"\nPyTorch reference (paper point, fresh process): {reference:.3f} s per "
-                  "step" + ("" if paper_best is None else
-                            f"; dense {reference / paper_best[False]:.1f}x, sparse "
-                            f"{reference / paper_best[True]:.1f}x faster than it"))
+        best = {path: min(t) for path, (_, t) in times.items()}
+        for path, (first, t) in times.items():
+            speedup = f"{best[DENSE] / best[path]:.2f}x" if path != DENSE else ""
+            print(f"| {fraction:.2%} | {','.join(map(str, config.topk))} | {path[0]} | "
+                  f"{first:.2f} | {best[path]:.4f} | {statistics.median(t):.4f} | "
+                  f"{flops / best[path] / 1e9:.0f} | {peak / 1e9:.0f} | "
+                  f"{flops / best[path] / peak:.0%} | {speedup} |", flush=True)
+        if config.topk == base.topk and FLAGS.torch:
+            # Right after the paper point, so that the load is as close as it gets.
+            torch_line = torch_row(torch_reference(batch, steps, max(2, FLAGS.repeats // 2)),
+                                   best)
+    if torch_line:
+        print(torch_line)
+
+
+def torch_row(reference, paper_best):
+    if reference is None:
+        return "\nPyTorch not installed: no reference column."
+    return (f"\nPyTorch reference (paper point, fresh process, timed right after it): "
+            f"{reference:.3f} s per step; "
+            + ", ".join(f"{path[0]} {reference / t:.1f}x" for path, t in paper_best.items())
+            + " faster than it")
 
 
 if __name__ == "__main__":
