@@ -4,11 +4,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import (AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig,
-                           log_joint)
+from conftest import tiny_generator
+from sparse_gen_tf import AlternatingBackprop, Generator, LangevinConfig, log_joint
 
-CONFIG = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
-                         kernel_sizes=(4, 4), strides=(2, 4))
+CONFIG = tiny_generator(image_size=16)
 
 
 def make_model(num_examples, jit_compile=False, learning_rate=1e-3, **kwargs):
@@ -57,6 +56,25 @@ def test_one_epoch_under_xla_updates_every_chain_and_the_weights():
     assert 0 < logs["nonzero_1"] <= 8 / (2 * 2 * 8)
     assert 0 < logs["nonzero_2"] <= 16 / (4 * 4 * 8)
     np.testing.assert_allclose(logs["psnr"], 10 * np.log10(4 / logs["mse"]), rtol=0.05)
+
+
+def test_a_steps_sparsity_metrics_are_those_of_its_parses():
+    n = 8
+    model = make_model(n, langevin=LangevinConfig(steps=3, step_size=0.1))
+    # Bottom channel 3 made dead: its bias puts all its units below TopK's K and ReLU's 0.
+    bias = model.generator.deconvs[0].bias
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[3]], [-1000.0]))
+    before = Generator(CONFIG)
+    before.set_weights(model.generator.get_weights())
+    images = tf.random.stateless_uniform([n, 16, 16, 3], [6, 7], -1, 1)
+    logs = model.train_on_batch(tf.range(n), images, return_dict=True)
+    # The step parses the z it inferred (now the chains) with the weights before its update.
+    parse = before.parse(model.chains.numpy())
+    for i, activation in enumerate(parse["activations"], 1):
+        used = activation.numpy() != 0
+        assert logs[f"dead_channels_{i}"] == (~used.any(axis=(0, 1, 2))).sum(), i
+        np.testing.assert_allclose(logs[f"nonzero_{i}"], used.mean(), rtol=1e-6)
+    assert not used[..., 3].any() and logs["dead_channels_2"] >= 1
 
 
 def test_training_reduces_reconstruction_error():

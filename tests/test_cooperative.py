@@ -2,21 +2,19 @@
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, LangevinConfig
+from conftest import (assert_flag_error, last_line, run_train, tensorboard_tags, tiny_flags,
+                      tiny_generator)
+from sparse_gen_tf import Generator, LangevinConfig
 from sparse_gen_tf.learning.cooperative import COOPERATIVE_METRICS, CooperativeLearning
 from sparse_gen_tf.model.descriptor import Descriptor, DescriptorConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GENERATOR = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
-                            kernel_sizes=(4, 4), strides=(2, 4))
+GENERATOR = tiny_generator(image_size=16)
 # The paper's pure replacement (w = 0) and CoopNets' s, which these tests were written for.
 DESCRIPTOR = DescriptorConfig(channels=(4, 8, 8), reference=0.016, data_weight=0.0)
 N = 16
@@ -125,15 +123,8 @@ def test_fit_stops_with_one_sentence_when_the_revision_diverges():
 
 # --- the real train.py --descriptor -------------------------------------------------------
 
-TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
-        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--log_every=1"]
+TINY = tiny_flags(log_every=1)
 DESCRIPTOR_FLAGS = ["--descriptor", "--descriptor_channels=4,4,4", "--descriptor_steps=2"]
-
-
-def run_train(*flags, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 def descriptor_tensors(workdir):
@@ -150,11 +141,7 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
     first = run_train(f"--workdir={workdir}", "--train_steps=2", *TINY, *DESCRIPTOR_FLAGS)
     assert first.returncode == 0, first.stderr[-3000:]
     saved = descriptor_tensors(workdir)
-    tags = set()
-    for directory, _, files in os.walk(os.path.join(workdir, "tb")):
-        for path in (os.path.join(directory, f) for f in files if "tfevents" in f):
-            for event in tf.compat.v1.train.summary_iterator(path):
-                tags.update(v.tag for v in event.summary.value)
+    tags = tensorboard_tags(os.path.join(workdir, "tb"))
     assert {"data_reconstructions_revisions", "epoch_revision", "epoch_f_observed"} <= tags
     kernel_key = "model/descriptor/score/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
     iterations_key = "model/descriptor_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
@@ -175,7 +162,7 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
 
     plain = run_train(f"--workdir={workdir}", "--train_steps=6", *TINY)
     assert plain.returncode != 0
-    assert "--descriptor was True, now False" in plain.stderr.strip().splitlines()[-1]
+    assert "--descriptor was True, now False" in last_line(plain.stderr)
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -194,8 +181,4 @@ def test_bad_descriptor_flags_fail_with_one_clear_line_and_write_nothing(tmp_pat
                                                                           message):
     workdir = tmp_path / "run"
     result = run_train(f"--workdir={workdir}", *TINY, *flags, timeout=120)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "Flags parsing error" in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert not workdir.exists()
+    assert_flag_error(result, message, workdir)

@@ -23,20 +23,14 @@ import tempfile
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
-        "--latent_dim=4", "--checkpoint_every=1", "--train_steps=2"]
-EXPLAIN = ["--num_samples=1", "--num_images=1", "--inference_steps=3", "--restarts=2"]
+from conftest import FAST_INFERENCE_FLAGS, run_command, tiny_flags, train_ok
+
+TINY = tiny_flags(topk=None, train_steps=2)  # train.py's K
+EXPLAIN = ["--num_samples=1", "--num_images=1", *FAST_INFERENCE_FLAGS]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
                                                "google-chrome")) if p), None)
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: "
                                    "apt-get install chromium); .ci/run installs it")
-
-
-def run(*args, timeout=400):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
 
 
 class Chromium:
@@ -150,9 +144,9 @@ class Chromium:
 
 
 def train_and_explain(path, *extra):
-    result = run(os.path.join(ROOT, "train.py"), f"--workdir={path}", *TINY, *extra)
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run("-m", "sparse_gen_tf.explain", f"--workdir={path}", *EXPLAIN)
+    train_ok(path, *TINY, *extra, timeout=400)
+    result = run_command("-m", "sparse_gen_tf.explain", f"--workdir={path}", *EXPLAIN,
+                         timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     return os.path.join(path, "explain", "index.html")
 

@@ -15,32 +15,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, LangevinConfig, langevin
+from conftest import (ROOT, assert_flag_error, last_line, run_mirrored, run_train, tiny_flags,
+                      tiny_generator)
+from sparse_gen_tf import Generator, LangevinConfig, langevin
 from sparse_gen_tf.training import distribute, run
 from sparse_gen_tf.training.config import TrainConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
-        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--log_every=1"]
+TINY = tiny_flags(log_every=1)
 
 # Trains the same model one epoch (two global batches of 8) on one device (default
 # strategy, whole step under XLA) and mirrored over two logical CPUs (Langevin under
 # XLA), from the same weights and chains, without Langevin noise; saves both results.
 # Then, with noise, two examples with the same image and the same chain, one per replica.
+# (After conftest.MIRRORED_SETUP: strategy, config, n, images, dataset.)
 MIRRORED = """
-import sys
-import keras, numpy as np, tensorflow as tf
-from sparse_gen_tf.training import distribute
-strategy = distribute.make_strategy("mirrored", cpu_devices=2)
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
-
-config = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
-                         kernel_sizes=(4, 4), strides=(2, 4))
-n = 16
-images = tf.random.stateless_uniform([n, 16, 16, 3], [0, 1], -1, 1)
-dataset = tf.data.Dataset.from_tensor_slices((tf.range(n), images)).batch(8)
-
 def make(noise=False, jit_compile=True, jit_langevin=False):
     model = AlternatingBackprop(Generator(config), n, langevin=LangevinConfig(steps=3),
                                 langevin_noise=noise, jit_langevin=jit_langevin)
@@ -76,11 +65,7 @@ np.savez(sys.argv[1], replicas=strategy.num_replicas_in_sync, chains_before=chai
 
 @pytest.fixture(scope="module")
 def mirrored_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("mirrored") / "run.npz")
-    result = subprocess.run([sys.executable, "-c", MIRRORED, out], capture_output=True,
-                            text=True, timeout=300, env=ENV, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(out))
+    return run_mirrored(MIRRORED, str(tmp_path_factory.mktemp("mirrored") / "run.npz"))
 
 
 def test_mirrored_on_two_cpus_matches_one_device_for_the_same_global_batch(mirrored_run):
@@ -153,38 +138,28 @@ def test_keras_still_has_the_private_build_hook_that_abp_overrides():
         "fixed (then delete the override in learning/abp.py) or find the new hook")
 
 
-def run_train(*flags, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags],
-                          capture_output=True, text=True, timeout=120,
-                          env={**ENV, **(env or {})}, cwd=ROOT)
-
-
 def test_multi_worker_without_tf_config_fails_with_one_line(tmp_path):
-    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path / 'run'}",
-         "--strategy=multi_worker", *TINY], capture_output=True, text=True, timeout=120,
-        env=env, cwd=ROOT)
+    result = run_train(f"--workdir={tmp_path / 'run'}", "--strategy=multi_worker", *TINY,
+                       env={"TF_CONFIG": None}, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = last_line(result.stderr)
     assert "needs the TF_CONFIG environment variable" in last, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 
 def test_batch_that_does_not_split_over_the_replicas_fails_with_one_line(tmp_path):
     result = run_train(f"--workdir={tmp_path / 'run'}", "--strategy=mirrored",
-                       "--cpu_devices=3", *TINY)  # batch 32 over 3 replicas
+                       "--cpu_devices=3", *TINY, timeout=120)  # batch 32 over 3 replicas
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = last_line(result.stderr)
     assert "does not split evenly over 3 replicas" in last, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 
 def test_cpu_devices_without_mirrored_is_a_flag_error(tmp_path):
-    result = run_train(f"--workdir={tmp_path / 'run'}", "--cpu_devices=2", *TINY)
-    assert result.returncode != 0
-    errors = [l for l in result.stderr.splitlines() if "Flags parsing error" in l]
-    assert len(errors) == 1 and "--strategy=mirrored" in errors[0], result.stderr[-2000:]
+    result = run_train(f"--workdir={tmp_path / 'run'}", "--cpu_devices=2", *TINY,
+                       timeout=120)
+    assert_flag_error(result, "--strategy=mirrored")
 
 
 def test_is_chief_follows_the_tf_config_convention():
@@ -210,8 +185,7 @@ def policy():
 
 @pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_keeps_z_and_loss_float32_and_close_to_float32(policy, name):
-    config = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
-                             kernel_sizes=(4, 4), strides=(2, 4))
+    config = tiny_generator(image_size=16)
     reference = Generator(config)
     policy(name)
     generator = Generator(config)

@@ -2,20 +2,20 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import last_line, run_command as run
-from sparse_gen_tf import Generator, GeneratorConfig
-from sparse_gen_tf.explanation import visualize
+from conftest import (FAST_INFERENCE_FLAGS as FAST_INFERENCE, last_line, run_command as run,
+                      tensorboard_tags, tiny_flags, tiny_generator, train_ok)
+from sparse_gen_tf import Generator
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.explanation import parts_scores, visualize
 from sparse_gen_tf.explanation.parse_graph import ParseGraph
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
-        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--train_steps=2"]
-FAST_INFERENCE = ["--inference_steps=3", "--restarts=2"]
+from sparse_gen_tf.learning import inference
+from sparse_gen_tf.training import run as run_lib
 
 
 def png_shape(path):
@@ -24,18 +24,11 @@ def png_shape(path):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("explain") / "run")
-    result = run(os.path.join(ROOT, "train.py"), f"--workdir={path}", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return path
+    return train_ok(tmp_path_factory.mktemp("explain") / "run", *tiny_flags(train_steps=2))
 
 
 def test_training_writes_kernel_and_parse_summaries_at_checkpoints(workdir):
-    tags = set()
-    images = os.path.join(workdir, "tb", "images")
-    for name in os.listdir(images):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(images, name)):
-            tags.update(v.tag for v in event.summary.value)
+    tags = tensorboard_tags(os.path.join(workdir, "tb", "images"))
     assert {"kernels/bottom", "kernels/top_in_image_space", "parse/train_0",
             "grammar/validity_samples", "grammar/clean_cells_reconstructions"} <= tags, tags
 
@@ -66,19 +59,78 @@ def test_explain_writes_figures_and_parse_graphs(workdir):
     assert summary["inference"]["restarts"] == 2
 
 
-def test_evaluate_prints_the_table_and_writes_json(workdir):
-    result = run("-m", "sparse_gen_tf.evaluate", f"--workdir={workdir}", "--num_heldout=8",
+DEAD = 5  # the bottom channel that test_evaluate kills
+
+
+def kill_bottom_channel(workdir, channel):
+    """Rewrites workdir's model with bottom (layer 2) channel `channel` dead: its bias at
+    -1000 puts every unit of it below the K largest, and below ReLU's 0, in every parse.
+    Saved as the next checkpoint, which the commands then open."""
+    opened = run_lib.load_run(workdir)
+    bias = opened.model.generator.deconvs[0].bias
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[channel]], [-1000.0]))
+    checkpoint, _ = run_lib.checkpoint_for(opened.model)
+    tf.train.CheckpointManager(checkpoint, os.path.dirname(opened.checkpoint),
+                               max_to_keep=None).save(checkpoint_number=opened.step + 1)
+
+
+def test_evaluate_prints_the_table_and_writes_json(workdir, tmp_path):
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    kill_bottom_channel(copy, DEAD)
+    result = run("-m", "sparse_gen_tf.evaluate", f"--workdir={copy}", "--num_heldout=8",
                  "--num_fit=32", "--nobaseline", *FAST_INFERENCE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| Parse accuracy, held-out |" in result.stdout
-    with open(os.path.join(workdir, "evaluation.json")) as f:
+    assert "| Dead channels, layer 2 |" in result.stdout
+    with open(os.path.join(copy, "evaluation.json")) as f:
         scores = json.load(f)
-    assert 0.0 <= scores["parse_accuracy"] <= 1.0
-    assert -1.0 <= scores["dictionary_recovery"] <= 1.0
-    assert scores["kernels_in_use"] <= 8 and np.isfinite(scores["psnr_heldout"])
+    assert np.isfinite(scores["psnr_heldout"])
     # The control is the data itself: every quadrant a legal derivation.
     assert scores["validity_data"] == 1.0 and scores["clean_cells_data"] == 1.0
     assert "| Grammar validity, samples from the prior (legal quadrants) |" in result.stdout
+
+    # The scores again, from the checkpoint evaluate opened.
+    opened = run_lib.load_run(copy)
+    generator, chains = opened.model.generator, opened.model.chains.numpy()
+    truth = opened.data().ground_truth
+    # Sparsity rows: over the parses of all training chains.
+    used = [a.numpy() != 0 for a in generator.parse(chains)["activations"]]
+    for i, mask in enumerate(used, 1):
+        dead = np.flatnonzero(~mask.any(axis=(0, 1, 2)))
+        assert scores[f"dead_channels_{i}"] == len(dead), i
+        assert scores[f"nonzero_{i}"] == pytest.approx(mask.mean()), i
+    assert DEAD in np.flatnonzero(~used[1].any(axis=(0, 1, 2)))
+    assert scores["dead_channels_2"] >= 1
+    # Kernels in use: bottom channels that survive in some parse of the 32 fit chains.
+    in_use = used[1][:32].any(axis=(0, 1, 2))
+    assert not in_use[DEAD] and scores["kernels_in_use"] == in_use.sum() <= 7
+    # Dictionary recovery: each true part's best Pearson r with a bottom patch, averaged.
+    patches, _ = parts_scores.bottom_patches(generator, chains[:32])
+    parts = truth.parts.reshape(len(truth.parts), -1)
+    r = np.corrcoef(parts, patches.reshape(len(patches), -1))[:len(parts), len(parts):]
+    assert scores["dictionary_recovery"] == pytest.approx(r.max(1).mean(), abs=1e-6)
+    # Parse accuracy: the held-out images inferred with the same settings and seed; each
+    # cell's dominant bottom channel (largest s_j ||B_j||), mapped to the part it
+    # dominates most often in the fit chains' cells, against the cell's true part.
+    def dominant(z):
+        energy = parts_scores.bottom_contributions(generator, z)
+        return np.where(energy.max(-1) > 0, energy.argmax(-1), -1)
+
+    fit, labels = dominant(chains[:32]), truth.part_labels[:32]
+    votes = np.zeros((8, labels.max() + 1), int)
+    for channel, part in zip(fit[fit >= 0], labels[fit >= 0]):
+        votes[channel, part] += 1
+    assert not votes[DEAD].any()
+    channel_part = np.where(votes.any(1), votes.argmax(1), -1)
+    images, heldout_truth = pipeline.heldout_images(opened.config, 8)
+    settings = inference.InferenceSettings(**scores["inference"])
+    z = inference.reconstruct(opened.model, pipeline.to_model_range(images),
+                              settings=settings, seed=0).numpy()
+    cells = dominant(z)
+    predicted = np.where(cells >= 0, channel_part[cells], -1)
+    assert scores["parse_accuracy"] == pytest.approx(
+        np.mean(predicted == heldout_truth.part_labels))
 
 
 @pytest.mark.parametrize("module", ["sparse_gen_tf.explain", "sparse_gen_tf.evaluate"])
@@ -95,11 +147,54 @@ def test_missing_workdir_or_checkpoint_is_one_line(tmp_path, workdir, module):
     assert "no checkpoint in" in last_line(no_checkpoint.stderr)
 
 
-def test_parse_figure_has_one_block_per_layer_and_is_rgb():
-    config = GeneratorConfig(image_size=32, latent_dim=4, channels=(8, 8), topk=(4, 8))
-    generator = Generator(config)
-    figure = visualize.parse_figure(generator, np.zeros(4, np.float32))
+def runs(flags):
+    """The [start, end) of each run of True in a 1-D bool array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(flags, np.int8), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def figure_blocks(figure):
+    """The AND panels of a parse_figure, read off its pixels: a list, one per layer block
+    (top to bottom), of lists, one per grid row of panels, of the panels [rows, columns].
+
+    The layout (visualize.parse_figure): blocks stacked, each a 12-row white title over
+    its image and its grid of AND panels (PANEL grey background) with 4 white pixels
+    between panels; 8 white rows after each block. So the rows holding PANEL pixels come
+    in bands, one per grid row, 4 rows apart within a block and further apart (title,
+    padding) between blocks; within a band, the columns holding PANEL pixels come in runs,
+    one per panel.
+    """
+    grey = (figure == visualize.PANEL).all(-1)
+    blocks = []
+    for top, bottom in runs(grey.any(1)):
+        if not blocks or top - blocks[-1][-1][0][0].stop > 4:
+            blocks.append([])
+        blocks[-1].append([np.s_[top:bottom, left:right]
+                           for left, right in runs(grey[top:bottom].any(0))])
+    return blocks
+
+
+def test_parse_figure_has_one_block_per_layer_with_one_panel_per_and_cell():
+    generator = Generator(tiny_generator())
+    z = tf.random.stateless_normal([1, 4], [0, 9])
+    parse = generator.parse(z)
+    figure = visualize.parse_figure(generator, z[0].numpy())
     assert figure.dtype == np.uint8 and figure.shape[2] == 3
-    # Each layer block starts with a white title row; two layers, two titles.
-    white_rows = np.flatnonzero((figure == 255).all(axis=(1, 2)))
-    assert figure.shape[0] > 2 * 32 and len(white_rows) > 0
+    assert all(np.count_nonzero(a) for a in parse["activations"])  # units to draw
+    blocks = figure_blocks(figure)
+    layers = list(range(generator.num_layers, 0, -1))  # bottom first
+    assert len(blocks) == len(layers) == 2
+    for block, layer in zip(blocks, layers):
+        activation = parse["activations"][layer - 1].numpy()[0]
+        h, w, _ = activation.shape  # one AND node per cell of the layer's feature map
+        assert [len(row) for row in block] == [w] * h, (layer, block)
+        # Above the panels, the block's title: white rows with the text "L{layer} K=...".
+        title = figure[block[0][0][0].start - 12:block[0][0][0].start]
+        assert (title == 255).mean() > 0.9 and (title < 128).any(), layer
+        # Each panel draws up to max_or = 3 OR nodes, each with a bar under it: as many
+        # bars as the cell has surviving units, at most 3.
+        for y, row in enumerate(block):
+            for x, panel in enumerate(row):
+                bars = (figure[panel] == visualize.BAR).all(-1)
+                drawn = len(runs(bars[bars.any(1)][0])) if bars.any() else 0
+                assert drawn == min(3, np.count_nonzero(activation[y, x])), (layer, y, x)

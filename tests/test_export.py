@@ -24,19 +24,18 @@ import tensorflow as tf
 
 from tensorflow.core.protobuf import saved_model_pb2
 
+from conftest import last_line, tiny_train_config
+
 from sparse_gen_tf import serving
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.training import run, trainer
 from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.learning.langevin import LangevinConfig
-from sparse_gen_tf.model.generator import Generator, GeneratorConfig
+from sparse_gen_tf.model.generator import Generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
-TINY = TrainConfig(num_images=64, batch_size=32, langevin=LangevinConfig(steps=2),
-                   generator=GeneratorConfig(channels=(8, 8), topk=(4, 8), latent_dim=4),
-                   train_steps=2, jit_compile=False, num_summary_images=4)
+TINY = tiny_train_config()
 # With refinement, so that every test of the served reconstruct covers it too.
 RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3, refine_steps=4,
                                           refine_step_size=0.05)
@@ -46,11 +45,6 @@ def run_export(*flags, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, EXPORT_SCRIPT, *flags], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def request_tensors(body, signature):

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, log_joint
+from conftest import tiny_generator
+from sparse_gen_tf import Generator, log_joint
 from sparse_gen_tf.learning.inference import infer, starting_points
 
-CONFIG = GeneratorConfig(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32),
-                         kernel_sizes=(4, 4), strides=(2, 4))
+CONFIG = tiny_generator(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32))
 
 
 def sharp_generator():
@@ -49,13 +49,16 @@ def test_infer_compiles_with_xla_and_is_reproducible():
 def test_restarts_and_annealing_find_lower_energy_than_plain_langevin():
     generator = sharp_generator()
     images = generator(tf.random.stateless_normal([32, 8], [2, 2]))
-    # The baseline is what these options add to: one chain from N(0, I), as many steps.
+    # The baseline is what these options add to: one chain from N(0, I), as many
+    # gradient steps per chain (no refinement on either side: it has its own test).
+    # Configured like the baseline, "robust" is the baseline, and fails both asserts.
     plain = compiled(generator, steps=60, restarts=1, seed=0)(images)
     robust = compiled(generator, steps=60, restarts=4, seed=0, anneal_sigma=4.0,
-                      anneal_stages=3, refine_steps=20)(images)
+                      anneal_stages=3)(images)
     before, after = energy(generator, plain, images), energy(generator, robust, images)
-    # 32 images: with 8 the mean was one or two images' luck. These weights give 0.55 and
-    # 78% of images improved.
+    # 32 images: with 8 the mean was one or two images' luck. These weights give 0.64 and
+    # 78% of images improved; over 18 other draws (Keras seeds 0-2, image seeds [2, 2],
+    # [3, 3], [4, 4], inference seeds 0-1) the ratio was 0.49-0.74 and 66-97% improved.
     assert after.mean() < 0.8 * before.mean(), (before, after)
     assert (after < before).mean() > 0.6, (before, after)
 

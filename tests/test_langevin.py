@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sparse_gen_tf import Generator, GeneratorConfig, langevin, log_joint
+from conftest import tiny_generator
+from sparse_gen_tf import Generator, langevin, log_joint
 
-CONFIG = GeneratorConfig(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32),
-                         kernel_sizes=(4, 4), strides=(2, 4))
+CONFIG = tiny_generator(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32))
 
 
 def energy(generator, z, images, sigma):
@@ -49,8 +49,8 @@ def test_langevin_without_noise_is_gradient_ascent_on_log_joint():
 
 @pytest.mark.parametrize("config", [
     CONFIG,  # bottom kernel == stride: the loop works on space_to_depth'd images
-    GeneratorConfig(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32),
-                    kernel_sizes=(4, 6), strides=(2, 4))])  # k > s: the plain path
+    tiny_generator(image_size=16, latent_dim=8, channels=(16, 8), topk=(16, 32),
+                   kernel_sizes=(4, 6))])  # k > s: the plain path
 @pytest.mark.parametrize("masked", [False, True])
 def test_the_loops_squared_error_is_log_joints(config, masked):
     generator = Generator(config)

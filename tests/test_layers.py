@@ -71,10 +71,14 @@ def test_topk_with_bisection_keeps_exactly_k_with_ties_under_xla():
     np.testing.assert_array_equal(mask.numpy(), eager_mask.numpy())
 
 
-@pytest.mark.parametrize("jit_compile,expected", [(True, True), (False, False)])
-def test_compile_picks_bisection_for_xla_on_cpu(jit_compile, expected):
-    # On a host with a GPU, XLA compiles for it and top_k stays the faster threshold.
-    expected = expected and not tf.config.list_logical_devices("GPU")
+@pytest.mark.parametrize("jit_compile,gpu,expected", [
+    (True, False, True),     # XLA on a CPU: top_k is a serial sort there, bisect
+    (False, False, False),   # no XLA: TensorFlow's own top_k
+    (True, True, False),     # XLA compiles for the GPU: its top_k is the faster one
+    (False, True, False),
+])
+def test_compile_picks_bisection_for_xla_on_cpu(host_gpus, jit_compile, gpu, expected):
+    host_gpus(gpu)
     model = AlternatingBackprop(Generator(GeneratorConfig()), 8)
     model.compile(optimizer="adam", jit_compile=jit_compile)
     assert [t.bisection for t in model.generator.topks] == [expected] * 2

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_generator
 from sparse_gen_tf.model.descriptor import DescriptorConfig
-from sparse_gen_tf.model.generator import GeneratorConfig
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "legacy_runs")
-GENERATOR = GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8))
+GENERATOR = tiny_generator()
 DESCRIPTORS = {"abp": None, "cooperative": DescriptorConfig(
     channels=(8, 8), kernel_sizes=(5, 3), strides=(2, 2))}
 

@@ -9,18 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_generator, tiny_train_config
 from sparse_gen_tf import serving
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.learning import clusters
-from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.model.generator import Generator, GeneratorConfig
 from sparse_gen_tf.training import run, trainer
 from sparse_gen_tf.training.config import TrainConfig
 
-TINY = TrainConfig(num_images=64, batch_size=32, langevin=LangevinConfig(steps=2),
-                   generator=GeneratorConfig(channels=(8, 8), topk=(4, 8), latent_dim=4),
-                   train_steps=2, jit_compile=False, num_summary_images=4)
+TINY = tiny_train_config()
 # The default run for a fifth of its steps (one checkpoint, at the end): enough for a
 # good share of the reconstructions' quadrants to be legal derivations of the grammar,
 # and so a fair test of whether the prior's samples come near them.
@@ -127,7 +125,7 @@ def test_a_grammar_sample_is_a_sparse_parse_that_its_top_layer_determines(tiny):
 
 
 def test_an_export_with_the_normal_prior_samples_z_and_serves_it(tmp_path):
-    generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
+    generator = Generator(tiny_generator())
     path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
                                     settings=serving.ReconstructSettings(steps=1, restarts=1),
                                     prior=prior_lib.NormalPrior(generator.config))

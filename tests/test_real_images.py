@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from sparse_gen_tf import Generator, GeneratorConfig
+from conftest import tiny_generator
+from sparse_gen_tf import Generator
 from sparse_gen_tf.explanation import basis, unit_scores, visualize
 from sparse_gen_tf.explanation.figures import write_png
 
@@ -54,7 +55,7 @@ def test_sharpness_is_one_for_the_data_and_below_one_when_blurred():
 
 
 def test_layer_specificities_lie_between_uniform_and_one():
-    generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
+    generator = Generator(tiny_generator())
     z = visualize.sample_latents(generator, 16)
     scores = unit_scores.layer_specificities(generator, z, batch=5)
     assert scores["specificity_uniform_1"] == 0.25 and scores["specificity_uniform_2"] == 1 / 16
@@ -63,7 +64,7 @@ def test_layer_specificities_lie_between_uniform_and_one():
 
 
 def test_normalised_kernels_span_the_full_range_whatever_their_scale():
-    generator = Generator(GeneratorConfig(latent_dim=4, channels=(8, 8), topk=(4, 8)))
+    generator = Generator(tiny_generator())
     z = visualize.sample_latents(generator, 16)
     deconv = generator.deconvs[-1]
     deconv.kernel.assign(deconv.kernel * 1e-3)  # faint beside the bias, as on faces

@@ -6,26 +6,20 @@ the TopK thresholds, for kernel == stride and kernel > stride, eagerly and under
 (with the bisection thresholds), and one train step under a two-replica MirroredStrategy.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_mirrored, tiny_generator
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, langevin
 from sparse_gen_tf.model.layers import TopK, TransposedConv, running_count
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # kernel > stride with overlapping windows on top, kernel == stride (disjoint cells) below.
-CONFIG = GeneratorConfig(image_size=16, latent_dim=6, channels=(8, 6), topk=(5, 12),
-                         kernel_sizes=(4, 4), strides=(2, 4))
+CONFIG = tiny_generator(image_size=16, latent_dim=6, channels=(8, 6), topk=(5, 12))
 # kernel > stride in the image layer too, and a kernel that is not a whole number of
 # strides (3 = 1.5 x 2): the padded, cropped overlap-add.
-OVERLAPPING = GeneratorConfig(image_size=16, latent_dim=6, channels=(8, 6), topk=(5, 12),
-                              kernel_sizes=(3, 6), strides=(2, 4))
+OVERLAPPING = tiny_generator(image_size=16, latent_dim=6, channels=(8, 6), topk=(5, 12),
+                             kernel_sizes=(3, 6))
 
 
 def xla(function):
@@ -170,29 +164,20 @@ def test_langevin_chains_agree_on_both_paths():
     ((10, 20), True, True),     # 1%: sparse measured faster
     ((10, 20), False, False),   # no XLA: the path was only measured under XLA
 ])
-def test_compile_picks_the_measured_faster_path(topk, jit_compile, sparse):
+@pytest.mark.parametrize("gpu", [False, True])
+def test_compile_picks_the_measured_faster_path(host_gpus, topk, jit_compile, sparse, gpu):
+    host_gpus(gpu)  # on a GPU the sparse path was never measured: always dense
     config = GeneratorConfig(image_size=64, latent_dim=8, channels=(256, 128), topk=topk,
                              kernel_sizes=(4, 16), strides=(2, 16))
     model = AlternatingBackprop(Generator(config), 4)
     model.compile(optimizer="adam", jit_compile=jit_compile)
-    on_gpu = bool(tf.config.list_logical_devices("GPU"))
-    assert model.generator.sparse_path is (sparse and not on_gpu)
+    assert model.generator.sparse_path is (sparse and not gpu)
 
 
 # One epoch of two global batches under a two-replica MirroredStrategy (Langevin under
 # XLA), dense path against sparse path, from the same weights and chains.
+# (After conftest.MIRRORED_SETUP: strategy, config, n, images, dataset.)
 MIRRORED = """
-import sys
-import keras, numpy as np, tensorflow as tf
-from sparse_gen_tf.training import distribute
-strategy = distribute.make_strategy("mirrored", cpu_devices=2)
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
-
-config = GeneratorConfig(image_size=16, latent_dim=4, channels=(8, 8), topk=(8, 16),
-                         kernel_sizes=(4, 4), strides=(2, 4))
-n = 16
-images = tf.random.stateless_uniform([n, 16, 16, 3], [0, 1], -1, 1)
-dataset = tf.data.Dataset.from_tensor_slices((tf.range(n), images)).batch(8)
 models = []
 for sparse in (False, True):
     with strategy.scope():
@@ -214,12 +199,7 @@ np.savez(sys.argv[1], replicas=strategy.num_replicas_in_sync, dense_loss=logs[0]
 
 
 def test_sparse_path_trains_like_the_dense_one_under_mirrored_strategy(tmp_path):
-    out = str(tmp_path / "run.npz")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    result = subprocess.run([sys.executable, "-c", MIRRORED, out], capture_output=True,
-                            text=True, timeout=300, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = dict(np.load(out))
+    run = run_mirrored(MIRRORED, str(tmp_path / "run.npz"))
     assert run["replicas"] == 2
     np.testing.assert_allclose(run["sparse_loss"], run["dense_loss"], rtol=1e-5)
     np.testing.assert_allclose(run["sparse_chains"], run["dense_chains"], rtol=1e-4,

@@ -3,36 +3,23 @@ record (callbacks.HParamsSummary) that puts runs side by side in its table."""
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
-        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--train_steps=2"]
+from conftest import summary_values, tiny_flags, train_ok
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tensorboard") / "run")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
-                             f"--workdir={path}", *TINY], capture_output=True, text=True,
-                            timeout=300, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return path
+    return train_ok(tmp_path_factory.mktemp("tensorboard") / "run", *tiny_flags(train_steps=2))
 
 
 def values(directory):
     """Every summary value in the event files directly inside directory."""
-    for name in sorted(os.listdir(directory)):
-        if name.startswith("events."):
-            for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
-                yield from event.summary.value
+    return summary_values(directory, recursive=False)
 
 
 def test_every_image_summary_says_what_it_shows(workdir):

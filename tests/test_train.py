@@ -2,26 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--num_images=64", "--batch_size=32", "--langevin_steps=2", "--channels=8,8",
-        "--topk=4,8", "--latent_dim=4", "--checkpoint_every=1", "--log_every=1"]
+from conftest import (assert_flag_error, last_line, run_train, summary_events, tensorboard_tags,
+                      tiny_flags)
 
-
-def run_train(*flags, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+TINY = tiny_flags(log_every=1)
 
 
 def checkpoint_step(workdir):
@@ -31,9 +19,8 @@ def checkpoint_step(workdir):
 
 def scalar_steps(workdir, tag):
     """The sorted steps at which tb/train holds the scalar `tag`, over all event files."""
-    directory = os.path.join(workdir, "tb", "train")
-    return sorted(event.step for name in os.listdir(directory)
-                  for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name))
+    events = summary_events(os.path.join(workdir, "tb", "train"), recursive=False)
+    return sorted(event.step for event in events
                   if any(v.tag == tag for v in event.summary.value))
 
 
@@ -46,12 +33,7 @@ def test_train_writes_checkpoints_events_and_flags_then_resumes(tmp_path):
         assert json.load(f)["generator"]["topk"] == [4, 8]
     with open(os.path.join(workdir, "flags.txt")) as f:
         assert "--topk=4,8\n" in f.read()
-    events = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(workdir, "tb"))
-              for f in fs if "tfevents" in f]
-    tags = set()
-    for path in events:
-        for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(v.tag for v in event.summary.value)
+    tags = tensorboard_tags(os.path.join(workdir, "tb"))
     assert {"samples", "data_and_reconstructions", "epoch_psnr", "batch_mse",
             "epoch_dead_channels_2", "epoch_nonzero_1"} <= tags, tags
 
@@ -119,11 +101,7 @@ def test_resume_with_another_architecture_is_refused(tmp_path):
 def test_bad_flags_fail_with_one_clear_line_and_write_nothing(tmp_path, flags, message):
     workdir = tmp_path / "run"
     result = run_train(f"--workdir={workdir}", *TINY, *flags, timeout=120)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "Flags parsing error" in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert not workdir.exists()
+    assert_flag_error(result, message, workdir)
 
 
 @pytest.mark.parametrize("make,message", [
