@@ -244,9 +244,9 @@ class Generator(keras.Model):
         Everything that does not depend on z is computed once, here, outside the loop:
         the deconvs' kernels (`langevin_kernels`) and, when `blocked_output`, the images
         (and mask) rearranged by space_to_depth, so that the residual is taken on the
-        matmul's own layout. The sum of squares does not depend on the order of the pixels, and XLA
-        would otherwise redo the kernels' transposes and read the image with a stride of
-        3 floats in every Langevin step (BENCHMARKS.md).
+        matmul's own layout. The sum of squares does not depend on the order of the
+        pixels, and XLA would otherwise redo the kernels' transposes and read the image
+        with a stride of 3 floats in every Langevin step (BENCHMARKS.md).
 
         Args:
           images: [batch, H, W, 3]; observed: optional [batch, H, W, 1 or 3] 0/1 mask.

@@ -33,7 +33,10 @@ def kth_largest(values, k, bisection=False):
     bisection there, while without XLA (TensorFlow's multi-threaded TopK kernel) and on
     GPU top_k is the faster one (BENCHMARKS.md, "Layer choices").
     """
-    return kth_largest_and_count(values, k, bisection)[0]
+    if bisection and not tf.executing_eagerly():
+        return kth_largest_by_bisection(values, k)
+    top, _ = tf.math.top_k(values, k=k, sorted=False)
+    return tf.reduce_min(top, axis=-1, keepdims=True)
 
 
 def kth_largest_and_count(values, k, bisection=False):
@@ -42,8 +45,7 @@ def kth_largest_and_count(values, k, bisection=False):
     bisection has it for free, top_k pays one more pass."""
     if bisection and not tf.executing_eagerly():
         return kth_largest_by_bisection(values, k, with_count=True)
-    top, _ = tf.math.top_k(values, k=k, sorted=False)
-    threshold = tf.reduce_min(top, axis=-1, keepdims=True)
+    threshold = kth_largest(values, k)
     count = tf.reduce_sum(tf.cast(values >= threshold, tf.float32), -1, keepdims=True)
     return threshold, count
 
