@@ -1,0 +1,152 @@
+"""The paper-size train step under XLA CPU backend options (issue 14).
+
+    python benchmarks/xla_cpu_flags.py                      # default vs oneDNN vs old runtime
+    python benchmarks/xla_cpu_flags.py --rounds=5 --steps=5
+
+XLA reads XLA_FLAGS once per process, so every variant runs in its own fresh process,
+and the variants alternate over --rounds rounds, so that they see the same load. Each
+process compiles the dense paper-size step (64x64, batch 64, L = 30, celeba.flags'
+architecture), runs --steps steps with a 4096² float32 matmul (TensorFlow's own kernel,
+not XLA's, so that the options do not move it) after each, and reports its best step, its
+best matmul and a checksum of the chains after the steps, which tells whether an option
+changed the numbers, then times the step's four matmul shapes alone, each as 30 dependent
+matmuls in one compiled loop, as the Langevin loop runs them. The table gives, per
+variant, the median over rounds of the best step, its dense-equivalent FLOP/s as a
+fraction of the peak from the same process, the ratio to the default variant's step in
+the same round, and the four matmuls' rates.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_integer("rounds", 3, "Fresh processes per variant, alternating.")
+flags.DEFINE_integer("steps", 5, "Timed train steps per process.")
+flags.DEFINE_list("variants", ["default", "onednn", "no_thunks", "xnn_dot", "onednn_dot"],
+                  "Which of the VARIANTS below to time; 'default' first gives the ratio "
+                  "column.")
+flags.DEFINE_string("probe", None, "Internal: the XLA_FLAGS of this (fresh) process was "
+                    "set for this variant; time it, print one line and exit.")
+FLAGS = flags.FLAGS
+
+VARIANTS = {  # name -> XLA_FLAGS
+    "default": "",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "no_thunks": "--xla_cpu_use_thunk_runtime=false",
+    "xnn_dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
+    "onednn_dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
+}
+PEAK_SIZE = 4096
+
+
+def probe(repeats):
+    """Prints one line: best step s, median step s, best matmul s, FLOPs per step and
+    a checksum of the chains after the steps (same seed and steps in every process, so
+    equal checksums mean the option left the arithmetic alone)."""
+    import time
+
+    import numpy as np
+
+    from train_step import forward_flops, matmul_timer, paper_config, step_setup
+    import keras
+    keras.utils.set_random_seed(0)  # the same weights in every process
+    config = paper_config(64)
+    matmul = matmul_timer(PEAK_SIZE)
+    model, ids, images = step_setup(config, 64, 30, jit_compile=True)
+    model.train_on_batch(ids, images)  # trace + compile
+    times, matmuls = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.train_on_batch(ids, images)
+        times.append(time.perf_counter() - start)
+        matmuls.append(matmul())
+    flops = (2 * 30 + 3) * forward_flops(config) * 64
+    check = float(np.abs(model.chains.numpy()).sum())
+    rates = " ".join(f"{rate:.1f}" for rate in loop_matmul_rates())
+    print(f"RESULT {min(times):.5f} {statistics.median(times):.5f} {min(matmuls):.5f} "
+          f"{flops:.6e} {check:.9e} {rates}")
+
+
+# The four matmuls of a paper-size Langevin step, [M, K] x [K, N]: the unrolled top layer
+# forward and backward to its input, the bottom layer's cells forward and backward.
+LOOP_MATMULS = ((64, 1024, 2048), (64, 2048, 1024), (1024, 128, 768), (1024, 768, 128))
+
+
+def loop_matmul_rates(steps=30, repeats=5):
+    """GFLOP/s of each LOOP_MATMULS shape under XLA, as the Langevin loop runs it: `steps`
+    dependent matmuls in one compiled tf.while_loop, best of `repeats` calls."""
+    import time
+
+    import tensorflow as tf
+    rates = []
+    for m, k, n in LOOP_MATMULS:
+        a, b = tf.random.normal([m, k]), tf.random.normal([k, n])
+
+        @tf.function(jit_compile=True)
+        def loop(a, b):
+            def body(i, x):  # x makes each matmul depend on the one before
+                return i + 1, x + 1e-6 * tf.reduce_sum(tf.matmul(a + x, b))
+            return tf.while_loop(lambda i, x: i < steps, body, (0, tf.zeros([])))[1]
+        loop(a, b).numpy()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            loop(a, b).numpy()
+            best = min(best, time.perf_counter() - start)
+        rates.append(2 * m * k * n * steps / best / 1e9)
+    return rates
+
+
+def run_variant(name, repeats):
+    env = {**os.environ, "XLA_FLAGS": VARIANTS[name], "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, __file__, f"--probe={name}",
+                             f"--steps={repeats}"], capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    if result.returncode or not lines:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"variant {name} ({VARIANTS[name]}) failed: {tail}")
+    best, median, peak, flops, check, *rates = map(float, lines[-1].split()[1:])
+    return best, median, peak, flops, check, rates
+
+
+def main(argv):
+    del argv
+    if FLAGS.probe:
+        probe(FLAGS.steps)
+        return
+    unknown = set(FLAGS.variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+    rows = {name: [] for name in FLAGS.variants}
+    for round_ in range(FLAGS.rounds):
+        for name in FLAGS.variants:
+            rows[name].append(run_variant(name, FLAGS.steps))
+            best, _, peak, flops, check, rates = rows[name][-1]
+            print(f"round {round_ + 1} {name}: best {best:.4f} s, peak "
+                  f"{2 * PEAK_SIZE ** 3 / peak / 1e9:.0f} GFLOP/s, of peak "
+                  f"{flops / best / (2 * PEAK_SIZE ** 3 / peak):.0%}, checksum {check:.9e}, "
+                  f"loop matmuls {' '.join(f'{r:.0f}' for r in rates)} GFLOP/s",
+                  flush=True)
+    shapes = " | ".join("x".join(map(str, shape)) for shape in LOOP_MATMULS)
+    print("\n| variant | XLA_FLAGS | step s (median of bests) | of peak (median) | "
+          f"step vs default, same round (median) | {shapes} (GFLOP/s, median) |\n"
+          "|---|---|---|---|---|" + "---|" * len(LOOP_MATMULS))
+    base = rows.get("default")
+    for name, results in rows.items():
+        fractions = [flops / best / (2 * PEAK_SIZE ** 3 / peak)
+                     for best, _, peak, flops, _, _ in results]
+        rates = " | ".join(f"{statistics.median(r[5][i] for r in results):.0f}"
+                           for i in range(len(LOOP_MATMULS)))
+        ratio = (f"{statistics.median(b[0] / r[0] for b, r in zip(base, results)):.2f}x"
+                 if base and name != "default" else "")
+        print(f"| {name} | `{VARIANTS[name] or '(none)'}` | "
+              f"{statistics.median(r[0] for r in results):.4f} | "
+              f"{statistics.median(fractions):.0%} | {ratio} | {rates} |")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    app.run(main)
