@@ -10,7 +10,9 @@ architecture), runs --steps steps with a 4096² float32 matmul (TensorFlow's own
 not XLA's, so that the options do not move it) after each, and reports its best step, its
 best matmul and a checksum of the chains after the steps, which tells whether an option
 changed the numbers, then times the step's four matmul shapes alone, each as 30 dependent
-matmuls in one compiled loop, as the Langevin loop runs them. The table gives, per
+matmuls in one compiled loop, as the Langevin loop runs them, and digests XLA's optimized
+HLO of a Langevin chain: an option that swaps the dots for oneDNN or XNNPACK kernels
+changes it (they are custom calls). The table gives, per
 variant, the median over rounds of the best step, its dense-equivalent FLOP/s as a
 fraction of the peak from the same process, the ratio to the default variant's step in
 the same round, and the four matmuls' rates.
@@ -66,8 +68,27 @@ def probe(repeats):
     flops = (2 * 30 + 3) * forward_flops(config) * 64
     check = float(np.abs(model.chains.numpy()).sum())
     rates = " ".join(f"{rate:.1f}" for rate in loop_matmul_rates())
-    print(f"RESULT {min(times):.5f} {statistics.median(times):.5f} {min(matmuls):.5f} "
-          f"{flops:.6e} {check:.9e} {rates}")
+    digest, custom_calls = optimized_hlo(model.generator, images)
+    print(f"RESULT {digest} {custom_calls} {min(times):.5f} {statistics.median(times):.5f} "
+          f"{min(matmuls):.5f} {flops:.6e} {check:.9e} {rates}")
+
+
+def optimized_hlo(generator, images):
+    """(digest of XLA's optimized HLO of a paper-size Langevin chain, its number of
+    custom calls): an option that routes the dots to oneDNN or XNNPACK shows up in both
+    (its kernels are custom calls), one that changes only the runtime in neither."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from sparse_gen_tf.learning.langevin import langevin
+    chain = tf.function(lambda z, y: langevin(generator, z, y, tf.constant([0, 1]), steps=30,
+                                              step_size=0.3, sigma=0.3), jit_compile=True)
+    z = tf.zeros([images.shape[0], generator.config.latent_dim])
+    hlo = chain.experimental_get_compiler_ir(z, tf.constant(images))(stage="optimized_hlo")
+    # Names carry the process's unique ids; the digest is of the text without metadata.
+    text = "\n".join(line.split(", metadata=")[0] for line in hlo.splitlines())
+    return hashlib.sha1(text.encode()).hexdigest()[:10], hlo.count("custom-call(")
 
 
 # The four matmuls of a paper-size Langevin step, [M, K] x [K, N]: the unrolled top layer
@@ -108,8 +129,9 @@ def run_variant(name, repeats):
     if result.returncode or not lines:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"variant {name} ({VARIANTS[name]}) failed: {tail}")
-    best, median, peak, flops, check, *rates = map(float, lines[-1].split()[1:])
-    return best, median, peak, flops, check, rates
+    digest, custom_calls, *numbers = lines[-1].split()[1:]
+    best, median, peak, flops, check, *rates = map(float, numbers)
+    return best, median, peak, flops, check, rates, digest, int(custom_calls)
 
 
 def main(argv):
@@ -124,27 +146,31 @@ def main(argv):
     for round_ in range(FLAGS.rounds):
         for name in FLAGS.variants:
             rows[name].append(run_variant(name, FLAGS.steps))
-            best, _, peak, flops, check, rates = rows[name][-1]
+            best, _, peak, flops, check, rates, digest, calls = rows[name][-1]
             print(f"round {round_ + 1} {name}: best {best:.4f} s, peak "
                   f"{2 * PEAK_SIZE ** 3 / peak / 1e9:.0f} GFLOP/s, of peak "
                   f"{flops / best / (2 * PEAK_SIZE ** 3 / peak):.0%}, checksum {check:.9e}, "
+                  f"optimized HLO {digest} ({calls} custom calls), "
                   f"loop matmuls {' '.join(f'{r:.0f}' for r in rates)} GFLOP/s",
                   flush=True)
     shapes = " | ".join("x".join(map(str, shape)) for shape in LOOP_MATMULS)
     print("\n| variant | XLA_FLAGS | step s (median of bests) | of peak (median) | "
-          f"step vs default, same round (median) | {shapes} (GFLOP/s, median) |\n"
-          "|---|---|---|---|---|" + "---|" * len(LOOP_MATMULS))
+          f"step vs default, same round (median) | {shapes} (GFLOP/s, median) | "
+          "optimized HLO (custom calls) | chains checksum |\n"
+          "|---|---|---|---|---|" + "---|" * (len(LOOP_MATMULS) + 2))
     base = rows.get("default")
     for name, results in rows.items():
         fractions = [flops / best / (2 * PEAK_SIZE ** 3 / peak)
-                     for best, _, peak, flops, _, _ in results]
+                     for best, _, peak, flops, *_ in results]
         rates = " | ".join(f"{statistics.median(r[5][i] for r in results):.0f}"
                            for i in range(len(LOOP_MATMULS)))
         ratio = (f"{statistics.median(b[0] / r[0] for b, r in zip(base, results)):.2f}x"
                  if base and name != "default" else "")
         print(f"| {name} | `{VARIANTS[name] or '(none)'}` | "
               f"{statistics.median(r[0] for r in results):.4f} | "
-              f"{statistics.median(fractions):.0%} | {ratio} | {rates} |")
+              f"{statistics.median(fractions):.0%} | {ratio} | {rates} | "
+              f"{', '.join(sorted({f'{r[6]} ({r[7]})' for r in results}))} | "
+              f"{', '.join(sorted({f'{r[4]:.6e}' for r in results}))} |")
 
 
 if __name__ == "__main__":
