@@ -14,8 +14,8 @@ matmuls in one compiled loop, as the Langevin loop runs them, and digests XLA's 
 HLO of a Langevin chain: an option that swaps the dots for oneDNN or XNNPACK kernels
 changes it (they are custom calls). The table gives, per
 variant, the median over rounds of the best step, its dense-equivalent FLOP/s as a
-fraction of the peak from the same process, the ratio to the default variant's step in
-the same round, and the four matmuls' rates.
+fraction of the peak from the same process, its speed-up over the default variant's step
+in the same round (above 1: faster), and the four matmuls' rates.
 """
 
 import os
@@ -155,7 +155,7 @@ def main(argv):
                   flush=True)
     shapes = " | ".join("x".join(map(str, shape)) for shape in LOOP_MATMULS)
     print("\n| variant | XLA_FLAGS | step s (median of bests) | of peak (median) | "
-          f"step vs default, same round (median) | {shapes} (GFLOP/s, median) | "
+          f"speed-up over default, same round (median) | {shapes} (GFLOP/s, median) | "
           "optimized HLO (custom calls) | chains checksum |\n"
           "|---|---|---|---|---|" + "---|" * (len(LOOP_MATMULS) + 2))
     base = rows.get("default")
