@@ -5,19 +5,25 @@
 
 XLA reads XLA_FLAGS once per process, so every variant runs in its own fresh process,
 and the variants alternate over --rounds rounds, so that they see the same load. Each
-process compiles the dense paper-size step (64x64, batch 64, L = 30, celeba.flags'
-architecture), runs --steps steps with a 4096² float32 matmul (TensorFlow's own kernel,
-not XLA's, so that the options do not move it) after each, and reports its best step, its
-best matmul and a checksum of the chains after the steps, which tells whether an option
-changed the numbers, then times the step's four matmul shapes alone, each as 30 dependent
-matmuls in one compiled loop, as the Langevin loop runs them, and digests XLA's optimized
-HLO of a Langevin chain: an option that swaps the dots for oneDNN or XNNPACK kernels
-changes it (they are custom calls). The table gives, per
-variant, the median over rounds of the best step, its dense-equivalent FLOP/s as a
-fraction of the peak from the same process, its speed-up over the default variant's step
-in the same round (above 1: faster), and the four matmuls' rates.
+process:
+
+* compiles the dense paper-size step (64x64, batch 64, L = 30, celeba.flags'
+  architecture) and times --steps steps, each followed by a 4096² float32 matmul
+  (TensorFlow's own kernel, not XLA's, so that the options do not move the peak);
+* sums the chains after the steps, a checksum that tells whether an option changed the
+  numbers;
+* times the step's four matmul shapes alone, each as 30 dependent matmuls in one
+  compiled loop, as the Langevin loop runs them;
+* digests XLA's optimized HLO of a Langevin chain: an option that swaps the dots for
+  oneDNN or XNNPACK kernels changes it (they are custom calls).
+
+The table gives, per variant, the median over rounds of the best step, its
+dense-equivalent FLOP/s as a fraction of the peak from the same process, its speed-up
+over the default variant's step in the same round (above 1: faster), and the four
+matmuls' rates.
 """
 
+import collections
 import os
 import statistics
 import subprocess
@@ -43,11 +49,16 @@ VARIANTS = {  # name -> XLA_FLAGS
 }
 PEAK_SIZE = 4096
 
+# What one probe process measured: its best step and best peak matmul (s), the step's
+# dense-equivalent FLOPs, the chains' checksum, the LOOP_MATMULS rates (GFLOP/s) and the
+# optimized HLO's digest and custom-call count.
+Probe = collections.namedtuple(
+    "Probe", "best peak flops checksum rates digest custom_calls")
+
 
 def probe(repeats):
-    """Prints one line: best step s, median step s, best matmul s, FLOPs per step and
-    a checksum of the chains after the steps (same seed and steps in every process, so
-    equal checksums mean the option left the arithmetic alone)."""
+    """Prints one RESULT line, a `Probe` (same seed and steps in every process, so equal
+    checksums mean the option left the arithmetic alone)."""
     import time
 
     import numpy as np
@@ -69,8 +80,8 @@ def probe(repeats):
     check = float(np.abs(model.chains.numpy()).sum())
     rates = " ".join(f"{rate:.1f}" for rate in loop_matmul_rates())
     digest, custom_calls = optimized_hlo(model.generator, images)
-    print(f"RESULT {digest} {custom_calls} {min(times):.5f} {statistics.median(times):.5f} "
-          f"{min(matmuls):.5f} {flops:.6e} {check:.9e} {rates}")
+    print(f"RESULT {digest} {custom_calls} {min(times):.5f} {min(matmuls):.5f} {flops:.6e} "
+          f"{check:.9e} {rates}")
 
 
 def optimized_hlo(generator, images):
@@ -130,8 +141,8 @@ def run_variant(name, repeats):
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"variant {name} ({VARIANTS[name]}) failed: {tail}")
     digest, custom_calls, *numbers = lines[-1].split()[1:]
-    best, median, peak, flops, check, *rates = map(float, numbers)
-    return best, median, peak, flops, check, rates, digest, int(custom_calls)
+    best, peak, flops, check, *rates = map(float, numbers)
+    return Probe(best, peak, flops, check, rates, digest, int(custom_calls))
 
 
 def main(argv):
@@ -145,14 +156,13 @@ def main(argv):
     rows = {name: [] for name in FLAGS.variants}
     for round_ in range(FLAGS.rounds):
         for name in FLAGS.variants:
-            rows[name].append(run_variant(name, FLAGS.steps))
-            best, _, peak, flops, check, rates, digest, calls = rows[name][-1]
-            print(f"round {round_ + 1} {name}: best {best:.4f} s, peak "
-                  f"{2 * PEAK_SIZE ** 3 / peak / 1e9:.0f} GFLOP/s, of peak "
-                  f"{flops / best / (2 * PEAK_SIZE ** 3 / peak):.0%}, checksum {check:.9e}, "
-                  f"optimized HLO {digest} ({calls} custom calls), "
-                  f"loop matmuls {' '.join(f'{r:.0f}' for r in rates)} GFLOP/s",
-                  flush=True)
+            r = run_variant(name, FLAGS.steps)
+            rows[name].append(r)
+            print(f"round {round_ + 1} {name}: best {r.best:.4f} s, peak "
+                  f"{2 * PEAK_SIZE ** 3 / r.peak / 1e9:.0f} GFLOP/s, of peak "
+                  f"{of_peak(r):.0%}, checksum {r.checksum:.9e}, optimized HLO {r.digest} "
+                  f"({r.custom_calls} custom calls), loop matmuls "
+                  f"{' '.join(f'{rate:.0f}' for rate in r.rates)} GFLOP/s", flush=True)
     shapes = " | ".join("x".join(map(str, shape)) for shape in LOOP_MATMULS)
     print("\n| variant | XLA_FLAGS | step s (median of bests) | of peak (median) | "
           f"speed-up over default, same round (median) | {shapes} (GFLOP/s, median) | "
@@ -160,17 +170,20 @@ def main(argv):
           "|---|---|---|---|---|" + "---|" * (len(LOOP_MATMULS) + 2))
     base = rows.get("default")
     for name, results in rows.items():
-        fractions = [flops / best / (2 * PEAK_SIZE ** 3 / peak)
-                     for best, _, peak, flops, *_ in results]
-        rates = " | ".join(f"{statistics.median(r[5][i] for r in results):.0f}"
+        rates = " | ".join(f"{statistics.median(r.rates[i] for r in results):.0f}"
                            for i in range(len(LOOP_MATMULS)))
-        ratio = (f"{statistics.median(b[0] / r[0] for b, r in zip(base, results)):.2f}x"
+        ratio = (f"{statistics.median(b.best / r.best for b, r in zip(base, results)):.2f}x"
                  if base and name != "default" else "")
         print(f"| {name} | `{VARIANTS[name] or '(none)'}` | "
-              f"{statistics.median(r[0] for r in results):.4f} | "
-              f"{statistics.median(fractions):.0%} | {ratio} | {rates} | "
-              f"{', '.join(sorted({f'{r[6]} ({r[7]})' for r in results}))} | "
-              f"{', '.join(sorted({f'{r[4]:.6e}' for r in results}))} |")
+              f"{statistics.median(r.best for r in results):.4f} | "
+              f"{statistics.median(of_peak(r) for r in results):.0%} | {ratio} | {rates} | "
+              f"{', '.join(sorted({f'{r.digest} ({r.custom_calls})' for r in results}))} | "
+              f"{', '.join(sorted({f'{r.checksum:.6e}' for r in results}))} |")
+
+
+def of_peak(r):
+    """The step's dense-equivalent FLOP/s as a fraction of its process's best matmul."""
+    return r.flops / r.best / (2 * PEAK_SIZE ** 3 / r.peak)
 
 
 if __name__ == "__main__":
