@@ -11,10 +11,11 @@ the same load. It prints the best and median step, the dense-equivalent FLOP/s (
 FLOP count of benchmarks/train_step.py, whichever path ran) as a fraction of the best
 matmul, and each path's speed-up over the dense one. At the paper point --blocked also
 times the dense path with the top layer in its blocked form (matmul + overlap-add, before
-`TransposedConv.unrolled_kernel`). With --torch (and PyTorch installed) it also
-times a stock PyTorch version of the same dense step (ConvTranspose2d, torch.topk,
-autograd Langevin) at the paper point, the reference of issue 14, in a fresh process
-right after the paper point's row.
+`TransposedConv.unrolled_kernel`), and --unrolled with it as one whole-layer matrix (before
+`TransposedConv.windowed_kernel` dropped that matrix's zero blocks). With --torch (and
+PyTorch installed) it also times a stock PyTorch version of the same dense step
+(ConvTranspose2d, torch.topk, autograd Langevin) at the paper point, the reference of
+issue 14, in a fresh process right after the paper point's row.
 """
 
 import dataclasses
@@ -33,6 +34,9 @@ flags.DEFINE_boolean("torch", True, "Also time the PyTorch reference, if install
 flags.DEFINE_boolean("blocked", True, "Also time the dense path with the top layer as "
                      "blocked matmul + overlap-add (the formulation before "
                      "TransposedConv.unrolled_kernel), at the paper point.")
+flags.DEFINE_boolean("unrolled", True, "Also time the dense path with the top layer as "
+                     "one whole-layer matmul, zero blocks included (the formulation "
+                     "before TransposedConv.windowed_kernel), at the paper point.")
 flags.DEFINE_boolean("torch_probe", False, "Internal: time the PyTorch reference in this "
                      "(fresh) process, print its best seconds per step and exit.")
 FLAGS = flags.FLAGS
@@ -49,22 +53,27 @@ def with_fraction(config, fraction):
     return dataclasses.replace(config, topk=topk)
 
 
-# The formulations timed: (name, Generator.sparse_path, blocked top layer).
-DENSE, SPARSE = ("dense", False, False), ("sparse", True, False)
-BLOCKED = ("dense, blocked", False, True)
+# The formulations timed: (name, Generator.sparse_path, the dense path's top-layer kernel:
+# None for langevin_kernels' own choice, or the TransposedConv method that makes it).
+DENSE, SPARSE = ("dense", False, None), ("sparse", True, None)
+BLOCKED = ("dense, blocked", False, "matmul_kernel")
+UNROLLED = ("dense, unrolled", False, "unrolled_kernel")
 
 
 def time_paths(config, batch_size, steps, repeats, matmul, paths=(DENSE, SPARSE)):
     """{path: (first call s, [step s])} and [matmul s], the paths interleaved."""
     runs, times, matmuls = {}, {}, []
     for path in paths:
-        _, sparse, blocked = path
+        _, sparse, top_kernel = path
         model, ids, images = step_setup(config, batch_size, steps, jit_compile=True)
         model.generator.sparse_path = sparse  # overrides compile's choice
-        if blocked:
+        if top_kernel:
             generator = model.generator
-            generator.langevin_kernels = lambda g=generator: [
-                deconv.matmul_kernel(g.compute_dtype) for deconv in g.deconvs]
+            generator.langevin_kernels = lambda g=generator, top=top_kernel: [
+                deconv.unrolled_kernel(shape, g.compute_dtype) if top == "unrolled_kernel"
+                and i == 0 else deconv.matmul_kernel(g.compute_dtype)
+                for i, (deconv, shape) in enumerate(
+                    zip(g.deconvs, g.config.feature_map_shapes()))]
         start = time.perf_counter()
         model.train_on_batch(ids, images)
         runs[path] = (model, ids, images)
@@ -159,8 +168,9 @@ def main(argv):
     torch_line = None
     for fraction in map(float, FLAGS.fractions):
         config = with_fraction(base, fraction)
-        paths = (DENSE, SPARSE) + ((BLOCKED,) if FLAGS.blocked and config.topk == base.topk
-                                   else ())
+        paper = config.topk == base.topk
+        paths = ((DENSE, SPARSE) + ((BLOCKED,) if FLAGS.blocked and paper else ())
+                 + ((UNROLLED,) if FLAGS.unrolled and paper else ()))
         times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul, paths)
         flops = (2 * steps + 3) * forward_flops(config) * batch
         peak = 2 * FLAGS.peak_size ** 3 / min(matmuls)

@@ -1,8 +1,9 @@
 """The dense Langevin path's two speed-ups (issue 14) compute the same function.
 
 `TransposedConv.unrolled_kernel` makes a layer with a small input map one matmul, without
-the overlap-add of its shifted blocks; `Generator.langevin_kernels` picks it where it does
-no more multiply-adds. `kth_largest_and_count` hands TopK the count of entries at or
+the overlap-add of its shifted blocks; `windowed_kernel` is that matmul without its zero
+blocks; `Generator.langevin_kernels` picks it where the whole-layer matrix does no more
+multiply-adds. `kth_largest_and_count` hands TopK the count of entries at or
 above its threshold, so the mask knows about surplus ties without another pass.
 """
 
@@ -11,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from sparse_gen_tf import Generator, GeneratorConfig
-from sparse_gen_tf.model.layers import TopK, TransposedConv, kth_largest_and_count
+from sparse_gen_tf.model.layers import (TopK, TransposedConv, kth_largest_and_count,
+                                        windows)
 
 # The paper's shape at 16x16: FC 2x2 -> 4x4 (k = 4, s = 2) -> image (k = s = 4).
 PAPER_LIKE = GeneratorConfig(image_size=16, latent_dim=6, channels=(8, 6), topk=(5, 12),
@@ -75,9 +77,67 @@ def test_unrolls_only_where_it_does_no_more_work():
     assert not bottom.unrolls((4, 4, 128))
 
 
-def test_langevin_kernels_unroll_the_top_layer_on_the_dense_path_only():
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_windowed_kernel_is_the_same_layer_and_gradients(shape, compiled):
+    h, w, c_in, filters, k, s = shape
+    layer = TransposedConv(filters, k, s)
+    layer.build((None, h, w, c_in))
+    layer.bias.assign(tf.random.stateless_normal([filters], [1, 2]))
+    x = tf.random.stateless_normal([4, h, w, c_in], [3, 4])
+    weights = tf.random.stateless_normal([4, h * s, w * s, filters], [5, 6])
+
+    def both(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            windowed = layer(x, kernel=layer.windowed_kernel((h, w, c_in)))
+            blocked = layer(x, kernel=layer.matmul_kernel())
+            losses = [tf.reduce_sum(tf.sin(out) * weights) for out in (windowed, blocked)]
+        return windowed, blocked, [tape.gradient(loss, [x, layer.kernel, layer.bias])
+                                   for loss in losses]
+
+    windowed, blocked, (grads_w, grads_b) = (xla(both) if compiled else both)(x)
+    assert windowed.shape == (4, h * s, w * s, filters)
+    np.testing.assert_allclose(windowed, blocked, rtol=1e-5, atol=1e-5)
+    for name, u, b in zip(("x", "kernel", "bias"), grads_w, grads_b):
+        assert np.abs(b).max() > 0, name
+        np.testing.assert_allclose(u, b, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_windows_of_the_paper_top_layer():
+    # 2 -> 4 rows, k = 4, s = 2, pad 1: row 0 only from input row 0, rows 1-2 from both,
+    # row 3 only from input row 1.
+    assert windows(2, 4, 4, 2) == [((0, 1), (0, 1)), ((0, 2), (1, 3)), ((1, 2), (3, 4))]
+    # Disjoint cells (k == s): each output window is one input row's cell.
+    assert windows(3, 6, 2, 2) == [((0, 1), (0, 2)), ((1, 2), (2, 4)), ((2, 3), (4, 6))]
+
+
+def test_windowed_kernel_drops_exactly_the_zero_blocks_of_the_unrolled_one():
+    layer = TransposedConv(5, 4, 2)
+    layer.build((None, 2, 2, 7))
+    unrolled = layer.unrolled_kernel((2, 2, 7)).numpy().reshape(2, 2, 7, 4, 4, 5)
+    grid = layer.windowed_kernel((2, 2, 7))
+    covered = np.zeros([2, 2, 4, 4], bool)  # (cell, pixel) pairs that some window holds
+    for row in grid:
+        for b in row:
+            (i0, i1), (j0, j1), (p0, p1), (q0, q1) = b.cell_rows, b.cell_cols, b.rows, b.cols
+            np.testing.assert_array_equal(
+                b.matrix.numpy(),
+                unrolled[i0:i1, j0:j1, :, p0:p1, q0:q1].reshape(b.matrix.shape))
+            assert not covered[i0:i1, j0:j1, p0:p1, q0:q1].any()  # no pair twice
+            covered[i0:i1, j0:j1, p0:p1, q0:q1] = True
+    # Every pair left out is a zero block of the unrolled matrix, and the windows do
+    # 36 of its 64 (cell, pixel) multiply-add blocks.
+    assert not np.abs(unrolled.transpose(0, 1, 3, 4, 2, 5)[~covered]).any()
+    assert covered.sum() == 36
+    assert np.abs(unrolled.transpose(0, 1, 3, 4, 2, 5)[covered]).max() > 0
+
+
+def test_langevin_kernels_window_the_top_layer_on_the_dense_path_only():
     generator = Generator(PAPER_LIKE)
-    assert [k.shape.rank for k in generator.langevin_kernels()] == [3, 2]
+    top, bottom = generator.langevin_kernels()
+    assert isinstance(top, tuple) and len(top) == 3 and all(len(r) == 3 for r in top)
+    assert bottom.shape.rank == 2
     generator.sparse_path = True  # `paint` takes the blocked kernels
     assert [k.shape.rank for k in generator.langevin_kernels()] == [2, 2]
 

@@ -161,9 +161,9 @@ class Generator(keras.Model):
           z: [batch, latent_dim].
           masks: optional list, one per sparse layer, of (mask_T, mask_R) [batch, h, w, c]
             to use instead of computing them: the frozen, linear generator of Eq. (2).
-          kernels: optional list of each deconv's `matmul_kernel()` or
-            `unrolled_kernel()` (see `langevin_kernels`), computed once by a
-            caller that runs g many times with fixed weights.
+          kernels: optional list of each deconv's `matmul_kernel()`,
+            `unrolled_kernel()` or `windowed_kernel()` (see `langevin_kernels`), computed
+            once by a caller that runs g many times with fixed weights.
           blocked: return "logits" and "image" as `tf.nn.space_to_depth(·, s)` of the
             image, [batch, H/s, W/s, s*s*3] (needs `blocked_output`); see
             `squared_error_fn`.
@@ -229,10 +229,11 @@ class Generator(keras.Model):
 
     def langevin_kernels(self):
         """Each deconv's kernel in the form that a loop with fixed weights runs fastest:
-        the matrix of the whole layer (`TransposedConv.unrolled_kernel`) where that does
-        no more multiply-adds (`unrolls`) and the dense path runs, else `matmul_kernel`
-        (which `paint` needs). Pass them as `parse(kernels=...)`."""
-        return [deconv.unrolled_kernel(shape, self.compute_dtype)
+        the matrix of the whole layer without its zero blocks
+        (`TransposedConv.windowed_kernel`) where the whole-layer matrix does no more
+        multiply-adds than the blocked matmul (`unrolls`) and the dense path runs, else
+        `matmul_kernel` (which `paint` needs). Pass them as `parse(kernels=...)`."""
+        return [deconv.windowed_kernel(shape, self.compute_dtype)
                 if not self.sparse_path and deconv.unrolls(shape)
                 else deconv.matmul_kernel(self.compute_dtype)
                 for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes())]
