@@ -43,6 +43,16 @@ def test_celeba_flags_are_the_papers_setup():
     assert dataclasses.replace(config, workdir="x").generator.image_size == 64
 
 
+def test_celeba_wide_flags_differ_from_celeba_flags_only_in_the_code_width():
+    paper = config_from(f"--flagfile={os.path.join(ROOT, 'celeba.flags')}")
+    wide = config_from(f"--flagfile={os.path.join(ROOT, 'celeba_wide.flags')}")
+    assert wide.generator.topk == (256, 512) and wide.generator.latent_dim == 200
+    assert wide.train_steps == 2000 and wide.workdir == "runs/celeba_wide"
+    assert wide == dataclasses.replace(
+        paper, workdir=wide.workdir, train_steps=2000,
+        generator=dataclasses.replace(paper.generator, topk=(256, 512), latent_dim=200))
+
+
 def test_a_runs_flags_txt_reads_back_as_a_flagfile(tmp_path):
     from sparse_gen_tf.training import run
     config = TrainConfig(workdir=str(tmp_path), generator=GeneratorConfig(topk=(4, 8)))
