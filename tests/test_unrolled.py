@@ -32,7 +32,8 @@ SHAPES = [(2, 2, 5, 3, 4, 2), (2, 3, 4, 2, 5, 2), (1, 1, 3, 2, 4, 2), (2, 2, 3, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("compiled", [False, True])
-def test_unrolled_kernel_is_the_same_layer_and_gradients(shape, compiled):
+@pytest.mark.parametrize("form", ["unrolled_kernel", "windowed_kernel"])
+def test_whole_layer_kernels_are_the_same_layer_and_gradients(shape, compiled, form):
     h, w, c_in, filters, k, s = shape
     layer = TransposedConv(filters, k, s)
     layer.build((None, h, w, c_in))
@@ -43,16 +44,16 @@ def test_unrolled_kernel_is_the_same_layer_and_gradients(shape, compiled):
     def both(x):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
-            unrolled = layer(x, kernel=layer.unrolled_kernel((h, w, c_in)))
+            whole = layer(x, kernel=getattr(layer, form)((h, w, c_in)))
             blocked = layer(x, kernel=layer.matmul_kernel())
-            losses = [tf.reduce_sum(tf.sin(out) * weights) for out in (unrolled, blocked)]
-        return unrolled, blocked, [tape.gradient(loss, [x, layer.kernel, layer.bias])
-                                   for loss in losses]
+            losses = [tf.reduce_sum(tf.sin(out) * weights) for out in (whole, blocked)]
+        return whole, blocked, [tape.gradient(loss, [x, layer.kernel, layer.bias])
+                                for loss in losses]
 
-    unrolled, blocked, (grads_u, grads_b) = (xla(both) if compiled else both)(x)
-    assert unrolled.shape == (4, h * s, w * s, filters)
-    np.testing.assert_allclose(unrolled, blocked, rtol=1e-5, atol=1e-5)
-    for name, u, b in zip(("x", "kernel", "bias"), grads_u, grads_b):
+    whole, blocked, (grads_w, grads_b) = (xla(both) if compiled else both)(x)
+    assert whole.shape == (4, h * s, w * s, filters)
+    np.testing.assert_allclose(whole, blocked, rtol=1e-5, atol=1e-5)
+    for name, u, b in zip(("x", "kernel", "bias"), grads_w, grads_b):
         assert np.abs(b).max() > 0, name
         np.testing.assert_allclose(u, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
@@ -75,33 +76,6 @@ def test_unrolls_only_where_it_does_no_more_work():
     assert not top.unrolls((3, 3, 256))     # 9 cells > 4 blocks: the matrix would do more
     bottom = TransposedConv(3, 16, 16)      # kernel == stride: one block, nothing to add
     assert not bottom.unrolls((4, 4, 128))
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("compiled", [False, True])
-def test_windowed_kernel_is_the_same_layer_and_gradients(shape, compiled):
-    h, w, c_in, filters, k, s = shape
-    layer = TransposedConv(filters, k, s)
-    layer.build((None, h, w, c_in))
-    layer.bias.assign(tf.random.stateless_normal([filters], [1, 2]))
-    x = tf.random.stateless_normal([4, h, w, c_in], [3, 4])
-    weights = tf.random.stateless_normal([4, h * s, w * s, filters], [5, 6])
-
-    def both(x):
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            windowed = layer(x, kernel=layer.windowed_kernel((h, w, c_in)))
-            blocked = layer(x, kernel=layer.matmul_kernel())
-            losses = [tf.reduce_sum(tf.sin(out) * weights) for out in (windowed, blocked)]
-        return windowed, blocked, [tape.gradient(loss, [x, layer.kernel, layer.bias])
-                                   for loss in losses]
-
-    windowed, blocked, (grads_w, grads_b) = (xla(both) if compiled else both)(x)
-    assert windowed.shape == (4, h * s, w * s, filters)
-    np.testing.assert_allclose(windowed, blocked, rtol=1e-5, atol=1e-5)
-    for name, u, b in zip(("x", "kernel", "bias"), grads_w, grads_b):
-        assert np.abs(b).max() > 0, name
-        np.testing.assert_allclose(u, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_windows_of_the_paper_top_layer():
