@@ -13,7 +13,8 @@ sizes are dynamic, and sparse layer i counts from 1 at the top:
 mask_i [batch, h_i, w_i, c_i] is 1 where unit (h, w, c) of feature map i survived both
 TopK and ReLU (mask_T * mask_R, Eq. 2) and activation_i = mask_i * fm^i holds the values
 that survived: the parse of §2.1-2.2. Every output row depends on its own input row only,
-bit for bit (`reconstruct` infers one image at a time, `inference.infer_each`), so TF
+bit for bit (each signature runs the generator one row at a time, `each_row`, and
+`reconstruct` infers one image at a time, `inference.infer_each`), so TF
 Serving's server-side batching, which concatenates requests along dimension 0, cannot
 change an answer. The graph holds standard TensorFlow ops only, so the export loads with
 TensorFlow alone. A SignatureDef has no description field: what each signature does, and
@@ -105,6 +106,20 @@ class ReconstructSettings:
         return bank if len(bank) else None
 
 
+def each_row(fn, inputs, shapes):
+    """fn applied to each row of inputs alone: {name: [batch, *shapes[name]]} float32.
+
+    fn maps a batch of one row, [1, ...], to {name: [1, *shapes[name]]}. TensorFlow's
+    matmul kernels round differently at different batch sizes (the FC layer's output
+    differs in the last bit between a batch of 2 and of 4), so a batched generator would
+    let TF Serving's batching change an answer; one row at a time, every row runs the
+    same ops on the same shapes, whatever else is in the request.
+    """
+    return tf.map_fn(lambda row: {k: v[0] for k, v in fn(row[None]).items()}, inputs,
+                     fn_output_signature={k: tf.TensorSpec(v, tf.float32)
+                                          for k, v in shapes.items()})
+
+
 def infer_latent(generator, images, *, settings, step_size, sigma, bank):
     """The served inference of z for images [batch, H, W, 3] in [-1, 1]: [batch, d].
 
@@ -134,22 +149,36 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=Non
     # ensure_shape turns a wrongly shaped request into one clear error ("Shape of tensor
     # image [1,16,16,3] is not compatible with expected shape [?,32,32,3]"): a called
     # signature, unlike a called tf.function, does not check shapes itself.
+    explained = {}
+    for i, shape in enumerate(cfg.feature_map_shapes(), 1):
+        explained[f"mask_{i}"] = explained[f"activation_{i}"] = shape
+    image_shape, latent_shape = (size, size, 3), (d,)
+
     def generate(z):
-        parse = generator.parse(tf.ensure_shape(z, [None, d]))
-        return {"image": to_unit_range(parse["image"]), **explanation(parse)}
+        def one(z):
+            parse = generator.parse(z)
+            return {"image": to_unit_range(parse["image"]), **explanation(parse)}
+        return each_row(one, tf.ensure_shape(z, [None, d]),
+                        {"image": image_shape, **explained})
 
     def reconstruct(image):
         image = tf.ensure_shape(image, [None, size, size, 3])
         z = infer_latent(generator, from_unit_range(image), settings=settings,
                          step_size=step_size, sigma=sigma, bank=bank)
-        parse = generator.parse(z)
-        return {"z": z, "reconstruction": to_unit_range(parse["image"]),
-                **explanation(parse)}
+
+        def one(z):
+            parse = generator.parse(z)
+            return {"reconstruction": to_unit_range(parse["image"]), **explanation(parse)}
+        return {"z": z, **each_row(one, z, {"reconstruction": image_shape, **explained})}
 
     def sample(seed):
-        parse = prior.sample(generator, tf.ensure_shape(seed, [None]))
-        latent = {"z": parse["z"]} if prior.has_latent else {}
-        return {**latent, "image": to_unit_range(parse["image"]), **explanation(parse)}
+        def one(seed):
+            parse = prior.sample(generator, seed)
+            latent = {"z": parse["z"]} if prior.has_latent else {}
+            return {**latent, "image": to_unit_range(parse["image"]), **explanation(parse)}
+        latent = {"z": latent_shape} if prior.has_latent else {}
+        return each_row(one, tf.ensure_shape(seed, [None]),
+                        {**latent, "image": image_shape, **explained})
 
     # The served graph runs without XLA (TF Serving), where TensorFlow's own TopK kernel is
     # the faster threshold (layers.kth_largest).
