@@ -202,7 +202,6 @@ class TopK(keras.layers.Layer):
         return {**super().get_config(), "k": self.k}
 
 
-@keras.saving.register_keras_serializable(package="sparse_gen_tf")
 def windows(n_in, n_out, kernel_size, strides):
     """The output rows of a 'same' transposed conv grouped by the input rows that paint them.
 
@@ -241,6 +240,7 @@ class Window:
     matrix: tf.Tensor
 
 
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
 class TransposedConv(keras.layers.Layer):
     """A 'same'-padded transposed convolution written as one matmul plus overlap-add.
 
