@@ -15,10 +15,14 @@ times the dense path with the top layer in its blocked form (matmul + overlap-ad
 `TransposedConv.windowed_kernel` dropped that matrix's zero blocks). With --torch (and
 PyTorch installed) it also times a stock PyTorch version of the same dense step
 (ConvTranspose2d, torch.topk, autograd Langevin) at the paper point, the reference of
-issue 14, in a fresh process right after the paper point's row.
+issue 14, in a fresh process right after the paper point's row. Last, the dense floor:
+the FLOPs the dense path really executes at the paper point (`dense_floor`) over the same
+window's peak, the step's time if every matmul ran at the peak and nothing else took time,
+and the PyTorch reference over it, the most any dense formulation could be faster.
 """
 
 import dataclasses
+import math
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,8 @@ import time
 from absl import app, flags
 
 from train_step import forward_flops, matmul_timer, paper_config, step_setup
+
+from sparse_gen_tf import Generator
 
 flags.DEFINE_list("fractions", ["0.01", "0.015", "0.02", "0.04", "0.0625", "0.125", "0.25", "0.5"],
                   "K / (h*w*c) of both sparse layers.")
@@ -58,6 +64,35 @@ def with_fraction(config, fraction):
 DENSE, SPARSE = ("dense", False, None), ("sparse", True, None)
 BLOCKED = ("dense, blocked", False, "matmul_kernel")
 UNROLLED = ("dense, unrolled", False, "unrolled_kernel")
+
+
+def executed_forward_flops(generator):
+    """Multiply-adds x 2 that one example's forward pass of the dense Langevin path really
+    does, read off the kernels the loop runs (`Generator.langevin_kernels`): the FC layer,
+    each window of a windowed layer (its zero blocks are not multiplied), the whole matrix
+    of an unrolled one, and h*w blocked rows of a matmul kernel otherwise. Backward to the
+    input does as many again."""
+    cfg = generator.config
+    flops = 2 * cfg.latent_dim * cfg.top_size ** 2 * cfg.channels[0]
+    for kernel, (h, w, _) in zip(generator.langevin_kernels(), cfg.feature_map_shapes()):
+        if isinstance(kernel, tuple):
+            flops += sum(2 * math.prod(b.matrix.shape) for row in kernel for b in row)
+        elif kernel.shape.rank == 3:
+            flops += 2 * math.prod(kernel.shape)
+        else:
+            flops += 2 * h * w * math.prod(kernel.shape)
+    return flops
+
+
+def dense_floor(config, batch_size, steps):
+    """(FLOPs per train step that the dense path executes, the dense-equivalent count):
+    L Langevin steps of forward + backward to z through the kernels they run, then the θ
+    step's 3 forward-equivalents through the blocked kernels (train_step.forward_flops).
+    Divided by the matmul peak, the first is the fastest the dense formulation could run
+    if every matmul ran at the peak and nothing else took time."""
+    generator = Generator(config)
+    executed = (2 * steps * executed_forward_flops(generator) + 3 * forward_flops(config))
+    return executed * batch_size, (2 * steps + 3) * forward_flops(config) * batch_size
 
 
 def time_paths(config, batch_size, steps, repeats, matmul, paths=(DENSE, SPARSE)):
@@ -165,7 +200,7 @@ def main(argv):
           "the same window\n\n| K / size | K | path | first call s | step s (best) | "
           "step s (median) | dense-equivalent GFLOP/s | peak GFLOP/s | of peak | "
           "speed-up over dense |\n|---|---|---|---|---|---|---|---|---|---|")
-    torch_line = None
+    torch_line = floor_line = None
     for fraction in map(float, FLAGS.fractions):
         config = with_fraction(base, fraction)
         paper = config.topk == base.topk
@@ -181,12 +216,24 @@ def main(argv):
                   f"{first:.2f} | {best[path]:.4f} | {statistics.median(t):.4f} | "
                   f"{flops / best[path] / 1e9:.0f} | {peak / 1e9:.0f} | "
                   f"{flops / best[path] / peak:.0%} | {speedup} |", flush=True)
-        if config.topk == base.topk and FLAGS.torch:
+        if paper:
+            executed, _ = dense_floor(config, batch, steps)
+            floor = executed / peak
+            floor_line = (f"\nDense floor at the paper point: the dense path executes "
+                          f"{executed / 1e9:.1f} GFLOP per step ({flops / 1e9:.1f} "
+                          f"dense-equivalent); at the {peak / 1e9:.0f} GFLOP/s peak that is "
+                          f"{floor:.4f} s, the dense step {best[DENSE] / floor:.2f}x it")
+        if paper and FLAGS.torch:
             # Right after the paper point, so that the load is as close as it gets.
-            torch_line = torch_row(torch_reference(batch, steps, max(2, FLAGS.repeats // 2)),
-                                   best)
+            reference = torch_reference(batch, steps, max(2, FLAGS.repeats // 2))
+            torch_line = torch_row(reference, best)
+            if reference is not None:
+                floor_line += (f"; PyTorch / floor = {reference / floor:.1f}x, the most any "
+                               "dense formulation could reach against it")
     if torch_line:
         print(torch_line)
+    if floor_line:
+        print(floor_line)
 
 
 def torch_row(reference, paper_best):
