@@ -15,9 +15,13 @@ These variants compute other functions; they only measure what each part costs. 
 them, the matmul FLOPs the loop executes (`sparse_path.executed_forward_flops`, forward +
 backward to z per step) divided by a 4096² float32 matmul timed in the same window give
 the loop's floor: the time if every matmul ran at the peak and nothing else took time.
+Last, each matmul shape of the loop timed alone (30 dependent products in one XLA loop):
+what the loop's matmuls take at their own rates, against the floor.
 """
 
+import collections
 import contextlib
+import math
 import statistics
 import time
 from unittest import mock
@@ -62,6 +66,45 @@ def chain(generator, z, images, steps, removed):
     return fn
 
 
+def loop_matmuls(generator, batch):
+    """Counter of the matmul shapes (m, k, n) that one Langevin step runs, forward and
+    backward to the input, read off the kernels the loop uses (`langevin_kernels`)."""
+    cfg = generator.config
+    top = cfg.top_size ** 2 * cfg.channels[0]
+    shapes = collections.Counter({(batch, cfg.latent_dim, top): 1, (batch, top, cfg.latent_dim): 1})
+    for kernel, (h, w, _) in zip(generator.langevin_kernels(), cfg.feature_map_shapes()):
+        if isinstance(kernel, tuple):
+            matrices = [(batch, *b.matrix.shape) for row in kernel for b in row]
+        elif kernel.shape.rank == 3:
+            matrices = [(batch, kernel.shape[0], kernel.shape[1] * kernel.shape[2])]
+        else:
+            matrices = [(batch * h * w, *kernel.shape)]
+        for m, k, n in matrices:
+            shapes[(m, k, n)] += 1
+            shapes[(m, n, k)] += 1
+    return shapes
+
+
+def matmul_rate(m, k, n, steps, repeats):
+    """GFLOP/s of an [m, k] x [k, n] float32 matmul alone, as `steps` dependent matmuls in
+    one XLA loop (each input moved by the previous product, as in the Langevin loop)."""
+    a = tf.random.stateless_normal([m, k], [0, 3])
+    b = tf.random.stateless_normal([k, n], [0, 4])
+
+    @tf.function(jit_compile=True)
+    def run(a):
+        def body(t, x):
+            return t + 1, x + 1e-6 * tf.reduce_sum(tf.matmul(x, b))
+        return tf.while_loop(lambda t, x: t < steps, body, (0, a), maximum_iterations=steps)[1]
+    run(a).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(a).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n * steps / best
+
+
 def main(argv):
     del argv
     batch, steps = int(FLAGS.batch_sizes[0]), int(FLAGS.langevin_steps[0])
@@ -95,6 +138,18 @@ def main(argv):
         best = min(times[name])
         print(f"| {name} | {best:.4f} / {statistics.median(times[name]):.4f} | "
               f"{best / full:.0%} | {best / floor:.2f} |", flush=True)
+    # Each matmul shape of the loop alone: what the matmuls would take at their own rates.
+    print("\n| matmul [m, k] x [k, n] | per Langevin step | GFLOP/s alone | of peak |\n"
+          "|---|---|---|---|")
+    alone = 0.0
+    for (m, k, n), count in sorted(loop_matmuls(generator, batch).items(),
+                                   key=lambda item: -math.prod(item[0])):
+        rate = matmul_rate(m, k, n, steps, FLAGS.repeats)
+        alone += count * steps * 2 * m * k * n / rate
+        print(f"| [{m}, {k}] x [{k}, {n}] | {count} | {rate / 1e9:.0f} | {rate / peak:.0%} |",
+              flush=True)
+    print(f"\nThe loop's matmuls at those rates: {alone:.4f} s per chain "
+          f"({alone / floor:.2f}x the floor)")
 
 
 if __name__ == "__main__":
