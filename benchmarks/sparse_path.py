@@ -43,6 +43,8 @@ flags.DEFINE_boolean("blocked", True, "Also time the dense path with the top lay
 flags.DEFINE_boolean("unrolled", True, "Also time the dense path with the top layer as "
                      "one whole-layer matmul, zero blocks included (the formulation "
                      "before TransposedConv.windowed_kernel), at the paper point.")
+flags.DEFINE_boolean("kernels", True, "Also time the step with the compiled sparse "
+                     "kernels (AlternatingBackprop(sparse_kernels=True)).")
 flags.DEFINE_boolean("torch_probe", False, "Internal: time the PyTorch reference in this "
                      "(fresh) process, print its best seconds per step and exit.")
 FLAGS = flags.FLAGS
@@ -62,6 +64,8 @@ def with_fraction(config, fraction):
 # The formulations timed: (name, Generator.sparse_path, the dense path's top-layer kernel:
 # None for langevin_kernels' own choice, or the TransposedConv method that makes it).
 DENSE, SPARSE = ("dense", False, None), ("sparse", True, None)
+# The compiled sparse kernels (AlternatingBackprop(sparse_kernels=True)).
+KERNELS = ("sparse kernels", "kernels", None)
 BLOCKED = ("dense, blocked", False, "matmul_kernel")
 UNROLLED = ("dense, unrolled", False, "unrolled_kernel")
 
@@ -100,8 +104,13 @@ def time_paths(config, batch_size, steps, repeats, matmul, paths=(DENSE, SPARSE)
     runs, times, matmuls = {}, {}, []
     for path in paths:
         _, sparse, top_kernel = path
-        model, ids, images = step_setup(config, batch_size, steps, jit_compile=True)
-        model.generator.sparse_path = sparse  # overrides compile's choice
+        model, ids, images = step_setup(config, batch_size, steps, jit_compile=True,
+                                        sparse_kernels=sparse == "kernels")
+        if sparse != "kernels":
+            model.generator.sparse_path = sparse  # overrides compile's choice
+        elif not model.generator.sparse_kernels:
+            raise SystemExit("sparse kernels unavailable: "
+                             f"{model.sparse_kernels_problem()}")
         if top_kernel:
             generator = model.generator
             generator.langevin_kernels = lambda g=generator, top=top_kernel: [
@@ -204,7 +213,8 @@ def main(argv):
     for fraction in map(float, FLAGS.fractions):
         config = with_fraction(base, fraction)
         paper = config.topk == base.topk
-        paths = ((DENSE, SPARSE) + ((BLOCKED,) if FLAGS.blocked and paper else ())
+        paths = ((DENSE, SPARSE) + ((KERNELS,) if FLAGS.kernels else ())
+                 + ((BLOCKED,) if FLAGS.blocked and paper else ())
                  + ((UNROLLED,) if FLAGS.unrolled and paper else ()))
         times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul, paths)
         flops = (2 * steps + 3) * forward_flops(config) * batch

@@ -94,10 +94,11 @@ def matmul_timer(n):
     return run
 
 
-def step_setup(config, batch_size, langevin_steps, jit_compile):
+def step_setup(config, batch_size, langevin_steps, jit_compile, sparse_kernels=False):
     """(compiled model, ids, random images) for timing the train step of config."""
     model = AlternatingBackprop(Generator(config), batch_size,
-                                langevin=LangevinConfig(steps=langevin_steps))
+                                langevin=LangevinConfig(steps=langevin_steps),
+                                sparse_kernels=sparse_kernels)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     ids = np.arange(batch_size, dtype=np.int32)
     images = np.random.default_rng(0).uniform(

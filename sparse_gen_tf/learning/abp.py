@@ -15,6 +15,7 @@ import math
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from sparse_gen_tf.training import distribute
 from sparse_gen_tf.learning.langevin import LangevinConfig, langevin
@@ -72,13 +73,18 @@ class AlternatingBackprop(keras.Model):
         prior's state is fitted from the chains by `fit_prior`, at every checkpoint.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
         cannot be (several replicas; `distribute.compile_options`).
+      sparse_kernels: compute the Langevin gradient with the compiled sparse kernels
+        (`Generator.langevin_gradient_fn`) where `compile` finds them supported; the
+        Langevin loop then runs as a TensorFlow graph and the θ step under XLA.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
-                 seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR, **kwargs):
+                 seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR,
+                 sparse_kernels=False, **kwargs):
         super().__init__(**kwargs)
         self.jit_langevin = bool(jit_langevin)
+        self.sparse_kernels = bool(sparse_kernels)
         self.generator = generator
         self.num_examples = int(num_examples)
         self.langevin = langevin or LangevinConfig()
@@ -129,6 +135,30 @@ class AlternatingBackprop(keras.Model):
             max(k / math.prod(shape) for k, shape in zip(
                 self.generator.config.topk, self.generator.config.feature_map_shapes()))
             <= SPARSE_PATH_MAX_DENSITY)
+        self.generator.sparse_kernels = False
+        if self.sparse_kernels:
+            problem = self.sparse_kernels_problem()
+            if problem:
+                logging.warning("--sparse_kernels: %s; the dense path runs instead.", problem)
+            else:
+                # The kernels are TensorFlow ops, which XLA cannot compile: the step runs
+                # as a graph, its Langevin loop calls XLA between the kernels and its θ
+                # step is one XLA function (`_learning`).
+                self.generator.sparse_kernels = True
+                self.generator.sparse_path = False
+                self.jit_compile = False
+                self.jit_langevin = False
+                for topk in self.generator.topks:
+                    topk.bisection = True
+                self._compiled_learning = tf.function(self._learning, jit_compile=True)
+
+    def sparse_kernels_problem(self):
+        """None when the sparse kernels can run this model's Langevin loop, else why not."""
+        if tf.config.list_logical_devices("GPU"):
+            return "the sparse kernels are CPU kernels and a GPU is visible"
+        if type(self).train_step is not AlternatingBackprop.train_step:
+            return f"{type(self).__name__} keeps the dense XLA step"
+        return self.generator.sparse_kernels_problem()
 
     def call(self, z):
         return self.generator(z)
@@ -174,6 +204,28 @@ class AlternatingBackprop(keras.Model):
         z = self.infer(tf.gather(self.chains.value, ids), images)
         self.update_chains(ids, z)
 
+        learning = (self._compiled_learning if self.generator.sparse_kernels
+                    else self._learning)
+        grads, reconstruction, squared_error, loss, activations = learning(z, images)
+        self.optimizer.apply(grads, self.generator.trainable_weights)
+
+        mse = tf.reduce_mean(tf.square(images - reconstruction))
+        log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
+        values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
+                  "log_likelihood": -squared_error / (2.0 * self.langevin.sigma ** 2),
+                  "log_prior": log_prior, "z_norm": tf.norm(z, axis=-1)}
+        for i, activation in enumerate(activations, 1):
+            active = tf.cast(activation != 0, "float32")
+            values[f"nonzero_{i}"] = tf.reduce_mean(active)
+            values[f"dead_channels_{i}"] = active
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return self.step_logs()
+
+    def _learning(self, z, images):
+        """Learning back-propagation (Eq. 12) at the inferred z: (gradients of the
+        weights, g(z) [batch, H, W, 3], ‖Y - g(z)‖² [batch], the loss, each sparse
+        layer's activations)."""
         with tf.GradientTape() as tape:
             parse = self.generator.parse(z)
             # Under a mixed policy g computes in 16 bits; the loss is summed in float32.
@@ -184,22 +236,8 @@ class AlternatingBackprop(keras.Model):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        weights = self.generator.trainable_weights
-        grads = tape.gradient(scaled_loss, weights)
-        self.optimizer.apply(grads, weights)
-
-        mse = tf.reduce_mean(tf.square(images - reconstruction))
-        log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
-        values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
-                  "log_likelihood": -squared_error / (2.0 * self.langevin.sigma ** 2),
-                  "log_prior": log_prior, "z_norm": tf.norm(z, axis=-1)}
-        for i, activation in enumerate(parse["activations"], 1):
-            active = tf.cast(activation != 0, "float32")
-            values[f"nonzero_{i}"] = tf.reduce_mean(active)
-            values[f"dead_channels_{i}"] = active
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
-        return self.step_logs()
+        grads = tape.gradient(scaled_loss, self.generator.trainable_weights)
+        return grads, reconstruction, squared_error, loss, parse["activations"]
 
     def step_logs(self):
         """The trackers' results: what a train step returns to Keras."""

@@ -90,6 +90,10 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
     images = tf.convert_to_tensor(images)
     seed = tf.cast(seed, tf.int32)
     squared_error = squared_error_fn(generator, images, observed)
+    # The compiled sparse kernels give ∂/∂z directly (Generator.langevin_gradient_fn);
+    # they are TensorFlow ops, not XLA ones, so this loop must then run outside XLA.
+    gradient_fn = (generator.langevin_gradient_fn(images, sigma, observed)
+                   if getattr(generator, "sparse_kernels", False) else None)
     if noise:
         # All steps' noise in one draw, [steps, batch, d]: under XLA on CPU a draw inside
         # the loop has a fixed cost per step whatever its size, one draw of all of it is
@@ -99,12 +103,15 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
             tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype, alg="philox")
 
     def step(t, z):
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            # log p(z, Y) of Eq. (11), the same sum as `log_joint`.
-            log_p = (-tf.reduce_sum(squared_error(z)) / (2.0 * sigma ** 2)
-                     - 0.5 * tf.reduce_sum(tf.square(z)))
-        grad = tape.gradient(log_p, z)
+        if gradient_fn is not None:
+            grad = gradient_fn(z)
+        else:
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                # log p(z, Y) of Eq. (11), the same sum as `log_joint`.
+                log_p = (-tf.reduce_sum(squared_error(z)) / (2.0 * sigma ** 2)
+                         - 0.5 * tf.reduce_sum(tf.square(z)))
+            grad = tape.gradient(log_p, z)
         z = z + 0.5 * step_size ** 2 * grad
         if noise:
             z = z + step_size * all_noise[t]

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.model import sparse_kernels as kernels_lib
 from sparse_gen_tf.model.layers import TopK, TransposedConv
 
 
@@ -123,6 +124,10 @@ class Generator(keras.Model):
         # part of the config: it depends on where the model runs, like TopK.bisection;
         # `AlternatingBackprop.compile` sets it from BENCHMARKS.md's measurements.
         self.sparse_path = False
+        # True: the Langevin loop computes ∂/∂z with the compiled sparse kernels
+        # (`langevin_gradient_fn`, `model.sparse_kernels`), outside XLA. Set by
+        # `AlternatingBackprop.compile` when asked for and supported.
+        self.sparse_kernels = False
         self.build((None, cfg.latent_dim))
 
     def build(self, input_shape):
@@ -237,6 +242,120 @@ class Generator(keras.Model):
                 if not self.sparse_path and deconv.unrolls(shape)
                 else deconv.matmul_kernel(self.compute_dtype)
                 for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes())]
+
+    def sparse_kernels_problem(self):
+        """None when `langevin_gradient_fn` can run this generator here, else why not:
+        every transposed conv must be one whole-layer matrix (`unrolls`) or paint disjoint
+        cells (kernel == stride), g must compute in float32, and the kernels must build."""
+        for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes()):
+            if not (deconv.unrolls(shape) or deconv.paints_disjoint_cells):
+                return (f"{deconv.name} (kernel {deconv.kernel_size}, stride "
+                        f"{deconv.strides}) on a {shape[0]}x{shape[1]} map is neither one "
+                        "matrix nor disjoint cells")
+        if self.compute_dtype != "float32":
+            return f"the sparse kernels are float32 and g computes in {self.compute_dtype}"
+        return kernels_lib.unavailable_reason()
+
+    def langevin_gradient_fn(self, images, sigma, observed=None):
+        """Returns z [batch, d] -> ∂/∂z log p(z, Y) [batch, d] of Eq. (11) through the
+        compiled sparse kernels (issue 14), for a loop with fixed weights.
+
+        The same gradient as autodiff of `squared_error_fn` (up to the order of float
+        sums), written out layer by layer: each sparse layer's TopK and ReLU masks
+        (Eq. 1-2) are constants of the step, so g is linear between them and its
+        transpose is the backward pass. Forward, each transposed conv paints only the
+        kept units' basis rows (`sparse_rows_matmul`); backward, only the kept units read
+        the residual back (`masked_matmul_t`), then the FC layer's transpose gives ∂/∂z.
+        The element-wise parts (biases, TopK thresholds, tanh and residual) run as small
+        XLA functions between the kernels; the kernels themselves are TensorFlow ops, so
+        the caller must not be XLA-compiled.
+
+        Args: images [batch, H, W, 3]; sigma σ of Eq. (11); observed optional
+          [batch, H, W, 1 or 3] 0/1 mask of the pixels in the likelihood.
+        """
+        cfg = self.config
+        images = tf.convert_to_tensor(images, tf.float32)
+        if observed is None:
+            observed = tf.ones_like(images)
+        observed = tf.broadcast_to(tf.cast(observed, tf.float32), tf.shape(images))
+        blocked = self.blocked_output
+        if blocked:  # compare in the bottom layer's own layout, as squared_error_fn does
+            cell = self.deconvs[-1].strides
+            images = tf.nn.space_to_depth(images, cell)
+            observed = tf.nn.space_to_depth(observed, cell)
+        shapes = cfg.feature_map_shapes()
+        last = len(self.deconvs) - 1
+        # Per layer: the matrix it multiplies by, and whether it is the whole layer
+        # (rows = every unit of the map) or one cell's kernel (rows = channels).
+        layers = []
+        for i, (deconv, shape) in enumerate(zip(self.deconvs, shapes)):
+            whole = deconv.unrolls(shape) and not (blocked and i == last)
+            matrix = (tf.reshape(deconv.unrolled_kernel(shape, tf.float32), [math.prod(shape), -1])
+                      if whole else deconv.matmul_kernel(tf.float32))
+            layers.append((whole, matrix, tf.convert_to_tensor(deconv.bias, tf.float32)))
+        fc_kernel = tf.convert_to_tensor(self.fc.kernel, tf.float32)
+        fc_bias = tf.convert_to_tensor(self.fc.bias, tf.float32)
+        s, c1 = cfg.top_size, cfg.channels[0]
+
+        # The element-wise work between two kernel calls, each one small XLA function:
+        # XLA fuses it, and each launch costs about as much as a TensorFlow op.
+        def keep(i, fm):
+            """Sparse layer i's TopK and ReLU (Eq. 1): (activation, mask), both [batch,
+            h, w, c] flattened to the rows its transposed conv multiplies."""
+            mask = self.topks[i].mask(fm) * tf.cast(fm > 0, fm.dtype)
+            rows = [-1, math.prod(shapes[i])] if layers[i][0] else [-1, shapes[i][2]]
+            return tf.reshape(fm * mask, rows), tf.reshape(mask, rows)
+
+        def finish(i, out):
+            """Deconv i's product, without its bias -> the next map, or the logits."""
+            deconv, (h, w, _) = self.deconvs[i], shapes[i]
+            whole, _, bias = layers[i]
+            st, c_out = deconv.strides, deconv.filters
+            if whole:
+                return tf.reshape(out, [-1, h * st, w * st, c_out]) + bias
+            out = tf.reshape(out, [-1, h, w, st * st * c_out])
+            if blocked and i == last:
+                return out + tf.tile(bias, [st * st])
+            return tf.nn.depth_to_space(out, st) + bias
+
+        @tf.function(jit_compile=True)
+        def head(z):
+            return keep(0, tf.reshape(tf.matmul(z, fc_kernel) + fc_bias, [-1, s, s, c1]))
+
+        between = [tf.function(lambda out, i=i: keep(i + 1, finish(i, out)),
+                               jit_compile=True) for i in range(last)]
+
+        @tf.function(jit_compile=True)
+        def residual(out):
+            image = tf.tanh(finish(last, out))
+            # ∂/∂logits of -‖(Y - g) ⊙ observed‖² / (2σ²): tanh' = 1 - g².
+            return (images - image) * observed * (1.0 - tf.square(image)) / sigma ** 2
+
+        @tf.function(jit_compile=True)
+        def to_z(grad, z):
+            grad = tf.reshape(grad, [tf.shape(z)[0], -1])
+            return tf.matmul(grad, fc_kernel, transpose_b=True) - z  # ∂/∂z log p(z)
+
+        def gradient(z):
+            activation, mask = head(z)
+            masks = [mask]
+            for i in range(last + 1):
+                out = kernels_lib.sparse_rows_matmul(activation, layers[i][1])
+                if i < last:
+                    activation, mask = between[i](out)
+                    masks.append(mask)
+            grad = residual(out)
+            for i in reversed(range(last + 1)):
+                whole, matrix, _ = layers[i]
+                if not whole and not (blocked and i == last):
+                    grad = tf.nn.space_to_depth(grad, self.deconvs[i].strides)
+                grad = kernels_lib.masked_matmul_t(
+                    tf.reshape(grad, [tf.shape(masks[i])[0], -1]), matrix, masks[i])
+                if i > 0:  # back to the layout of the map above: [batch, h, w, c]
+                    h, w, c = shapes[i]
+                    grad = tf.reshape(grad, [-1, h, w, c])
+            return to_z(grad, z)
+        return gradient
 
     def squared_error_fn(self, images, observed=None):
         """Returns z [batch, latent_dim] -> ‖(Y - g(z)) ⊙ observed‖² [batch] (float32),

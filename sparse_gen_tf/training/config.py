@@ -70,6 +70,12 @@ class TrainConfig:
     learning_rate: float = _setting(
         3e-3, "Initial Adam learning rate; cosine-decayed to a tenth by --train_steps.")
     jit_compile: bool = _setting(True, "Compile the train step, Langevin included, with XLA.")
+    # Not state: how ∂/∂z is computed, not what; a run may resume with or without it.
+    sparse_kernels: bool = _setting(
+        False, "CPU, plain ABP, float32: compute the Langevin gradient with the compiled "
+        "sparse kernels (only the K kept units paint and read back; built with the C++ "
+        "compiler at first use), the rest of the step under XLA. Falls back to the dense "
+        "XLA step, with a warning, where unsupported.")
     seed: int = _setting(0, "Seeds data generation, the initial weights, chains and Langevin "
                     "noise.", state=True)
     checkpoint_every: int = _setting(

@@ -104,6 +104,8 @@ def build_model(config, num_examples):
                                                         config.jit_compile)
     learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin,
                    prior=config.prior)
+    if config.sparse_kernels and config.descriptor is None:
+        learner["sparse_kernels"] = True
     generator = Generator(config.generator)
     if config.descriptor is not None:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a

@@ -1,0 +1,144 @@
+// The two products of the sparse Langevin path (issue 14), as TensorFlow CPU ops.
+//
+// A TopK-sparse feature map keeps K of its h*w*c units, so the transposed conv's matmul
+// x [M, K_in] * w [K_in, N] multiplies mostly zeros, and the backward product
+// g [M, N] * w^T is only needed where the TopK mask is 1. Neither TensorFlow's
+// SparseTensorDenseMatMul nor XLA:CPU's gathers beat the dense matmul at the paper's 6.25%
+// (BENCHMARKS.md, 2026-12-04); these two loops do, because each kept unit's basis row of
+// w is read once, contiguously, from cache:
+//
+//   SparseRowsMatmul(x, w)        y[m, :] = sum over k with x[m, k] != 0 of x[m, k] * w[k, :]
+//   MaskedMatmulT(g, w, mask)     y[m, k] = <g[m, :], w[k, :]> where mask[m, k] != 0, else 0
+//
+// Both equal the dense products up to the order of the float sums. float32, rank 2; rows
+// are split over TensorFlow's intra-op thread pool. Built and loaded at first use by
+// sparse_gen_tf/model/sparse_kernels.py.
+
+#include <cstdint>
+#include <cstring>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace sparse_gen_tf {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+REGISTER_OP("SparseRowsMatmul")
+    .Input("x: float")
+    .Input("w: float")
+    .Output("y: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x, w;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &w));
+      c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(w, 1)));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("MaskedMatmulT")
+    .Input("g: float")
+    .Input("w: float")
+    .Input("mask: float")
+    .Output("y: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle mask;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &mask));
+      c->set_output(0, mask);
+      return absl::OkStatus();
+    });
+
+class SparseRowsMatmulOp : public OpKernel {
+ public:
+  explicit SparseRowsMatmulOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    OP_REQUIRES(ctx, x.dims() == 2 && w.dims() == 2 && x.dim_size(1) == w.dim_size(0),
+                absl::InvalidArgumentError(
+                    "SparseRowsMatmul needs x [M, K] and w [K, N], got " +
+                    x.shape().DebugString() + " and " + w.shape().DebugString()));
+    const int64_t rows = x.dim_size(0), inner = x.dim_size(1), cols = w.dim_size(1);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows, cols}), &y));
+    const float* __restrict xs = x.flat<float>().data();
+    const float* __restrict ws = w.flat<float>().data();
+    float* __restrict ys = y->flat<float>().data();
+    auto paint = [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        float* __restrict out = ys + m * cols;
+        std::memset(out, 0, sizeof(float) * cols);
+        const float* __restrict xm = xs + m * inner;
+        for (int64_t k = 0; k < inner; ++k) {
+          const float value = xm[k];
+          if (value == 0.0f) continue;  // the units TopK and ReLU dropped
+          const float* __restrict basis = ws + k * cols;
+#pragma omp simd
+          for (int64_t n = 0; n < cols; ++n) out[n] += value * basis[n];
+        }
+      }
+    };
+    // Cost per row: a scan of its K_in entries plus, for the few kept ones, an axpy.
+    ::tensorflow::Shard(ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
+                        ctx->device()->tensorflow_cpu_worker_threads()->workers, rows,
+                        inner + cols * 16, paint);
+  }
+};
+
+class MaskedMatmulTOp : public OpKernel {
+ public:
+  explicit MaskedMatmulTOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& g = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    const Tensor& mask = ctx->input(2);
+    OP_REQUIRES(ctx, g.dims() == 2 && w.dims() == 2 && mask.dims() == 2 &&
+                         g.dim_size(1) == w.dim_size(1) && mask.dim_size(0) == g.dim_size(0) &&
+                         mask.dim_size(1) == w.dim_size(0),
+                absl::InvalidArgumentError(
+                    "MaskedMatmulT needs g [M, N], w [K, N] and mask [M, K], got " +
+                    g.shape().DebugString() + ", " + w.shape().DebugString() + " and " +
+                    mask.shape().DebugString()));
+    const int64_t rows = g.dim_size(0), cols = g.dim_size(1), inner = w.dim_size(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, mask.shape(), &y));
+    const float* __restrict gs = g.flat<float>().data();
+    const float* __restrict ws = w.flat<float>().data();
+    const float* __restrict ms = mask.flat<float>().data();
+    float* __restrict ys = y->flat<float>().data();
+    auto read_back = [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const float* __restrict gm = gs + m * cols;
+        for (int64_t k = 0; k < inner; ++k) {
+          float sum = 0.0f;
+          if (ms[m * inner + k] != 0.0f) {  // only the kept units get a gradient
+            const float* __restrict basis = ws + k * cols;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t n = 0; n < cols; ++n) sum += gm[n] * basis[n];
+          }
+          ys[m * inner + k] = sum;
+        }
+      }
+    };
+    ::tensorflow::Shard(ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
+                        ctx->device()->tensorflow_cpu_worker_threads()->workers, rows,
+                        inner + cols * 16, read_back);
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("SparseRowsMatmul").Device(::tensorflow::DEVICE_CPU),
+                        SparseRowsMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("MaskedMatmulT").Device(::tensorflow::DEVICE_CPU),
+                        MaskedMatmulTOp);
+
+}  // namespace sparse_gen_tf

@@ -1,0 +1,118 @@
+"""The compiled kernels of the sparse Langevin path (issue 14): build, load, call.
+
+`sparse_gen_tf/kernels/sparse_matmul.cc` holds two TensorFlow CPU ops:
+
+    sparse_rows_matmul(x [M, K], w [K, N]) -> [M, N]     x @ w, skipping x's zeros
+    masked_matmul_t(g [M, N], w [K, N], mask [M, K])     (g @ wᵀ) where mask != 0, else 0
+
+They are the transposed conv's forward product on a TopK-sparse map (only the kept units
+paint their basis rows, Eq. 3) and its backward product for ∂/∂z (only the kept units
+read the residual back). TensorFlow ships no kernel that does this faster than a dense
+matmul at the paper's 6.25% (BENCHMARKS.md, 2026-12-04), so these are compiled here, at
+first use, with the C++ compiler ($CXX, else g++ or c++) and TensorFlow's own headers
+and flags (`tf.sysconfig`), into a cache directory ($SPARSE_GEN_TF_CACHE, else
+~/.cache/sparse_gen_tf) keyed by the source, TensorFlow's version and the CPU. A build
+takes about 10 s once per machine. Without a compiler, `load()` says why, and the
+generator keeps the dense path.
+
+The ops are not XLA ops: a Langevin loop that calls them runs as a TensorFlow graph, with
+the element-wise work between them compiled by XLA in small functions
+(`Generator.langevin_gradient_fn`).
+"""
+
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import tensorflow as tf
+from absl import logging
+
+SOURCE = pathlib.Path(__file__).resolve().parent.parent / "kernels" / "sparse_matmul.cc"
+
+
+def cache_dir():
+    """Where built kernels are kept: $SPARSE_GEN_TF_CACHE, else ~/.cache/sparse_gen_tf."""
+    return pathlib.Path(os.environ.get("SPARSE_GEN_TF_CACHE")
+                        or pathlib.Path.home() / ".cache" / "sparse_gen_tf")
+
+
+def _compiler():
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def _cpu_signature():
+    """The CPU's model and feature flags: the build uses -march=native, so a cache shared
+    between machines (a network home) must not hand one CPU's build to another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build_command(compiler, output):
+    return [compiler, "-shared", str(SOURCE), "-o", str(output), "-fPIC", "-O3",
+            "-march=native", "-fopenmp-simd", "-w", *tf.sysconfig.get_compile_flags(),
+            *tf.sysconfig.get_link_flags()]
+
+
+@functools.cache
+def _load():
+    """(the loaded op module, None) or (None, why not)."""
+    compiler = _compiler()
+    if not compiler:
+        return None, "no C++ compiler (set $CXX or install g++)"
+    key = hashlib.sha256("\n".join([
+        SOURCE.read_text(), tf.__version__, tf.__file__, _cpu_signature(),
+        " ".join(_build_command(compiler, "out"))]).encode()).hexdigest()[:16]
+    library = cache_dir() / f"sparse_matmul-{key}.so"
+    if not library.exists():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename: a concurrent process or a killed build never
+        # leaves a half-written library under the final name.
+        with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+            partial = pathlib.Path(scratch) / library.name
+            try:
+                result = subprocess.run(_build_command(compiler, partial), capture_output=True,
+                                        text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                return None, f"building {SOURCE.name} with {compiler} failed: {error}"
+            if result.returncode:
+                last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+                return None, f"building {SOURCE.name} with {compiler} failed: {last}"
+            os.replace(partial, library)
+    try:
+        return tf.load_op_library(str(library)), None
+    except (tf.errors.NotFoundError, OSError) as error:
+        return None, f"loading {library} failed: {error}"
+
+
+def load():
+    """The op module, built at first use; None (and a logged reason) when it cannot be."""
+    module, reason = _load()
+    if module is None:
+        logging.log_first_n(logging.WARNING, "Sparse kernels unavailable, the Langevin "
+                            "loop stays dense: %s", 1, reason)
+    return module
+
+
+def unavailable_reason():
+    """None when the kernels load, else one line saying why not."""
+    return _load()[1]
+
+
+def sparse_rows_matmul(x, w):
+    """x [M, K] @ w [K, N] -> [M, N] float32, multiplying only x's non-zero entries."""
+    return load().sparse_rows_matmul(x, w)
+
+
+def masked_matmul_t(g, w, mask):
+    """(g [M, N] @ wᵀ, w [K, N]) ⊙ (mask [M, K] != 0) -> [M, K] float32, computing only
+    the entries where mask is non-zero."""
+    return load().masked_matmul_t(g, w, mask)
