@@ -108,7 +108,7 @@ def time_paths(config, batch_size, steps, repeats, matmul, paths=(DENSE, SPARSE)
                                         sparse_kernels=sparse == "kernels")
         if sparse != "kernels":
             model.generator.sparse_path = sparse  # overrides compile's choice
-        elif not model.generator.sparse_kernels:
+        elif not model.uses_sparse_kernels:
             raise SystemExit("sparse kernels unavailable: "
                              f"{model.sparse_kernels_problem()}")
         if top_kernel:

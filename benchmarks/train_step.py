@@ -94,8 +94,9 @@ def matmul_timer(n):
     return run
 
 
-def step_setup(config, batch_size, langevin_steps, jit_compile, sparse_kernels=False):
-    """(compiled model, ids, random images) for timing the train step of config."""
+def step_setup(config, batch_size, langevin_steps, jit_compile, sparse_kernels=None):
+    """(compiled model, ids, random images) for timing the train step of config;
+    sparse_kernels as in AlternatingBackprop (None: compile's own choice)."""
     model = AlternatingBackprop(Generator(config), batch_size,
                                 langevin=LangevinConfig(steps=langevin_steps),
                                 sparse_kernels=sparse_kernels)
@@ -170,7 +171,9 @@ def profile(config, batch_size, langevin_steps, steps=3, top=16):
     # The trace is an XSpace protobuf; TensorFlow ships its definition.
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    model, ids, images = step_setup(config, batch_size, langevin_steps, jit_compile=True)
+    # The XLA step: its operations are what the trace lists.
+    model, ids, images = step_setup(config, batch_size, langevin_steps, jit_compile=True,
+                                    sparse_kernels=False)
     for _ in range(2):
         model.train_on_batch(ids, images)
     logdir = tempfile.mkdtemp()

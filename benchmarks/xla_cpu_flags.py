@@ -68,7 +68,7 @@ def probe(repeats):
     keras.utils.set_random_seed(0)  # the same weights in every process
     config = paper_config(64)
     matmul = matmul_timer(PEAK_SIZE)
-    model, ids, images = step_setup(config, 64, 30, jit_compile=True)
+    model, ids, images = step_setup(config, 64, 30, jit_compile=True, sparse_kernels=False)
     model.train_on_batch(ids, images)  # trace + compile
     times, matmuls = [], []
     for _ in range(repeats):

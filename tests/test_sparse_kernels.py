@@ -127,12 +127,11 @@ def test_a_langevin_chain_through_the_kernels_follows_the_dense_chain():
     z = tf.random.stateless_normal([8, 4], [9, 9])
     images = tf.random.stateless_uniform([8, 16, 16, 3], [1, 9], -1.0, 1.0)
 
-    def chain(z):
+    def chain(z, **kernels):
         return langevin(generator, z, images, tf.constant([3, 4]), steps=10, step_size=0.3,
-                        sigma=0.3)
+                        sigma=0.3, **kernels)
     dense = tf.function(chain, jit_compile=True)(z)
-    generator.sparse_kernels = True
-    sparse = tf.function(chain)(z)
+    sparse = tf.function(lambda z: chain(z, sparse_kernels=True))(z)
     assert np.abs(sparse - z).max() > 0.1  # the chain moved
     np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4)
 
@@ -147,8 +146,8 @@ def make_model(sparse, config=None, jit_compile=True):
 
 def test_a_train_step_through_the_kernels_matches_the_dense_xla_step():
     dense, sparse = make_model(False), make_model(True)
-    assert sparse.generator.sparse_kernels and not sparse.jit_compile
-    assert not dense.generator.sparse_kernels and dense.jit_compile
+    assert sparse.uses_sparse_kernels and not sparse.jit_compile
+    assert not dense.uses_sparse_kernels and dense.jit_compile
     sparse.generator.set_weights(dense.generator.get_weights())
     sparse.chains.assign(dense.chains.numpy())
     ids = np.arange(8, dtype=np.int32)
@@ -167,14 +166,14 @@ def test_a_train_step_through_the_kernels_matches_the_dense_xla_step():
 def test_unsupported_setups_keep_the_dense_xla_step_and_say_why(host_gpus, caplog):
     host_gpus(True)
     model = make_model(True)
-    assert not model.generator.sparse_kernels and model.jit_compile
+    assert not model.uses_sparse_kernels and model.jit_compile
     assert "GPU" in model.sparse_kernels_problem()
     host_gpus(False)
     # A 4x4 top map with a 4-wide kernel of stride 2 is neither one matrix nor cells.
     overlapping = GeneratorConfig(image_size=32, latent_dim=4, channels=(8, 8), topk=(8, 16),
                                   kernel_sizes=(4, 4), strides=(2, 4))
     model = make_model(True, overlapping)
-    assert not model.generator.sparse_kernels
+    assert not model.uses_sparse_kernels
     assert "neither one matrix nor disjoint cells" in model.sparse_kernels_problem()
 
 
@@ -187,7 +186,7 @@ def test_without_a_compiler_the_kernels_say_why_and_training_stays_dense(
         reason = sparse_kernels.unavailable_reason()
         assert reason.startswith("building sparse_matmul.cc with") and "failed" in reason
         model = make_model(True)
-        assert not model.generator.sparse_kernels and model.jit_compile
+        assert not model.uses_sparse_kernels and model.jit_compile
         assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built is left
     finally:
         monkeypatch.undo()
@@ -205,7 +204,7 @@ def make(sparse, jit_compile):
 single = make(False, True)
 with strategy.scope():
     mirrored = make(True, False)
-assert mirrored.generator.sparse_kernels
+assert mirrored.uses_sparse_kernels
 mirrored.generator.set_weights(single.generator.get_weights())
 mirrored.chains.assign(single.chains.numpy())
 single.fit(dataset, epochs=1, verbose=0)
@@ -231,7 +230,7 @@ def test_two_mirrored_replicas_through_the_kernels_match_one_dense_device(tmp_pa
 
 
 def test_train_py_trains_with_sparse_kernels(tmp_path):
-    result = run_train(f"--workdir={tmp_path / 'run'}", "--sparse_kernels",
+    result = run_train(f"--workdir={tmp_path / 'run'}", "--sparse_kernels=on",
                        *tiny_flags(train_steps=2), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dense path runs instead" not in result.stderr  # no fallback

@@ -56,6 +56,12 @@ class DeadChannels(keras.metrics.Metric):
 # "2026-12-01: the sparse Langevin path").
 SPARSE_PATH_MAX_DENSITY = 0.015
 
+# The largest K / (h*w*c) of any sparse layer at which `compile` picks the compiled
+# sparse kernels on its own (sparse_kernels=None): the densest point of the K sweep of
+# benchmarks/sparse_path.py where they still beat the dense XLA step (BENCHMARKS.md,
+# "2026-12-04: compiled sparse kernels").
+SPARSE_KERNELS_MAX_DENSITY = 0.1
+
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
 _compiled_langevin = tf.function(langevin, jit_compile=True)
 
@@ -73,18 +79,21 @@ class AlternatingBackprop(keras.Model):
         prior's state is fitted from the chains by `fit_prior`, at every checkpoint.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
         cannot be (several replicas; `distribute.compile_options`).
-      sparse_kernels: compute the Langevin gradient with the compiled sparse kernels
-        (`Generator.langevin_gradient_fn`) where `compile` finds them supported; the
-        Langevin loop then runs as a TensorFlow graph and the θ step under XLA.
+      sparse_kernels: whether the Langevin gradient comes from the compiled sparse
+        kernels (`Generator.langevin_gradient_fn`; the loop then runs as a TensorFlow
+        graph with XLA between the kernels, and the θ step under XLA): None (auto) where
+        `compile` finds them faster by BENCHMARKS.md's measurements
+        (SPARSE_KERNELS_MAX_DENSITY) and supported, True wherever supported, False never.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
                  seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR,
-                 sparse_kernels=False, **kwargs):
+                 sparse_kernels=None, **kwargs):
         super().__init__(**kwargs)
         self.jit_langevin = bool(jit_langevin)
-        self.sparse_kernels = bool(sparse_kernels)
+        self.sparse_kernels = None if sparse_kernels is None else bool(sparse_kernels)
+        self.uses_sparse_kernels = False  # what compile chose
         self.generator = generator
         self.num_examples = int(num_examples)
         self.langevin = langevin or LangevinConfig()
@@ -122,6 +131,14 @@ class AlternatingBackprop(keras.Model):
         function) when every sparse layer keeps at most SPARSE_PATH_MAX_DENSITY of its
         units; at the paper's 6.25% the dense matmuls are faster. Set
         `generator.sparse_path` after compile to override.
+
+        Faster still, where they apply, are the compiled sparse kernels
+        (`sparse_kernels`): with sparse_kernels=None they are chosen where XLA was asked
+        for on a CPU and every sparse layer keeps at most SPARSE_KERNELS_MAX_DENSITY of
+        its units, if `sparse_kernels_problem` finds nothing against them (a GPU,
+        another precision, the cooperative step, a layer geometry they do not cover, or no
+        C++ compiler). The step then runs as a TensorFlow graph with XLA inside
+        (`uses_sparse_kernels`).
         """
         super().compile(*args, **kwargs)
         xla = self.jit_compile is True or self.jit_langevin
@@ -132,25 +149,32 @@ class AlternatingBackprop(keras.Model):
         # one multiplies; under XLA on CPU it pays only for very sparse maps
         # (BENCHMARKS.md, 2026-12-01), and was not measured on a GPU.
         self.generator.sparse_path = bisection and (
-            max(k / math.prod(shape) for k, shape in zip(
-                self.generator.config.topk, self.generator.config.feature_map_shapes()))
-            <= SPARSE_PATH_MAX_DENSITY)
-        self.generator.sparse_kernels = False
-        if self.sparse_kernels:
-            problem = self.sparse_kernels_problem()
-            if problem:
-                logging.warning("--sparse_kernels: %s; the dense path runs instead.", problem)
-            else:
-                # The kernels are TensorFlow ops, which XLA cannot compile: the step runs
-                # as a graph, its Langevin loop calls XLA between the kernels and its θ
-                # step is one XLA function (`_learning`).
-                self.generator.sparse_kernels = True
-                self.generator.sparse_path = False
-                self.jit_compile = False
-                self.jit_langevin = False
-                for topk in self.generator.topks:
-                    topk.bisection = True
-                self._compiled_learning = tf.function(self._learning, jit_compile=True)
+            self.max_density() <= SPARSE_PATH_MAX_DENSITY)
+        self.uses_sparse_kernels = False
+        if self.sparse_kernels is False or (self.sparse_kernels is None and not (
+                xla and self.max_density() <= SPARSE_KERNELS_MAX_DENSITY)):
+            return
+        problem = self.sparse_kernels_problem()
+        if problem:
+            log = logging.warning if self.sparse_kernels else logging.info
+            log("Sparse kernels: %s; the dense path runs instead.", problem)
+            return
+        # The kernels are TensorFlow ops, which XLA cannot compile: the step runs as a
+        # graph, its Langevin loop calls small XLA functions between the kernels, and its
+        # θ step is one XLA function (`_learning`).
+        self.uses_sparse_kernels = True
+        self.generator.sparse_path = False
+        self.jit_compile = False
+        self.jit_langevin = False
+        for topk in self.generator.topks:
+            topk.bisection = True
+        self._compiled_learning = tf.function(self._learning, jit_compile=True)
+
+    def max_density(self):
+        """The largest K / (h*w*c) of the generator's sparse layers."""
+        config = self.generator.config
+        return max(k / math.prod(shape)
+                   for k, shape in zip(config.topk, config.feature_map_shapes()))
 
     def sparse_kernels_problem(self):
         """None when the sparse kernels can run this model's Langevin loop, else why not."""
@@ -180,9 +204,10 @@ class AlternatingBackprop(keras.Model):
             seed = tf.random.experimental.stateless_fold_in(
                 tf.cast(seed, tf.int32), replica.replica_id_in_sync_group)
         run = _compiled_langevin if self.jit_langevin else langevin
+        kernels = dict(sparse_kernels=True) if self.uses_sparse_kernels else {}
         return run(self.generator, z, images, seed, steps=self.langevin.steps,
                    step_size=self.langevin.step_size, sigma=self.langevin.sigma,
-                   noise=self.langevin_noise, observed=observed)
+                   noise=self.langevin_noise, observed=observed, **kernels)
 
     def update_chains(self, ids, z):
         """Stores the inferred z [batch, d] as the persistent chains of examples ids [batch].
@@ -204,8 +229,7 @@ class AlternatingBackprop(keras.Model):
         z = self.infer(tf.gather(self.chains.value, ids), images)
         self.update_chains(ids, z)
 
-        learning = (self._compiled_learning if self.generator.sparse_kernels
-                    else self._learning)
+        learning = self._compiled_learning if self.uses_sparse_kernels else self._learning
         grads, reconstruction, squared_error, loss, activations = learning(z, images)
         self.optimizer.apply(grads, self.generator.trainable_weights)
 

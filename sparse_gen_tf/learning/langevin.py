@@ -70,7 +70,7 @@ def _squared_error(generator, z, images, observed):
 
 
 def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
-             observed=None):
+             observed=None, sparse_kernels=False):
     """Runs `steps` Langevin transitions (Eq. 10) on z for fixed generator weights.
 
     Args:
@@ -82,6 +82,9 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
       steps, step_size (δ), sigma (σ): Python numbers.
       noise: False gives gradient ascent on log p (no δ·E term).
       observed: optional 0/1 mask of observed pixels, see `log_joint`.
+      sparse_kernels: compute ∂/∂z with the compiled sparse kernels
+        (`Generator.langevin_gradient_fn`, the same gradient). They are TensorFlow ops,
+        not XLA ones: the caller must not be XLA-compiled.
     Returns:
       z after the last step, [batch, d].
     """
@@ -90,10 +93,8 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
     images = tf.convert_to_tensor(images)
     seed = tf.cast(seed, tf.int32)
     squared_error = squared_error_fn(generator, images, observed)
-    # The compiled sparse kernels give ∂/∂z directly (Generator.langevin_gradient_fn);
-    # they are TensorFlow ops, not XLA ones, so this loop must then run outside XLA.
     gradient_fn = (generator.langevin_gradient_fn(images, sigma, observed)
-                   if getattr(generator, "sparse_kernels", False) else None)
+                   if sparse_kernels else None)
     if noise:
         # All steps' noise in one draw, [steps, batch, d]: under XLA on CPU a draw inside
         # the loop has a fixed cost per step whatever its size, one draw of all of it is

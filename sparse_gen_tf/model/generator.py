@@ -124,10 +124,6 @@ class Generator(keras.Model):
         # part of the config: it depends on where the model runs, like TopK.bisection;
         # `AlternatingBackprop.compile` sets it from BENCHMARKS.md's measurements.
         self.sparse_path = False
-        # True: the Langevin loop computes ∂/∂z with the compiled sparse kernels
-        # (`langevin_gradient_fn`, `model.sparse_kernels`), outside XLA. Set by
-        # `AlternatingBackprop.compile` when asked for and supported.
-        self.sparse_kernels = False
         self.build((None, cfg.latent_dim))
 
     def build(self, input_shape):

@@ -70,12 +70,13 @@ class TrainConfig:
     learning_rate: float = _setting(
         3e-3, "Initial Adam learning rate; cosine-decayed to a tenth by --train_steps.")
     jit_compile: bool = _setting(True, "Compile the train step, Langevin included, with XLA.")
-    # Not state: how ∂/∂z is computed, not what; a run may resume with or without it.
-    sparse_kernels: bool = _setting(
-        False, "CPU, plain ABP, float32: compute the Langevin gradient with the compiled "
-        "sparse kernels (only the K kept units paint and read back; built with the C++ "
-        "compiler at first use), the rest of the step under XLA. Falls back to the dense "
-        "XLA step, with a warning, where unsupported.")
+    # Not state: how ∂/∂z is computed, not what; a run may resume with either.
+    sparse_kernels: str = _setting(
+        "auto", "Langevin gradient through the compiled sparse kernels (only the K kept "
+        "units paint and read back; built with the C++ compiler at first use; CPU, plain "
+        "ABP, float32): auto, where measured faster (every layer's K / h*w*c <= 10%, XLA "
+        "on); on, wherever supported; off, never. Elsewhere the dense XLA step runs.",
+        choices=("auto", "on", "off"))
     seed: int = _setting(0, "Seeds data generation, the initial weights, chains and Langevin "
                     "noise.", state=True)
     checkpoint_every: int = _setting(

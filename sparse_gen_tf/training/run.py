@@ -103,9 +103,8 @@ def build_model(config, num_examples):
     jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
                                                         config.jit_compile)
     learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin,
-                   prior=config.prior)
-    if config.sparse_kernels and config.descriptor is None:
-        learner["sparse_kernels"] = True
+                   prior=config.prior,
+                   sparse_kernels={"auto": None, "on": True, "off": False}[config.sparse_kernels])
     generator = Generator(config.generator)
     if config.descriptor is not None:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
