@@ -61,6 +61,37 @@ REGISTER_OP("MaskedMatmulT")
       return absl::OkStatus();
     });
 
+REGISTER_OP("SparseTransposedConv")
+    .Input("x: float")
+    .Input("kernel: float")
+    .Attr("stride: int >= 1")
+    .Output("y: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x, kernel;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &kernel));
+      int stride;
+      TF_RETURN_IF_ERROR(c->GetAttr("stride", &stride));
+      ::tensorflow::shape_inference::DimensionHandle h, w;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(x, 1), stride, &h));
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(x, 2), stride, &w));
+      c->set_output(0, c->MakeShape({c->Dim(x, 0), h, w, c->Dim(kernel, 3)}));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("MaskedTransposedConvT")
+    .Input("g: float")
+    .Input("kernel: float")
+    .Input("mask: float")
+    .Attr("stride: int >= 1")
+    .Output("y: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle mask;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 4, &mask));
+      c->set_output(0, mask);
+      return absl::OkStatus();
+    });
+
 class SparseRowsMatmulOp : public OpKernel {
  public:
   explicit SparseRowsMatmulOp(OpKernelConstruction* c) : OpKernel(c) {}
@@ -164,9 +195,155 @@ class MaskedMatmulTOp : public OpKernel {
   }
 };
 
+// The 'same' transposed conv of TransposedConv (out[i*s + p - pad] += x[i] * ker[p],
+// pad = (k - s) / 2, output h*s x w*s) on a sparse input, for kernels larger than their
+// stride: each kept unit (y, x, c) adds kernel[c, py, px, :] into the output pixels its
+// patch reaches, skipping those the padding crops. The kernel [c_in, k, k, c_out] is
+// read per tap, c_out floats at a time, and shared by all positions, so it stays in cache.
+struct ConvGeometry {
+  int64_t batch, h, w, c_in, k, c_out, stride, pad, out_h, out_w;
+};
+
+static bool Geometry(OpKernelContext* ctx, const Tensor& map, const Tensor& kernel,
+                     int64_t stride, ConvGeometry* g) {
+  if (!(map.dims() == 4 && kernel.dims() == 4 && kernel.dim_size(1) == kernel.dim_size(2) &&
+        map.dim_size(3) == kernel.dim_size(0) && kernel.dim_size(1) >= stride)) {
+    ctx->SetStatus(absl::InvalidArgumentError(
+        "SparseTransposedConv needs a map [batch, h, w, c_in] and a kernel "
+        "[c_in, k, k, c_out] with k >= stride, got " + map.shape().DebugString() + " and " +
+        kernel.shape().DebugString()));
+    return false;
+  }
+  g->batch = map.dim_size(0);
+  g->h = map.dim_size(1);
+  g->w = map.dim_size(2);
+  g->c_in = map.dim_size(3);
+  g->k = kernel.dim_size(1);
+  g->c_out = kernel.dim_size(3);
+  g->stride = stride;
+  g->pad = (g->k - stride) / 2;
+  g->out_h = g->h * stride;
+  g->out_w = g->w * stride;
+  return true;
+}
+
+class SparseTransposedConvOp : public OpKernel {
+ public:
+  explicit SparseTransposedConvOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& kernel = ctx->input(1);
+    ConvGeometry g;
+    if (!Geometry(ctx, x, kernel, stride_, &g)) return;
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({g.batch, g.out_h, g.out_w, g.c_out}), &y));
+    const float* __restrict xs = x.flat<float>().data();
+    const float* __restrict ks = kernel.flat<float>().data();
+    float* __restrict ys = y->flat<float>().data();
+    const int64_t map_size = g.h * g.w * g.c_in, out_size = g.out_h * g.out_w * g.c_out;
+    auto paint = [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        float* __restrict out = ys + b * out_size;
+        std::memset(out, 0, sizeof(float) * out_size);
+        const float* __restrict xb = xs + b * map_size;
+        for (int64_t j = 0; j < map_size; ++j) {
+          const float value = xb[j];
+          if (value == 0.0f) continue;  // the units TopK and ReLU dropped
+          const int64_t c = j % g.c_in, col = (j / g.c_in) % g.w, row = j / (g.c_in * g.w);
+          for (int64_t py = 0; py < g.k; ++py) {
+            const int64_t oy = row * g.stride + py - g.pad;
+            if (oy < 0 || oy >= g.out_h) continue;
+            for (int64_t px = 0; px < g.k; ++px) {
+              const int64_t ox = col * g.stride + px - g.pad;
+              if (ox < 0 || ox >= g.out_w) continue;
+              const float* __restrict tap = ks + ((c * g.k + py) * g.k + px) * g.c_out;
+              float* __restrict pixel = out + (oy * g.out_w + ox) * g.c_out;
+#pragma omp simd
+              for (int64_t n = 0; n < g.c_out; ++n) pixel[n] += value * tap[n];
+            }
+          }
+        }
+      }
+    };
+    ::tensorflow::Shard(ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
+                        ctx->device()->tensorflow_cpu_worker_threads()->workers, g.batch,
+                        map_size + out_size * 4, paint);
+  }
+
+ private:
+  int64_t stride_;
+};
+
+class MaskedTransposedConvTOp : public OpKernel {
+ public:
+  explicit MaskedTransposedConvTOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grad = ctx->input(0);
+    const Tensor& kernel = ctx->input(1);
+    const Tensor& mask = ctx->input(2);
+    ConvGeometry g;
+    if (!Geometry(ctx, mask, kernel, stride_, &g)) return;
+    OP_REQUIRES(ctx, grad.dims() == 4 && grad.dim_size(0) == g.batch &&
+                         grad.dim_size(1) == g.out_h && grad.dim_size(2) == g.out_w &&
+                         grad.dim_size(3) == g.c_out,
+                absl::InvalidArgumentError(
+                    "MaskedTransposedConvT needs g [batch, h*stride, w*stride, c_out], got " +
+                    grad.shape().DebugString()));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, mask.shape(), &y));
+    const float* __restrict gs = grad.flat<float>().data();
+    const float* __restrict ks = kernel.flat<float>().data();
+    const float* __restrict ms = mask.flat<float>().data();
+    float* __restrict ys = y->flat<float>().data();
+    const int64_t map_size = g.h * g.w * g.c_in, out_size = g.out_h * g.out_w * g.c_out;
+    auto read_back = [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const float* __restrict gb = gs + b * out_size;
+        for (int64_t j = 0; j < map_size; ++j) {
+          float sum = 0.0f;
+          if (ms[b * map_size + j] != 0.0f) {  // only the kept units get a gradient
+            const int64_t c = j % g.c_in, col = (j / g.c_in) % g.w,
+                          row = j / (g.c_in * g.w);
+            for (int64_t py = 0; py < g.k; ++py) {
+              const int64_t oy = row * g.stride + py - g.pad;
+              if (oy < 0 || oy >= g.out_h) continue;
+              for (int64_t px = 0; px < g.k; ++px) {
+                const int64_t ox = col * g.stride + px - g.pad;
+                if (ox < 0 || ox >= g.out_w) continue;
+                const float* __restrict tap = ks + ((c * g.k + py) * g.k + px) * g.c_out;
+                const float* __restrict pixel = gb + (oy * g.out_w + ox) * g.c_out;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t n = 0; n < g.c_out; ++n) sum += pixel[n] * tap[n];
+              }
+            }
+          }
+          ys[b * map_size + j] = sum;
+        }
+      }
+    };
+    ::tensorflow::Shard(ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
+                        ctx->device()->tensorflow_cpu_worker_threads()->workers, g.batch,
+                        map_size + out_size * 4, read_back);
+  }
+
+ private:
+  int64_t stride_;
+};
+
 REGISTER_KERNEL_BUILDER(Name("SparseRowsMatmul").Device(::tensorflow::DEVICE_CPU),
                         SparseRowsMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("MaskedMatmulT").Device(::tensorflow::DEVICE_CPU),
                         MaskedMatmulTOp);
+REGISTER_KERNEL_BUILDER(Name("SparseTransposedConv").Device(::tensorflow::DEVICE_CPU),
+                        SparseTransposedConvOp);
+REGISTER_KERNEL_BUILDER(Name("MaskedTransposedConvT").Device(::tensorflow::DEVICE_CPU),
+                        MaskedTransposedConvTOp);
 
 }  // namespace sparse_gen_tf

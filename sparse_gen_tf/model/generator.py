@@ -240,14 +240,8 @@ class Generator(keras.Model):
                 for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes())]
 
     def sparse_kernels_problem(self):
-        """None when `langevin_gradient_fn` can run this generator here, else why not:
-        every transposed conv must be one whole-layer matrix (`unrolls`) or paint disjoint
-        cells (kernel == stride), g must compute in float32, and the kernels must build."""
-        for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes()):
-            if not (deconv.unrolls(shape) or deconv.paints_disjoint_cells):
-                return (f"{deconv.name} (kernel {deconv.kernel_size}, stride "
-                        f"{deconv.strides}) on a {shape[0]}x{shape[1]} map is neither one "
-                        "matrix nor disjoint cells")
+        """None when `langevin_gradient_fn` can run this generator here, else why not: g
+        must compute in float32 and the kernels must build."""
         if self.compute_dtype != "float32":
             return f"the sparse kernels are float32 and g computes in {self.compute_dtype}"
         return kernels_lib.unavailable_reason()
@@ -260,8 +254,11 @@ class Generator(keras.Model):
         sums), written out layer by layer: each sparse layer's TopK and ReLU masks
         (Eq. 1-2) are constants of the step, so g is linear between them and its
         transpose is the backward pass. Forward, each transposed conv paints only the
-        kept units' basis rows (`sparse_rows_matmul`); backward, only the kept units read
-        the residual back (`masked_matmul_t`), then the FC layer's transpose gives ∂/∂z.
+        kept units' basis patches; backward, only the kept units read the residual back;
+        then the FC layer's transpose gives ∂/∂z. A layer whose kernel equals its stride
+        (disjoint cells) runs as rows of a matmul (`sparse_rows_matmul`,
+        `masked_matmul_t`, in the blocked layout of `matmul_kernel`), one with a larger
+        kernel as a deconvolution (`sparse_transposed_conv`, `masked_transposed_conv_t`).
         The element-wise parts (biases, TopK thresholds, tanh and residual) run as small
         XLA functions between the kernels; the kernels themselves are TensorFlow ops, so
         the caller must not be XLA-compiled.
@@ -281,14 +278,13 @@ class Generator(keras.Model):
             observed = tf.nn.space_to_depth(observed, cell)
         shapes = cfg.feature_map_shapes()
         last = len(self.deconvs) - 1
-        # Per layer: the matrix it multiplies by, and whether it is the whole layer
-        # (rows = every unit of the map) or one cell's kernel (rows = channels).
-        layers = []
-        for i, (deconv, shape) in enumerate(zip(self.deconvs, shapes)):
-            whole = deconv.unrolls(shape) and not (blocked and i == last)
-            matrix = (tf.reshape(deconv.unrolled_kernel(shape, tf.float32), [math.prod(shape), -1])
-                      if whole else deconv.matmul_kernel(tf.float32))
-            layers.append((whole, matrix, tf.convert_to_tensor(deconv.bias, tf.float32)))
+        # Per layer: whether it paints disjoint cells (rows of a matmul), the kernel in
+        # the form its kernels take, and the bias.
+        cells = [deconv.paints_disjoint_cells for deconv in self.deconvs]
+        kernels = [deconv.matmul_kernel(tf.float32) if rows
+                   else tf.convert_to_tensor(deconv.kernel, tf.float32)
+                   for deconv, rows in zip(self.deconvs, cells)]
+        biases = [tf.convert_to_tensor(deconv.bias, tf.float32) for deconv in self.deconvs]
         fc_kernel = tf.convert_to_tensor(self.fc.kernel, tf.float32)
         fc_bias = tf.convert_to_tensor(self.fc.bias, tf.float32)
         s, c1 = cfg.top_size, cfg.channels[0]
@@ -296,23 +292,42 @@ class Generator(keras.Model):
         # The element-wise work between two kernel calls, each one small XLA function:
         # XLA fuses it, and each launch costs about as much as a TensorFlow op.
         def keep(i, fm):
-            """Sparse layer i's TopK and ReLU (Eq. 1): (activation, mask), both [batch,
-            h, w, c] flattened to the rows its transposed conv multiplies."""
+            """Sparse layer i's TopK and ReLU (Eq. 1) on fm [batch, h, w, c]:
+            (activation, mask), as rows [batch*h*w, c] for a cell layer."""
             mask = self.topks[i].mask(fm) * tf.cast(fm > 0, fm.dtype)
-            rows = [-1, math.prod(shapes[i])] if layers[i][0] else [-1, shapes[i][2]]
-            return tf.reshape(fm * mask, rows), tf.reshape(mask, rows)
+            activation = fm * mask
+            if cells[i]:
+                return (tf.reshape(activation, [-1, shapes[i][2]]),
+                        tf.reshape(mask, [-1, shapes[i][2]]))
+            return activation, mask
 
         def finish(i, out):
             """Deconv i's product, without its bias -> the next map, or the logits."""
-            deconv, (h, w, _) = self.deconvs[i], shapes[i]
-            whole, _, bias = layers[i]
-            st, c_out = deconv.strides, deconv.filters
-            if whole:
-                return tf.reshape(out, [-1, h * st, w * st, c_out]) + bias
+            if not cells[i]:
+                return out + biases[i]
+            h, w, _ = shapes[i]
+            st, c_out = self.deconvs[i].strides, self.deconvs[i].filters
             out = tf.reshape(out, [-1, h, w, st * st * c_out])
             if blocked and i == last:
-                return out + tf.tile(bias, [st * st])
-            return tf.nn.depth_to_space(out, st) + bias
+                return out + tf.tile(biases[i], [st * st])
+            return tf.nn.depth_to_space(out, st) + biases[i]
+
+        def paint(i, activation):
+            if cells[i]:
+                return kernels_lib.sparse_rows_matmul(activation, kernels[i])
+            return kernels_lib.sparse_transposed_conv(activation, kernels[i],
+                                                      self.deconvs[i].strides)
+
+        def read_back(i, grad, mask):
+            """∂/∂(deconv i's output) -> ∂/∂(its input map) [batch, h, w, c_in]."""
+            st = self.deconvs[i].strides
+            if not cells[i]:
+                return kernels_lib.masked_transposed_conv_t(grad, kernels[i], mask, st)
+            if not (blocked and i == last):
+                grad = tf.nn.space_to_depth(grad, st)
+            grad = kernels_lib.masked_matmul_t(
+                tf.reshape(grad, [tf.shape(mask)[0], -1]), kernels[i], mask)
+            return tf.reshape(grad, [-1, *shapes[i]])
 
         @tf.function(jit_compile=True)
         def head(z):
@@ -336,20 +351,13 @@ class Generator(keras.Model):
             activation, mask = head(z)
             masks = [mask]
             for i in range(last + 1):
-                out = kernels_lib.sparse_rows_matmul(activation, layers[i][1])
+                out = paint(i, activation)
                 if i < last:
                     activation, mask = between[i](out)
                     masks.append(mask)
             grad = residual(out)
             for i in reversed(range(last + 1)):
-                whole, matrix, _ = layers[i]
-                if not whole and not (blocked and i == last):
-                    grad = tf.nn.space_to_depth(grad, self.deconvs[i].strides)
-                grad = kernels_lib.masked_matmul_t(
-                    tf.reshape(grad, [tf.shape(masks[i])[0], -1]), matrix, masks[i])
-                if i > 0:  # back to the layout of the map above: [batch, h, w, c]
-                    h, w, c = shapes[i]
-                    grad = tf.reshape(grad, [-1, h, w, c])
+                grad = read_back(i, grad, masks[i])
             return to_z(grad, z)
         return gradient
 

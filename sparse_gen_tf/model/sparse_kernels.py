@@ -1,19 +1,24 @@
 """The compiled kernels of the sparse Langevin path (issue 14): build, load, call.
 
-`sparse_gen_tf/kernels/sparse_matmul.cc` holds two TensorFlow CPU ops:
+`sparse_gen_tf/kernels/sparse_matmul.cc` holds four TensorFlow CPU ops, two pairs:
 
     sparse_rows_matmul(x [M, K], w [K, N]) -> [M, N]     x @ w, skipping x's zeros
     masked_matmul_t(g [M, N], w [K, N], mask [M, K])     (g @ wᵀ) where mask != 0, else 0
+    sparse_transposed_conv(x [B, h, w, c_in], kernel [c_in, k, k, c_out], stride)
+        -> [B, h*s, w*s, c_out]: TransposedConv's 'same' deconvolution, skipping x's zeros
+    masked_transposed_conv_t(g [B, h*s, w*s, c_out], kernel, mask [B, h, w, c_in], stride)
+        -> its transpose, computed only where mask != 0
 
-They are the transposed conv's forward product on a TopK-sparse map (only the kept units
-paint their basis rows, Eq. 3) and its backward product for ∂/∂z (only the kept units
-read the residual back). TensorFlow ships no kernel that does this faster than a dense
-matmul at the paper's 6.25% (BENCHMARKS.md, 2026-12-04), so these are compiled here, at
-first use, with the C++ compiler ($CXX, else g++ or c++) and TensorFlow's own headers
-and flags (`tf.sysconfig`), into a cache directory ($SPARSE_GEN_TF_CACHE, else
-~/.cache/sparse_gen_tf) keyed by the source, TensorFlow's version and the CPU. A build
-takes about 10 s once per machine. Without a compiler, `load()` says why, and the
-generator keeps the dense path.
+Each pair is a transposed conv's forward product on a TopK-sparse map (only the kept
+units paint their basis patches, Eq. 3) and its backward product for ∂/∂z (only the kept
+units read the residual back): the first for kernel == stride (disjoint cells, one
+matmul row per cell), the second for kernel > stride (overlapping patches). TensorFlow
+ships no kernel that does this faster than a dense matmul at the paper's 6.25%
+(BENCHMARKS.md, 2026-12-04), so these are compiled here, at first use, with the C++
+compiler ($CXX, else g++ or c++) and TensorFlow's own headers and flags (`tf.sysconfig`),
+into a cache directory ($SPARSE_GEN_TF_CACHE, else ~/.cache/sparse_gen_tf) keyed by the
+source, TensorFlow's version and the CPU. A build takes about 10 s once per machine.
+Without a compiler, `load()` says why, and the training step keeps the dense path.
 
 The ops are not XLA ops: a Langevin loop that calls them runs as a TensorFlow graph, with
 the element-wise work between them compiled by XLA in small functions
@@ -73,20 +78,22 @@ def _load():
         " ".join(_build_command(compiler, "out"))]).encode()).hexdigest()[:16]
     library = cache_dir() / f"sparse_matmul-{key}.so"
     if not library.exists():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename: a concurrent process or a killed build never
-        # leaves a half-written library under the final name.
-        with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
-            partial = pathlib.Path(scratch) / library.name
-            try:
-                result = subprocess.run(_build_command(compiler, partial), capture_output=True,
-                                        text=True, timeout=600)
-            except (OSError, subprocess.TimeoutExpired) as error:
-                return None, f"building {SOURCE.name} with {compiler} failed: {error}"
-            if result.returncode:
-                last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-                return None, f"building {SOURCE.name} with {compiler} failed: {last}"
-            os.replace(partial, library)
+        logging.info("Building the sparse kernels into %s (once per machine, ~10 s)", library)
+        try:
+            library.parent.mkdir(parents=True, exist_ok=True)
+            # Build beside the target and rename: a concurrent process or a killed build
+            # never leaves a half-written library under the final name.
+            with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+                partial = pathlib.Path(scratch) / library.name
+                result = subprocess.run(_build_command(compiler, partial),
+                                        capture_output=True, text=True, timeout=600)
+                if result.returncode:
+                    last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+                    return None, f"building {SOURCE.name} with {compiler} failed: {last}"
+                os.replace(partial, library)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return None, (f"building {SOURCE.name} with {compiler} into {library.parent} "
+                          f"failed: {error}")
     try:
         return tf.load_op_library(str(library)), None
     except (tf.errors.NotFoundError, OSError) as error:
@@ -110,6 +117,18 @@ def unavailable_reason():
 def sparse_rows_matmul(x, w):
     """x [M, K] @ w [K, N] -> [M, N] float32, multiplying only x's non-zero entries."""
     return load().sparse_rows_matmul(x, w)
+
+
+def sparse_transposed_conv(x, kernel, stride):
+    """TransposedConv's deconvolution of x [B, h, w, c_in] by kernel [c_in, k, k, c_out]
+    (no bias) -> [B, h*stride, w*stride, c_out], painting only x's non-zero units."""
+    return load().sparse_transposed_conv(x, kernel, stride=stride)
+
+
+def masked_transposed_conv_t(g, kernel, mask, stride):
+    """The transpose of `sparse_transposed_conv` applied to g [B, h*s, w*s, c_out],
+    ⊙ (mask [B, h, w, c_in] != 0), computing only the entries where mask is non-zero."""
+    return load().masked_transposed_conv_t(g, kernel, mask, stride=stride)
 
 
 def masked_matmul_t(g, w, mask):
