@@ -161,14 +161,16 @@ class AlternatingBackprop(keras.Model):
             return
         # The kernels are TensorFlow ops, which XLA cannot compile: the step runs as a
         # graph, its Langevin loop calls small XLA functions between the kernels, and its
-        # θ step is one XLA function (`_learning`).
+        # θ step with the metrics is one XLA function (`_learn`).
         self.uses_sparse_kernels = True
         self.generator.sparse_path = False
         self.jit_compile = False
         self.jit_langevin = False
         for topk in self.generator.topks:
             topk.bisection = True
-        self._compiled_learning = tf.function(self._learning, jit_compile=True)
+        # Its variables must exist before the XLA function that updates them is traced.
+        self.optimizer.build(self.generator.trainable_weights)
+        self._compiled_learn = tf.function(self._learn, jit_compile=True)
 
     def max_density(self):
         """The largest K / (h*w*c) of the generator's sparse layers."""
@@ -229,10 +231,18 @@ class AlternatingBackprop(keras.Model):
         z = self.infer(tf.gather(self.chains.value, ids), images)
         self.update_chains(ids, z)
 
-        learning = self._compiled_learning if self.uses_sparse_kernels else self._learning
-        grads, reconstruction, squared_error, loss, activations = learning(z, images)
-        self.optimizer.apply(grads, self.generator.trainable_weights)
+        if self.uses_sparse_kernels and tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            self._compiled_learn(z, images)
+        else:  # the whole step is XLA already, or runs under a multi-replica strategy
+            self._learn(z, images)
+        return self.step_logs()
 
+    def _learn(self, z, images):
+        """The θ step and the metrics at the inferred z: `_learning`, the optimizer's
+        update, the trackers' update. With the sparse kernels on one device it is one XLA
+        function (`_compiled_learn`), as the rest of the dense step is."""
+        grads, reconstruction, squared_error, loss, activations = self._learning(z, images)
+        self.optimizer.apply(grads, self.generator.trainable_weights)
         mse = tf.reduce_mean(tf.square(images - reconstruction))
         log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
         values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
@@ -244,7 +254,6 @@ class AlternatingBackprop(keras.Model):
             values[f"dead_channels_{i}"] = active
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return self.step_logs()
 
     def _learning(self, z, images):
         """Learning back-propagation (Eq. 12) at the inferred z: (gradients of the
