@@ -16,7 +16,9 @@ nothing is loop-invariant), in each form TensorFlow offers:
   one segment sum per cell; ∂/∂value by autodiff), the only sparse form XLA compiles;
 - without XLA, `tf.sparse.sparse_dense_matmul` (TensorFlow's SpMM kernel) and an
   embedding-bag of `tf.gather` + `tf.math.unsorted_segment_sum`, their gradients by
-  autodiff.
+  autodiff;
+- this package's compiled kernels (`model/sparse_kernels.py`: `sparse_rows_matmul`, then
+  `masked_matmul_t` of the likelihood's gradient), when they build.
 
 It prints ms per forward + backward pair, the rate on the FLOPs each form really needs
 (dense: every unit; sparse: the K kept ones), and the speed-up over the XLA dense matmul.
@@ -31,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from sparse_gen_tf.model import sparse_kernels as kernels_lib
 from sparse_gen_tf.model.layers import TopK, TransposedConv
 
 flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
@@ -114,7 +117,16 @@ def forms(batch, k, seed=0):
             loss = squared_error(out, flat_target)
         return out, tape.gradient(loss, v)
 
-    return {
+    likelihood_grad = tf.function(  # ∂ squared_error / ∂logits, as one XLA function
+        lambda out: -(flat_target - tf.tanh(out)) * (1.0 - tf.square(tf.tanh(out))),
+        jit_compile=True)
+    flat_mask = tf.reshape(mask, [batch * H * H, C_IN])
+
+    def compiled_pair(x):  # x: the masked map as rows [batch*16, 128]
+        out = kernels_lib.sparse_rows_matmul(x, kernel)
+        return out, kernels_lib.masked_matmul_t(likelihood_grad(out), kernel, flat_mask)
+
+    forms_ = {
         "dense matmul, XLA (the train step's dense path)": (
             *loop(dense_pair, fm, FLAGS.steps, True), dense_flops),
         "dense matmul, no XLA (oneDNN)": (*loop(dense_pair, fm, FLAGS.steps, False), dense_flops),
@@ -125,6 +137,11 @@ def forms(batch, k, seed=0):
         "gather + unsorted_segment_sum, no XLA": (
             *loop(bag_pair, values, FLAGS.steps, False), sparse_flops),
     }
+    if kernels_lib.unavailable_reason() is None:
+        forms_["compiled sparse kernels (--sparse_kernels), no XLA but the tanh"] = (
+            *loop(compiled_pair, tf.reshape(fm * mask, [batch * H * H, C_IN]), FLAGS.steps,
+                  False), sparse_flops)
+    return forms_
 
 
 def main(argv):

@@ -6,12 +6,15 @@ the TopK thresholds, for kernel == stride and kernel > stride, eagerly and under
 (with the bisection thresholds), and one train step under a two-replica MirroredStrategy.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import run_mirrored, tiny_generator
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, langevin
+from sparse_gen_tf.model import sparse_kernels
 from sparse_gen_tf.model.layers import TopK, TransposedConv, running_count
 
 # kernel > stride with overlapping windows on top, kernel == stride (disjoint cells) below.
@@ -159,19 +162,28 @@ def test_langevin_chains_agree_on_both_paths():
     np.testing.assert_allclose(chains[1], chains[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("topk,jit_compile,sparse", [
-    ((64, 128), True, False),   # the paper's 6.25%: dense measured faster
-    ((10, 20), True, True),     # 1%: sparse measured faster
-    ((10, 20), False, False),   # no XLA: the path was only measured under XLA
+@pytest.mark.parametrize("topk,jit_compile,kernels,expected", [
+    ((64, 128), True, None, "kernels"),   # the paper's 6.25%: the compiled kernels fastest
+    ((10, 20), True, None, "kernels"),    # 1%: so are they
+    ((128, 256), True, None, "dense"),    # 12.5%: above SPARSE_KERNELS_MAX_DENSITY
+    ((64, 128), True, False, "dense"),    # kernels off: at 6.25% dense beats XLA's sparse
+    ((10, 20), True, False, "sparse"),    # kernels off: at 1% XLA's sparse path wins
+    ((10, 20), False, None, "dense"),     # no XLA: the paths were only measured under XLA
 ])
 @pytest.mark.parametrize("gpu", [False, True])
-def test_compile_picks_the_measured_faster_path(host_gpus, topk, jit_compile, sparse, gpu):
-    host_gpus(gpu)  # on a GPU the sparse path was never measured: always dense
+def test_compile_picks_the_measured_faster_path(host_gpus, topk, jit_compile, kernels,
+                                                expected, gpu):
+    host_gpus(gpu)  # on a GPU neither sparse path was measured (the kernels are CPU ones)
     config = GeneratorConfig(image_size=64, latent_dim=8, channels=(256, 128), topk=topk,
                              kernel_sizes=(4, 16), strides=(2, 16))
-    model = AlternatingBackprop(Generator(config), 4)
+    model = AlternatingBackprop(Generator(config), 4, sparse_kernels=kernels)
     model.compile(optimizer="adam", jit_compile=jit_compile)
-    assert model.generator.sparse_path is (sparse and not gpu)
+    path = ("kernels" if model.uses_sparse_kernels
+            else "sparse" if model.generator.sparse_path else "dense")
+    if expected == "kernels" and sparse_kernels.unavailable_reason() and not os.environ.get(
+            "CI"):
+        expected = "dense"  # no C++ compiler here; CI installs one
+    assert path == ("dense" if gpu else expected)
 
 
 # One epoch of two global batches under a two-replica MirroredStrategy (Langevin under
