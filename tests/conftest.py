@@ -152,6 +152,18 @@ def run_mirrored(body, out):
     return dict(np.load(out))
 
 
+def assert_mirrored_weights_match(run):
+    """A run_mirrored result trained two replicas and one device from the same start: the
+    replicas were two, and every "mirrored_w<i>" weight equals its "single_w<i>"."""
+    import numpy as np
+    assert run["replicas"] == 2
+    weights = sorted(k for k in run if k.startswith("single_w"))
+    assert weights
+    for key in weights:
+        np.testing.assert_allclose(run[key.replace("single", "mirrored")], run[key],
+                                   rtol=1e-4, atol=1e-5, err_msg=key)
+
+
 @pytest.fixture(scope="session")
 def commands():
     """The project's commands as a user types them: train, explain, evaluate, export."""

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (ROOT, assert_flag_error, last_line, run_mirrored, run_train, tiny_flags,
-                      tiny_generator)
+from conftest import (ROOT, assert_flag_error, assert_mirrored_weights_match, last_line,
+                      run_mirrored, run_train, tiny_flags, tiny_generator)
 from sparse_gen_tf import Generator, LangevinConfig, langevin
 from sparse_gen_tf.training import distribute, run
 from sparse_gen_tf.training.config import TrainConfig
@@ -70,12 +70,7 @@ def mirrored_run(tmp_path_factory):
 
 def test_mirrored_on_two_cpus_matches_one_device_for_the_same_global_batch(mirrored_run):
     run = mirrored_run
-    assert run["replicas"] == 2
-    weights = sorted(k for k in run if k.startswith("single_w"))
-    assert weights
-    for key in weights:
-        np.testing.assert_allclose(run[key.replace("single", "mirrored")], run[key],
-                                   rtol=1e-4, atol=1e-5, err_msg=key)
+    assert_mirrored_weights_match(run)
     np.testing.assert_allclose(run["mirrored_loss"], run["single_loss"], rtol=1e-5)
     np.testing.assert_allclose(run["replica_chains"][0], run["single_chains"],
                                rtol=1e-4, atol=1e-5)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_mirrored, run_train, tiny_flags, tiny_generator
+from conftest import (assert_mirrored_weights_match, run_mirrored, run_train, tiny_flags,
+                      tiny_generator)
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
 from sparse_gen_tf.learning.langevin import langevin, squared_error_fn
 from sparse_gen_tf.model import sparse_kernels
@@ -259,12 +260,7 @@ np.savez(sys.argv[1], replicas=strategy.num_replicas_in_sync,
 
 def test_two_mirrored_replicas_through_the_kernels_match_one_dense_device(tmp_path):
     run = run_mirrored(MIRRORED, str(tmp_path / "run.npz"))
-    assert run["replicas"] == 2
-    weights = sorted(k for k in run if k.startswith("single_w"))
-    assert weights
-    for key in weights:
-        np.testing.assert_allclose(run[key.replace("single", "mirrored")], run[key],
-                                   rtol=1e-4, atol=1e-5, err_msg=key)
+    assert_mirrored_weights_match(run)
     for replica in run["replica_chains"]:
         np.testing.assert_allclose(replica, run["single_chains"], rtol=1e-4, atol=1e-5)
 

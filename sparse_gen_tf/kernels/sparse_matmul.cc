@@ -227,6 +227,23 @@ static bool Geometry(OpKernelContext* ctx, const Tensor& map, const Tensor& kern
   return true;
 }
 
+// For unit j (row, col, channel c of the input map, channels fastest), calls
+// fn(offset of kernel[c, py, px, :], offset of output pixel (oy, ox)) for each tap whose
+// pixel oy = row*s + py - pad, ox = col*s + px - pad the 'same' crop keeps.
+template <typename Fn>
+inline void ForEachTap(const ConvGeometry& g, int64_t j, Fn fn) {
+  const int64_t c = j % g.c_in, col = (j / g.c_in) % g.w, row = j / (g.c_in * g.w);
+  for (int64_t py = 0; py < g.k; ++py) {
+    const int64_t oy = row * g.stride + py - g.pad;
+    if (oy < 0 || oy >= g.out_h) continue;
+    for (int64_t px = 0; px < g.k; ++px) {
+      const int64_t ox = col * g.stride + px - g.pad;
+      if (ox < 0 || ox >= g.out_w) continue;
+      fn(((c * g.k + py) * g.k + px) * g.c_out, (oy * g.out_w + ox) * g.c_out);
+    }
+  }
+}
+
 class SparseTransposedConvOp : public OpKernel {
  public:
   explicit SparseTransposedConvOp(OpKernelConstruction* c) : OpKernel(c) {
@@ -253,19 +270,12 @@ class SparseTransposedConvOp : public OpKernel {
         for (int64_t j = 0; j < map_size; ++j) {
           const float value = xb[j];
           if (value == 0.0f) continue;  // the units TopK and ReLU dropped
-          const int64_t c = j % g.c_in, col = (j / g.c_in) % g.w, row = j / (g.c_in * g.w);
-          for (int64_t py = 0; py < g.k; ++py) {
-            const int64_t oy = row * g.stride + py - g.pad;
-            if (oy < 0 || oy >= g.out_h) continue;
-            for (int64_t px = 0; px < g.k; ++px) {
-              const int64_t ox = col * g.stride + px - g.pad;
-              if (ox < 0 || ox >= g.out_w) continue;
-              const float* __restrict tap = ks + ((c * g.k + py) * g.k + px) * g.c_out;
-              float* __restrict pixel = out + (oy * g.out_w + ox) * g.c_out;
+          ForEachTap(g, j, [&](int64_t tap_at, int64_t pixel_at) {
+            const float* __restrict tap = ks + tap_at;
+            float* __restrict pixel = out + pixel_at;
 #pragma omp simd
-              for (int64_t n = 0; n < g.c_out; ++n) pixel[n] += value * tap[n];
-            }
-          }
+            for (int64_t n = 0; n < g.c_out; ++n) pixel[n] += value * tap[n];
+          });
         }
       }
     };
@@ -309,20 +319,14 @@ class MaskedTransposedConvTOp : public OpKernel {
         for (int64_t j = 0; j < map_size; ++j) {
           float sum = 0.0f;
           if (ms[b * map_size + j] != 0.0f) {  // only the kept units get a gradient
-            const int64_t c = j % g.c_in, col = (j / g.c_in) % g.w,
-                          row = j / (g.c_in * g.w);
-            for (int64_t py = 0; py < g.k; ++py) {
-              const int64_t oy = row * g.stride + py - g.pad;
-              if (oy < 0 || oy >= g.out_h) continue;
-              for (int64_t px = 0; px < g.k; ++px) {
-                const int64_t ox = col * g.stride + px - g.pad;
-                if (ox < 0 || ox >= g.out_w) continue;
-                const float* __restrict tap = ks + ((c * g.k + py) * g.k + px) * g.c_out;
-                const float* __restrict pixel = gb + (oy * g.out_w + ox) * g.c_out;
-#pragma omp simd reduction(+ : sum)
-                for (int64_t n = 0; n < g.c_out; ++n) sum += pixel[n] * tap[n];
-              }
-            }
+            ForEachTap(g, j, [&](int64_t tap_at, int64_t pixel_at) {
+              const float* __restrict tap = ks + tap_at;
+              const float* __restrict pixel = gb + pixel_at;
+              float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+              for (int64_t n = 0; n < g.c_out; ++n) part += pixel[n] * tap[n];
+              sum += part;
+            });
           }
           ys[b * map_size + j] = sum;
         }
