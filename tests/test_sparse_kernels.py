@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from conftest import (assert_mirrored_weights_match, run_mirrored, run_train, tiny_flags,
                       tiny_generator)
-from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
+from sparse_gen_tf import (AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig,
+                           serving)
 from sparse_gen_tf.learning.langevin import langevin, squared_error_fn
 from sparse_gen_tf.model import sparse_kernels
 from sparse_gen_tf.model.layers import TopK, TransposedConv
@@ -272,3 +273,20 @@ def test_train_py_trains_with_sparse_kernels(tmp_path):
     assert "dense path runs instead" not in result.stderr  # no fallback
     assert "sparse kernels unavailable" not in result.stderr.lower()
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+
+
+def test_an_export_of_a_model_trained_on_the_kernels_holds_none_of_them(tmp_path):
+    # TF Serving has no such ops: the SavedModel's reconstruct runs the dense Langevin loop.
+    model = make_model(True)
+    assert model.uses_sparse_kernels
+    ids = np.arange(8, dtype=np.int32)
+    model.train_on_batch(ids, np.zeros([8, 16, 16, 3], np.float32))
+    path = serving.export_generator(model.generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                   settings=serving.ReconstructSettings(steps=2, restarts=1))
+    graph = open(os.path.join(path, "saved_model.pb"), "rb").read()
+    for op in (b"SparseRowsMatmul", b"MaskedMatmulT", b"SparseTransposedConv",
+               b"MaskedTransposedConvT"):
+        assert op not in graph
+    reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
+    out = reconstruct(image=tf.zeros([2, 16, 16, 3]))
+    assert all(np.isfinite(v.numpy()).all() for v in out.values())

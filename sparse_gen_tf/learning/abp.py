@@ -162,6 +162,9 @@ class AlternatingBackprop(keras.Model):
         # The kernels are TensorFlow ops, which XLA cannot compile: the step runs as a
         # graph, its Langevin loop calls small XLA functions between the kernels, and its
         # θ step with the metrics is one XLA function (`_learn`).
+        logging.info("Sparse kernels: the Langevin gradient runs through them (%s).",
+                     "asked for" if self.sparse_kernels else
+                     f"auto: every layer keeps <= {SPARSE_KERNELS_MAX_DENSITY:.0%} of its units")
         self.uses_sparse_kernels = True
         self.generator.sparse_path = False
         self.jit_compile = False
