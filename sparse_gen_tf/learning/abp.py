@@ -57,9 +57,10 @@ class DeadChannels(keras.metrics.Metric):
 SPARSE_PATH_MAX_DENSITY = 0.015
 
 # The largest K / (h*w*c) of any sparse layer at which `compile` picks the compiled
-# sparse kernels on its own (sparse_kernels=None): the densest point of the K sweep of
-# benchmarks/sparse_path.py where they still beat the dense XLA step (BENCHMARKS.md,
-# "2026-12-04: compiled sparse kernels").
+# sparse kernels on its own (sparse_kernels=None). In the K sweep of
+# benchmarks/sparse_path.py they beat the dense XLA step up to 6.25% in every run and at
+# 12.5% in one of two (1.15x, and 0.94x with their first version), and lose at 25%
+# (BENCHMARKS.md, "2026-12-04, later: compiled sparse kernels").
 SPARSE_KERNELS_MAX_DENSITY = 0.1
 
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
@@ -136,8 +137,8 @@ class AlternatingBackprop(keras.Model):
         (`sparse_kernels`): with sparse_kernels=None they are chosen where XLA was asked
         for on a CPU and every sparse layer keeps at most SPARSE_KERNELS_MAX_DENSITY of
         its units, if `sparse_kernels_problem` finds nothing against them (a GPU,
-        another precision, the cooperative step, a layer geometry they do not cover, or no
-        C++ compiler). The step then runs as a TensorFlow graph with XLA inside
+        another precision, the cooperative step, or no C++ compiler or cache to build
+        them in). The step then runs as a TensorFlow graph with XLA inside
         (`uses_sparse_kernels`).
         """
         super().compile(*args, **kwargs)

@@ -92,9 +92,10 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
         return tf.convert_to_tensor(z)
     images = tf.convert_to_tensor(images)
     seed = tf.cast(seed, tf.int32)
-    squared_error = squared_error_fn(generator, images, observed)
-    gradient_fn = (generator.langevin_gradient_fn(images, sigma, observed)
-                   if sparse_kernels else None)
+    if sparse_kernels:
+        gradient_fn = generator.langevin_gradient_fn(images, sigma, observed)
+    else:
+        gradient_fn, squared_error = None, squared_error_fn(generator, images, observed)
     if noise:
         # All steps' noise in one draw, [steps, batch, d]: under XLA on CPU a draw inside
         # the loop has a fixed cost per step whatever its size, one draw of all of it is
