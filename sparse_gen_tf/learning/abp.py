@@ -169,7 +169,6 @@ class AlternatingBackprop(keras.Model):
         self.uses_sparse_kernels = True
         self.generator.sparse_path = False
         self.jit_compile = False
-        self.jit_langevin = False
         for topk in self.generator.topks:
             topk.bisection = True
         # Its variables must exist before the XLA function that updates them is traced.
@@ -209,8 +208,10 @@ class AlternatingBackprop(keras.Model):
             # replica's chains get independent noise.
             seed = tf.random.experimental.stateless_fold_in(
                 tf.cast(seed, tf.int32), replica.replica_id_in_sync_group)
-        run = _compiled_langevin if self.jit_langevin else langevin
-        kernels = dict(sparse_kernels=True) if self.uses_sparse_kernels else {}
+        if self.uses_sparse_kernels:  # TensorFlow ops: the loop itself stays out of XLA
+            run, kernels = langevin, dict(sparse_kernels=True)
+        else:
+            run, kernels = (_compiled_langevin if self.jit_langevin else langevin), {}
         return run(self.generator, z, images, seed, steps=self.langevin.steps,
                    step_size=self.langevin.step_size, sigma=self.langevin.sigma,
                    noise=self.langevin_noise, observed=observed, **kernels)
