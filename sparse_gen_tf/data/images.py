@@ -5,9 +5,10 @@ The paper trains on 5,000 CelebA images (Sec. 3). At that size the whole set fit
 a corrupt file is then named in one line at start-up instead of killing a run hours in. The
 caller builds the tf.data pipeline from the returned array and assigns example ids 0..N-1.
 
-Both loaders apply the same rule, `center_crop_and_resize`: crop the largest centred square,
-then resize it to [image_size, image_size]. `--dataset=folder` on CelebA's own
-`img_align_celeba/` folder therefore gives the same images as `--dataset=celeb_a`.
+Both loaders apply the same rule, `center_crop_and_resize`: crop a centred square, a
+fraction `crop` of the shorter side (1.0, the largest square, by default), then resize it to
+[image_size, image_size]. `--dataset=folder` on CelebA's own `img_align_celeba/` folder
+therefore gives the same images as `--dataset=celeb_a`.
 """
 
 import os
@@ -30,8 +31,17 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _BATCH_SIZE = 64
 
 
-def center_crop_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Crops the largest centred square of an image and resizes it.
+# The 64x64 CelebA literature (DCGAN and its successors) crops the centred 108 x 108 box
+# of the 178 x 218 aligned image: the face from brows to chin, without hair and background.
+CELEBA_FACE_CROP = 108 / 178
+
+
+def center_crop_and_resize(image: tf.Tensor, image_size: int, crop: float = 1.0) -> tf.Tensor:
+    """Crops a centred square of an image and resizes it.
+
+    The square's side is `crop` times the image's shorter side, so the box scales with the
+    image: 0.607 (`CELEBA_FACE_CROP`) is the 108-px face box on a 178-px-wide aligned CelebA
+    image and the 54-px one on an 89-px-wide half-size copy.
 
     Resizing is bilinear with antialiasing, so downscaling (CelebA's 178 px to 64 px) averages
     over the whole footprint of each output pixel instead of aliasing, and upscaling a small
@@ -40,6 +50,7 @@ def center_crop_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     Args:
         image: uint8 tensor [height, width, 3], any height and width.
         image_size: output side length in pixels.
+        crop: side of the centred square as a fraction of the shorter side, in (0, 1].
 
     Returns:
         uint8 tensor [image_size, image_size, 3].
@@ -47,6 +58,8 @@ def center_crop_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     side = tf.minimum(height, width)
+    if crop != 1.0:
+        side = tf.maximum(1, tf.cast(tf.round(crop * tf.cast(side, tf.float32)), tf.int32))
     # Odd leftovers go to the bottom/right, as in tf.image.central_crop.
     square = tf.image.crop_to_bounding_box(
         image, (height - side) // 2, (width - side) // 2, side, side
@@ -56,7 +69,8 @@ def center_crop_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def load_folder(path: str, image_size: int, num_images: int | None = None) -> np.ndarray:
+def load_folder(path: str, image_size: int, num_images: int | None = None,
+                crop: float = 1.0) -> np.ndarray:
     """Loads the JPEG and PNG images under a folder.
 
     Files are found recursively by extension (.jpg, .jpeg, .png, any case) and taken in sorted
@@ -71,6 +85,8 @@ def load_folder(path: str, image_size: int, num_images: int | None = None) -> np
         path: local folder, e.g. CelebA's `img_align_celeba/`.
         image_size: side length of the returned images in pixels.
         num_images: how many images to take, in sorted order; None takes all of them.
+        crop: the centred square's side as a fraction of the shorter side
+            (`center_crop_and_resize`).
 
     Returns:
         uint8 array [N, image_size, image_size, 3] with N = min(num_images, files found).
@@ -93,7 +109,7 @@ def load_folder(path: str, image_size: int, num_images: int | None = None) -> np
         # channels=3 turns grayscale into RGB and drops alpha; expand_animations=False keeps
         # the result rank 3, which crop_to_bounding_box needs.
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return center_crop_and_resize(image, image_size)
+        return center_crop_and_resize(image, image_size, crop)
 
     images = tf.data.Dataset.from_tensor_slices(paths).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -124,14 +140,15 @@ def load_folder(path: str, image_size: int, num_images: int | None = None) -> np
 
 
 def load_celeb_a(
-    data_dir: str | None, image_size: int, num_images: int, split: str = "train"
+    data_dir: str | None, image_size: int, num_images: int, split: str = "train",
+    crop: float = 1.0,
 ) -> np.ndarray:
     """Loads CelebA images from a TFDS data directory.
 
     The aligned CelebA images are 218 x 178 (height x width); the largest centred square is
-    the middle 178 x 178, which keeps the whole face with some hair and background. (The
-    tighter 140 x 140 face crop some GAN papers use is not applied, so this matches
-    `load_folder` on `img_align_celeba/`.) Nothing is downloaded: without network access TFDS
+    the middle 178 x 178, which keeps the whole face with some hair and background;
+    `crop=CELEBA_FACE_CROP` takes the literature's centred 108 x 108 face box instead. Both
+    match `load_folder` on `img_align_celeba/` with the same `crop`. Nothing is downloaded: without network access TFDS
     retries a download for minutes, so a missing dataset fails at once instead. If the split
     holds fewer than `num_images` images, all of them are used (`pipeline.load` says so).
 
@@ -141,6 +158,7 @@ def load_celeb_a(
         image_size: side length of the returned images in pixels.
         num_images: how many images to take from the start of the split (file order).
         split: TFDS split: "train", "validation", "test", or a slice such as "train[10%:]".
+        crop: the centred square's side as a fraction of the shorter side.
 
     Returns:
         uint8 array [N, image_size, image_size, 3] with N = min(num_images, split size).
@@ -173,7 +191,7 @@ def load_celeb_a(
         ) from error
 
     images = examples.take(num_images).map(
-        lambda example: center_crop_and_resize(example["image"], image_size),
+        lambda example: center_crop_and_resize(example["image"], image_size, crop),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     try:

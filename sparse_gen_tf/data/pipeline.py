@@ -35,7 +35,7 @@ class TrainingData:
 
 
 def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0,
-         flip=False):
+         flip=False, crop=1.0):
     """Loads `dataset` ("parts", "celeb_a" or "folder") as `TrainingData`.
 
     parts: the embedded And-Or grammar dataset (no download), seeded by `seed`.
@@ -48,6 +48,8 @@ def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0,
     flip: image datasets only: append every training image mirrored left to right, as
       an example of its own (ids N..2N-1, each with its own chain); the held-out images
       are not mirrored.
+    crop: image datasets only: each image's centred square, as a fraction of its shorter
+      side, before resizing (`images.center_crop_and_resize`).
     """
     if dataset == "parts":
         from sparse_gen_tf.data import parts
@@ -57,17 +59,21 @@ def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0,
         if flip:
             raise DataError("--flip is for image datasets; a mirrored parts image is not a "
                             "derivation of its grammar, so drop --flip")
+        if crop != 1.0:
+            raise DataError("--crop is for image datasets; parts images are drawn at "
+                            "--image_size, so drop --crop")
         images, truth = parts.generate(num_images, image_size=image_size, seed=seed)
         return TrainingData(images, truth)
     from sparse_gen_tf.data import images as image_files
     if dataset == "celeb_a":
-        loaded = image_files.load_celeb_a(data_dir, image_size, num_images + heldout)
+        loaded = image_files.load_celeb_a(data_dir, image_size, num_images + heldout,
+                                          crop=crop)
         where = f"CelebA in {data_dir or 'the TFDS data_dir'}"
     elif dataset == "folder":
         if not data_dir:
             raise DataError("--dataset=folder needs --data_dir=PATH, a folder of JPEG or "
                             "PNG images")
-        loaded = image_files.load_folder(data_dir, image_size, num_images + heldout)
+        loaded = image_files.load_folder(data_dir, image_size, num_images + heldout, crop=crop)
         where = data_dir
     else:
         raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
@@ -92,7 +98,7 @@ def load_for(config):
     """`load` with the settings of a TrainConfig."""
     return load(config.dataset, image_size=config.generator.image_size,
                 num_images=config.num_images, data_dir=config.data_dir, seed=config.seed,
-                heldout=config.heldout, flip=config.flip)
+                heldout=config.heldout, flip=config.flip, crop=config.crop)
 
 
 # Added to a run's seed for the parts images that held-out evaluation draws: a grammar

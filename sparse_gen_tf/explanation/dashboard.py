@@ -217,7 +217,8 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
     generator = model.generator
     chains = np.asarray(model.chains.value, np.float32)
     data = pipeline.load(config.dataset, image_size=config.generator.image_size,
-                         num_images=len(chains), data_dir=config.data_dir, seed=config.seed)
+                         num_images=len(chains), data_dir=config.data_dir, seed=config.seed,
+                         crop=config.crop)
     images = data.images[:len(chains)]
     activations = training_parses(generator, chains)
     glance, panels = [], []

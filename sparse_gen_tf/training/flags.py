@@ -85,18 +85,19 @@ def _check_data_dir(values):
     return True
 
 
-# Flags that only mean something for datasets of images, and why each is refused on the
-# parts grammar, whose images are drawn fresh from their derivations.
+# Flags that only mean something for datasets of images, their neutral values, and why
+# each is refused on the parts grammar, whose images are drawn fresh from their derivations.
 _IMAGE_DATASET_ONLY = {
-    "heldout": "--dataset=parts draws fresh held-out images of its grammar",
-    "flip": "a mirrored parts image is not a derivation of its grammar",
+    "heldout": (0, "--dataset=parts draws fresh held-out images of its grammar"),
+    "flip": (False, "a mirrored parts image is not a derivation of its grammar"),
+    "crop": (1.0, "parts images are drawn at --image_size"),
 }
 
 
 @flags.multi_flags_validator(["dataset", *_IMAGE_DATASET_ONLY])
 def _check_image_dataset_only(values):
-    for name, why in _IMAGE_DATASET_ONLY.items():
-        if values["dataset"] == "parts" and values[name]:
+    for name, (neutral, why) in _IMAGE_DATASET_ONLY.items():
+        if values["dataset"] == "parts" and values[name] != neutral:
             raise flags.ValidationError(
                 f"--{name} is for image datasets; {why}, so drop --{name}")
     return True
