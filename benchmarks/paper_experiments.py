@@ -103,6 +103,27 @@ def make_bricks(folder, num, seed=0, crop=64):
     return folder
 
 
+def crop_photos(photos, folder, num, seed=0, crop=64):
+    """Writes num random crop x crop crops of the colour photographs under `photos` as PNGs
+    into folder, each photo's share in proportion to the crops it holds (its area)."""
+    from PIL import Image
+    paths = sorted(os.path.join(photos, f) for f in os.listdir(photos)
+                   if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    walls = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    walls = [w for w in walls if min(w.shape[:2]) >= crop]
+    if not walls:
+        raise UserError(f"--brick_photos={photos} holds no image of at least {crop} px a "
+                        "side; pass a folder of brick-wall photographs")
+    area = np.array([(w.shape[0] - crop + 1) * (w.shape[1] - crop + 1) for w in walls], float)
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for i, which in enumerate(rng.choice(len(walls), size=num, p=area / area.sum())):
+        wall = walls[which]
+        y, x = rng.integers(0, wall.shape[0] - crop + 1), rng.integers(0, wall.shape[1] - crop + 1)
+        write_png(os.path.join(folder, f"{i:04d}.png"), wall[y:y + crop, x:x + crop])
+    return folder
+
+
 def dense_topk(workdir):
     """K_i = h_i w_i c_i of every sparse layer of the run in workdir: TopK keeps everything."""
     shapes = read_config(workdir).generator.feature_map_shapes()
