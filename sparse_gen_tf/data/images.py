@@ -148,9 +148,10 @@ def load_celeb_a(
     The aligned CelebA images are 218 x 178 (height x width); the largest centred square is
     the middle 178 x 178, which keeps the whole face with some hair and background;
     `crop=CELEBA_FACE_CROP` takes the literature's centred 108 x 108 face box instead. Both
-    match `load_folder` on `img_align_celeba/` with the same `crop`. Nothing is downloaded: without network access TFDS
-    retries a download for minutes, so a missing dataset fails at once instead. If the split
-    holds fewer than `num_images` images, all of them are used (`pipeline.load` says so).
+    match `load_folder` on `img_align_celeba/` with the same `crop`. Nothing is downloaded:
+    without network access TFDS retries a download for minutes, so a missing dataset fails
+    at once instead. If the split holds fewer than `num_images` images, all of them are
+    used (`pipeline.load` says so).
 
     Args:
         data_dir: TFDS data directory that holds a prepared `celeb_a`; None means the TFDS
