@@ -147,6 +147,17 @@ def test_other_files_and_hidden_files_are_ignored(tmp_path):
     assert images.load_folder(str(tmp_path), 4, None).shape == (1, 4, 4, 3)
 
 
+def test_image_paths_name_the_file_of_each_loaded_image(tmp_path):
+    names = ["b/a.png", "a.png", "c.png", "b/c.png"]
+    write_numbered_pngs(tmp_path, names)
+    (tmp_path / "._a.png").write_bytes(b"macOS metadata")
+    paths = images.image_paths(str(tmp_path), 3)
+    out = images.load_folder(str(tmp_path), 4, 3)
+    assert len(paths) == len(out) == 3
+    for path, image in zip(paths, out):
+        assert os.path.relpath(path, tmp_path) == names[image[0, 0, 0]]
+
+
 def test_more_files_than_one_batch_are_all_loaded_in_order(tmp_path):
     count = 2 * images._BATCH_SIZE + 5
     write_numbered_pngs(tmp_path, [f"{i:03d}.png" for i in range(count)])
