@@ -7,6 +7,7 @@ The rows are defined in `explanation/evaluation.py`; each run's scores also go t
 WORKDIR/evaluation.json.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -28,6 +29,17 @@ def define_flags():
                          "(exported with the export command's defaults to a temporary "
                          "directory, loaded with TensorFlow).")
     flags.DEFINE_integer("seed", 0, "Seeds the inference.", lower_bound=0)
+    flags.DEFINE_string("attributes", None, "Attribute labels of the runs' images in "
+                        "CelebA's list_attr_celeba.txt format: adds the sample-quality "
+                        "scores (attribute classifier).")
+    flags.DEFINE_string("classifier", None, "With --attributes: the attribute classifier "
+                        "(.keras) that scores every run; trained there on the first run's "
+                        "training faces if missing, reused otherwise. Give the runs of one "
+                        "comparison the same file. Default: attribute_classifier.keras in "
+                        "the first --workdir.")
+    flags.register_validator("classifier", lambda path: path is None or (
+        path.endswith(".keras") and not os.path.isdir(path)),
+        message="--classifier must be a .keras file, e.g. runs/attribute_classifier.keras")
     cli.define_inference_flags()
 
 
@@ -36,10 +48,14 @@ def main(argv):
     values = flags.FLAGS
     try:
         settings = cli.inference_settings(values)
+        # One classifier scores every run, so that their distances compare.
+        classifier = values.classifier or os.path.join(values.workdir[0],
+                                                       "attribute_classifier.keras")
         all_results = [evaluation.evaluate(w, num_heldout=values.num_heldout,
                                            num_fit=values.num_fit, settings=settings,
                                            baseline=values.baseline, served=values.served,
-                                           seed=values.seed)
+                                           seed=values.seed, attributes=values.attributes,
+                                           classifier=classifier)
                        for w in values.workdir]
     except UserError as e:
         sys.exit(f"evaluate: error: {e}")

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import assert_flag_error
+
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.explanation import attribute_classifier, sample_quality
 
@@ -168,3 +170,90 @@ def test_a_classifier_path_must_end_in_keras(tmp_path):
     images, labels = visible_attributes(4, seed=0)
     with pytest.raises(UserError, match="ending in .keras"):
         attribute_classifier.train(images, labels, str(tmp_path / "classifier.h5"))
+
+
+# The evaluate command on a tiny folder run whose images carry the two attributes.
+
+
+def write_attribute_file(path, files, labels, names=("Red_Square", "Blue_Bar")):
+    """An attribute file in CelebA's format for files with labels [n, A]."""
+    rows = [name + "".join("  1" if v else " -1" for v in row)
+            for name, row in zip(files, labels)]
+    path.write_text("\n".join([str(len(rows)), " ".join(names) + " ", *rows]) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory, commands):
+    """A run trained for two steps on 40 generated 32x32 images (`visible_attributes`),
+    the last 8 held out, and their attribute file."""
+    import tensorflow as tf
+    root = tmp_path_factory.mktemp("labelled")
+    images, labels = visible_attributes(40, seed=5)
+    (root / "images").mkdir()
+    files = [f"{i:06d}.png" for i in range(len(images))]
+    for name, image in zip(files, images):
+        tf.io.write_file(str(root / "images" / name), tf.io.encode_png(image))
+    attributes = write_attribute_file(root / "list_attr.txt", files, labels)
+    workdir = str(root / "run")
+    result = commands.train(f"--workdir={workdir}", "--dataset=folder",
+                            f"--data_dir={root / 'images'}", "--heldout=8", "--train_steps=2",
+                            *commands.tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, workdir, attributes
+
+
+def evaluate_with_attributes(commands, workdir, *flags):
+    return commands.evaluate(f"--workdir={workdir}", "--num_heldout=8", "--noserved",
+                             "--nobaseline", *commands.fast_inference, *flags)
+
+
+def test_evaluate_scores_samples_reconstructions_and_training_faces_with_one_classifier(
+        labelled_run, commands):
+    root, workdir, attributes = labelled_run
+    classifier = root / "classifier.keras"
+    first = evaluate_with_attributes(commands, workdir, f"--attributes={attributes}",
+                                     f"--classifier={classifier}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(f"{workdir}/evaluation.json") as f:
+        scores = json.load(f)
+    assert scores["classifier"] == str(classifier)
+    assert scores["classifier_record"]["num_images"] == 32  # the run's training faces
+    assert scores["classifier_heldout"]["num_images"] == 8
+    assert 0 <= scores["classifier_auc_mean"] <= 1
+    for name in ("samples", "reconstructions", "train"):
+        assert scores[f"frechet_{name}"] >= 0
+        assert 0 <= scores[f"attribute_gap_{name}"] <= 1
+        assert set(scores["attribute_frequencies"][name]) == {"Red_Square", "Blue_Bar"}
+    assert "| Fréchet distance, training faces (floor) |" in first.stdout
+    assert "| Attribute-frequency gap, samples |" in first.stdout
+
+    # A second evaluation reuses the file: the same network scores the same faces alike.
+    saved = classifier.stat().st_mtime_ns
+    second = evaluate_with_attributes(commands, workdir, f"--attributes={attributes}",
+                                      f"--classifier={classifier}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    with open(f"{workdir}/evaluation.json") as f:
+        again = json.load(f)
+    assert classifier.stat().st_mtime_ns == saved
+    assert again["frechet_train"] == pytest.approx(scores["frechet_train"], rel=1e-6)
+    assert again["classifier_heldout"] == scores["classifier_heldout"]
+
+
+def test_a_classifier_flag_that_is_not_a_keras_file_is_refused(labelled_run, commands):
+    _, workdir, attributes = labelled_run
+    result = evaluate_with_attributes(commands, workdir, f"--attributes={attributes}",
+                                      "--classifier=classifier.h5")
+    assert_flag_error(result, "--classifier must be a .keras file")
+
+
+def test_a_classifier_of_other_attributes_is_refused_in_one_line(labelled_run, commands,
+                                                                tmp_path):
+    _, workdir, attributes = labelled_run
+    path = str(tmp_path / "other.keras")
+    attribute_classifier.build(3, feature_width=8).save(path)
+    result = evaluate_with_attributes(commands, workdir, f"--attributes={attributes}",
+                                      f"--classifier={path}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "was trained for other attributes than the 2 of the attribute file" in (
+        commands.last_line(result.stderr))

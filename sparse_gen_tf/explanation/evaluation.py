@@ -23,6 +23,15 @@ a column per run. Every run gets:
                         in evaluation.json) relative to the training images'
                         (unit_scores.sharpness); sharpness_heldout the same for the
                         held-out reconstructions through inference.infer
+  frechet_*,            with --attributes (image datasets with --heldout): how far a set
+  attribute_gap_*       of images is from the held-out faces in the eyes of an attribute
+                        classifier (sample_quality): the Fréchet distance of its
+                        penultimate features, and the mean gap in attribute frequencies.
+                        _samples: samples from the prior; _reconstructions: the held-out
+                        reconstructions (the reference); _train: training faces (the
+                        floor). The classifier is the --classifier file, trained there on
+                        the run's training faces if missing; "classifier" names it, and
+                        classifier_auc_mean is its mean ROC AUC on the held-out labels
 
 Held-out images are fresh draws of the grammar for parts, and the --heldout images for an
 image dataset; a run trained without --heldout has no held-out rows. Runs on the
@@ -57,9 +66,9 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf import serving
-from sparse_gen_tf.explanation import parts_scores, unit_scores
+from sparse_gen_tf.explanation import parts_scores, sample_quality, unit_scores
 from sparse_gen_tf.learning import inference
-from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.data import attributes as attribute_labels, pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model import prior as prior_lib
@@ -80,6 +89,16 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("sharpness_samples", "Sharpness of samples (Laplacian energy / data's)",
          "{:.3f}"),
         ("sharpness_heldout", "Sharpness of held-out reconstructions", "{:.3f}"),
+        ("frechet_samples", "Fréchet distance to held-out, samples (attribute "
+         "classifier)", "{:.2f}"),
+        ("frechet_reconstructions", "Fréchet distance, held-out reconstructions", "{:.2f}"),
+        ("frechet_train", "Fréchet distance, training faces (floor)", "{:.2f}"),
+        ("attribute_gap_samples", "Attribute-frequency gap, samples", "{:.3f}"),
+        ("attribute_gap_reconstructions", "Attribute-frequency gap, reconstructions",
+         "{:.3f}"),
+        ("attribute_gap_train", "Attribute-frequency gap, training faces (floor)",
+         "{:.3f}"),
+        ("classifier_auc_mean", "Attribute classifier's mean AUC, held-out", "{:.3f}"),
         ("num_examples", "Training images", "{:d}"),
         ("num_heldout", "Held-out images", "{:d}"),
         ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
@@ -152,8 +171,12 @@ def sparsity(generator, z, batch=256):
 
 
 def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
-             baseline=True, served=True, seed=0):
-    """Computes the scores of workdir's latest checkpoint; writes evaluation.json."""
+             baseline=True, served=True, seed=0, attributes=None, classifier=None):
+    """Computes the scores of workdir's latest checkpoint; writes evaluation.json.
+
+    attributes: a CelebA-format attribute file of the run's images, for the sample-quality
+    scores; classifier: the attribute classifier's .keras file (default
+    WORKDIR/attribute_classifier.keras), trained there if missing."""
     opened = load_run(workdir)
     config, model = opened.config, opened.model
     generator = model.generator
@@ -173,6 +196,14 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     heldout, heldout_truth = pipeline.heldout_images(config, num_heldout, data)
     heldout = to_model_range(heldout).numpy()
     results["num_heldout"] = len(heldout)
+    if attributes:
+        labels = attribute_labels.labels_for_run(config, attributes)
+        if not len(heldout):
+            raise UserError(f"{workdir} was trained without --heldout, so there are no "
+                            "held-out faces to score samples against; drop --attributes "
+                            "or train with --heldout=N")
+        classifier = classifier or os.path.join(workdir, "attribute_classifier.keras")
+        classifier_model = sample_quality.obtain_classifier(classifier, data, labels, config)
 
     # The export command's defaults, with the refinement asked for here: what
     # `export --reconstruct_refine_steps=... --reconstruct_refine_step_size=...` writes.
@@ -195,6 +226,11 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
                 results["psnr_heldout_served"] = parts_scores.psnr(
                     heldout, generator(served_latents(opened, heldout,
                                                      settings=served_settings)).numpy())
+        if attributes:
+            results.update(sample_quality.run_scores(
+                classifier, classifier_model, labels, heldout,
+                {"samples": samples, "reconstructions": reconstructions,
+                 "train": train[:len(heldout)]}))
         return write_results(workdir, results)
 
     truth = data.ground_truth

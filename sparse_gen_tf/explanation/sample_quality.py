@@ -19,8 +19,11 @@ size; `scores` cuts every set to the reference's size. Its floor is another set 
 faces (held-out against training faces), which `evaluate` reports beside the samples.
 """
 
+import os
+
 import numpy as np
 
+from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.explanation import attribute_classifier
 
 
@@ -101,4 +104,56 @@ def scores(classifier, reference, image_sets, attribute_names=None):
             set_frequencies, attribute_frequencies(reference_probabilities[:n]))
         frequencies[name] = named(set_frequencies)
     results["attribute_frequencies"] = frequencies
+    return results
+
+
+def obtain_classifier(path, data, labels, config):
+    """The attribute classifier at path, trained there first if the file is missing.
+
+    data: the run's `TrainingData` (uint8 training and held-out images); labels: its
+    `attributes.RunLabels`. A new classifier is trained on the training images and their
+    labels, scored on the held-out ones for its record; an existing one is reused as it is,
+    so that every run of a comparison is scored by the same network.
+    """
+    if not os.path.exists(path):
+        provenance = {"dataset": config.dataset, "data_dir": config.data_dir,
+                      "crop": config.crop, "num_images": config.num_images,
+                      "heldout": config.heldout, "flip": config.flip,
+                      "trained_for": config.workdir}
+        attribute_classifier.train(data.images, labels.train, path,
+                                   attribute_names=labels.names,
+                                   heldout_images=data.heldout,
+                                   heldout_labels=labels.heldout, provenance=provenance)
+    classifier = attribute_classifier.load(path)
+    predicts = classifier.outputs[0].shape[-1]
+    record = attribute_classifier.read_record(path) or {}
+    if predicts != len(labels.names) or record.get("attributes", labels.names) != list(
+            labels.names):
+        raise UserError(f"the attribute classifier {path} was trained for other "
+                        f"attributes than the {len(labels.names)} of the attribute file; "
+                        "pass --classifier=PATH of a new file to train one for these")
+    return classifier
+
+
+def run_scores(classifier_path, classifier, labels, heldout, image_sets):
+    """The sample-quality entries of evaluation.json.
+
+    heldout: the run's held-out images [M, H, W, 3] in [-1, 1], the reference;
+    labels: its `RunLabels`; image_sets: {name: images in [-1, 1]}, e.g. samples,
+    reconstructions, training images.
+    Returns `scores` plus "classifier" (the file's absolute path), "classifier_record"
+    (what it was trained on, `attribute_classifier.train`), and the classifier's scores on
+    these held-out labels: "classifier_heldout" (`held_out_scores`) and its
+    "classifier_auc_mean".
+    """
+    names = list(labels.names)
+    on_heldout = attribute_classifier.held_out_scores(
+        classifier, heldout, labels.heldout[:len(heldout)], names)
+    results = {"classifier": os.path.abspath(classifier_path),
+               "classifier_record": {key: value for key, value in (
+                   attribute_classifier.read_record(classifier_path) or {}).items()
+                   if key != "heldout"},
+               "classifier_auc_mean": on_heldout["auc_mean"],
+               "classifier_heldout": on_heldout}
+    results.update(scores(classifier, heldout, image_sets, names))
     return results
