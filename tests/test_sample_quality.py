@@ -257,3 +257,16 @@ def test_a_classifier_of_other_attributes_is_refused_in_one_line(labelled_run, c
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "was trained for other attributes than the 2 of the attribute file" in (
         commands.last_line(result.stderr))
+
+
+def test_the_same_images_and_seed_train_the_same_classifier(tmp_path):
+    images, labels = visible_attributes(64, seed=6)
+
+    def probabilities(name, seed):
+        model = attribute_classifier.train(images, labels, str(tmp_path / name), epochs=1,
+                                           batch_size=16, feature_width=16, seed=seed)
+        return attribute_classifier.features_and_probabilities(model, images)[1]
+
+    first = probabilities("a.keras", seed=0)
+    np.testing.assert_allclose(probabilities("b.keras", seed=0), first, atol=1e-6)
+    assert np.abs(probabilities("c.keras", seed=1) - first).max() > 1e-3

@@ -80,7 +80,8 @@ def train(images, labels, path, *, attribute_names=None, heldout_images=None,
     images: [N, H, W, 3], uint8 or float in [-1, 1]. labels: [N, A] booleans or 0/1.
     heldout_images, heldout_labels: scored by `held_out_scores` for the record.
     seed: seeds the weights, the flips, dropout and the shuffling (the same data and seed
-      give the same classifier on the same machine).
+      give the same classifier on the same machine); it is set as the process's global
+      seed (`keras.utils.set_random_seed`), since Keras layers draw from that.
     provenance: anything JSON-able that says where the images came from, kept in the record.
     """
     if not path.endswith(".keras"):

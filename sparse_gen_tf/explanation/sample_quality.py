@@ -127,7 +127,7 @@ def obtain_classifier(path, data, labels, config):
     classifier = attribute_classifier.load(path)
     predicts = classifier.outputs[0].shape[-1]
     record = attribute_classifier.read_record(path) or {}
-    if predicts != len(labels.names) or record.get("attributes", labels.names) != list(
+    if predicts != len(labels.names) or list(record.get("attributes", labels.names)) != list(
             labels.names):
         raise UserError(f"the attribute classifier {path} was trained for other "
                         f"attributes than the {len(labels.names)} of the attribute file; "
