@@ -29,9 +29,15 @@ def define_flags():
                          "(exported with the export command's defaults to a temporary "
                          "directory, loaded with TensorFlow).")
     flags.DEFINE_integer("seed", 0, "Seeds the inference.", lower_bound=0)
-    flags.DEFINE_string("attributes", None, "Attribute labels of the runs' images in "
-                        "CelebA's list_attr_celeba.txt format: adds the sample-quality "
-                        "scores (attribute classifier).")
+    flags.DEFINE_string("attributes", None, "An attribute file in CelebA's format "
+                        "(list_attr_celeba.txt) for the held-out faces of a "
+                        "--dataset=folder run (celeb_a runs use TFDS' labels): adds the "
+                        "dissection rows, how well the best single unit of each layer, "
+                        "and of pixel PCA, detects each localised attribute, and the "
+                        "sample-quality rows (--classifier).")
+    flags.register_validator("attributes", lambda path: path is None or os.path.isfile(path),
+                             message="--attributes must name an existing file, e.g. "
+                             "path/to/list_attr_celeba.txt")
     flags.DEFINE_string("classifier", None, "With --attributes: the attribute classifier "
                         "(.keras) that scores every run; trained there on the first run's "
                         "training faces if missing, reused otherwise. Give the runs of one "

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.explanation import dissection
 
 CLASSIFIER_SIZE = 64
 FEATURES_LAYER = "features"
@@ -161,24 +162,6 @@ def features_and_probabilities(model, images, batch_size=256):
             np.concatenate(probabilities).astype(np.float64))
 
 
-def roc_auc(scores, labels):
-    """The area under the ROC curve of scores [N] for binary labels [N]: the chance that
-    a random positive scores above a random negative (ties count one half; the
-    Mann-Whitney U statistic over n_pos n_neg). NaN when one class is absent."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    # Tied scores share the mean of their ranks.
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.bincount(inverse, ranks) / counts)[inverse]
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2)
-                 / (positives * negatives))
-
-
 def held_out_scores(model, images, labels, attribute_names=None):
     """How well the classifier predicts labels [N, A] of images it never trained on:
     {"auc": {name: ROC AUC}, "accuracy": {name: accuracy at p > 0.5}, "auc_mean",
@@ -188,12 +171,14 @@ def held_out_scores(model, images, labels, attribute_names=None):
     labels = np.asarray(labels, bool)
     names = list(attribute_names or range(labels.shape[1]))
     _, probabilities = features_and_probabilities(model, images)
-    auc = [roc_auc(probabilities[:, a], labels[:, a]) for a in range(labels.shape[1])]
+    # dissection.roc_auc scores every column against every attribute: attribute a's own
+    # probability is column a.
+    auc = np.diagonal(dissection.roc_auc(probabilities, labels))
     accuracy = ((probabilities > 0.5) == labels).mean(axis=0)
     majority = np.maximum(labels.mean(axis=0), 1 - labels.mean(axis=0))
     return {"num_images": len(labels),
             "auc_mean": float(np.nanmean(auc)) if not np.isnan(auc).all() else float("nan"),
             "accuracy_mean": float(accuracy.mean()),
             "majority_accuracy_mean": float(majority.mean()),
-            "auc": {str(n): v for n, v in zip(names, auc)},
+            "auc": {str(n): float(v) for n, v in zip(names, auc)},
             "accuracy": {str(n): float(v) for n, v in zip(names, accuracy)}}

@@ -23,15 +23,6 @@ a column per run. Every run gets:
                         in evaluation.json) relative to the training images'
                         (unit_scores.sharpness); sharpness_heldout the same for the
                         held-out reconstructions through inference.infer
-  frechet_*,            with --attributes (image datasets with --heldout): how far a set
-  attribute_gap_*       of images is from the held-out faces in the eyes of an attribute
-                        classifier (sample_quality): the Fréchet distance of its
-                        penultimate features, and the mean gap in attribute frequencies.
-                        _samples: samples from the prior; _reconstructions: the held-out
-                        reconstructions (the reference); _train: training faces (the
-                        floor). The classifier is the --classifier file, trained there on
-                        the run's training faces if missing; "classifier" names it, and
-                        classifier_auc_mean is its mean ROC AUC on the held-out labels
 
 Held-out images are fresh draws of the grammar for parts, and the --heldout images for an
 image dataset; a run trained without --heldout has no held-out rows. Runs on the
@@ -55,6 +46,28 @@ the definitions):
 
 Channels are mapped to parts on the first --num_fit training images (persistent chains);
 "in use" means surviving in at least one of their parses.
+
+With --attributes (an attribute file in CelebA's format; a face run with --heldout), the
+held-out faces' inferred parses are dissected against their labels (dissection.py):
+
+  attribute_auc_i       per sparse layer i, the mean over the localised attributes of
+                        the held-out ROC AUC of the best single unit (a channel at a
+                        cell), chosen on the other half of the held-out faces
+  attribute_balanced_accuracy_i   the same with every unit firing at its top 1/16
+  attribute_*_pca       the same for pixel PCA with d components
+  dissection            in evaluation.json only: each attribute's chosen units, where
+                        they sit, and their scores on both halves
+
+and sets of images are compared with the held-out faces by an attribute classifier, the
+--classifier file, trained there on the run's training faces and labels if missing
+(sample_quality.py):
+
+  frechet_*             the Fréchet distance of the classifier's penultimate features
+  attribute_gap_*       the mean over attributes of the gap in attribute frequencies
+                        of _samples (from the prior), _reconstructions (of the held-out
+                        faces: the reference) and _train (training faces: the floor)
+  classifier_auc_mean   the classifier's mean ROC AUC on the held-out labels; in
+                        evaluation.json, "classifier" names its file
 """
 
 import dataclasses
@@ -66,9 +79,9 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf import serving
-from sparse_gen_tf.explanation import parts_scores, sample_quality, unit_scores
+from sparse_gen_tf.explanation import dissection, parts_scores, sample_quality, unit_scores
 from sparse_gen_tf.learning import inference
-from sparse_gen_tf.data import attributes as attribute_labels, pipeline
+from sparse_gen_tf.data import attributes as attributes_lib, pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model import prior as prior_lib
@@ -174,11 +187,14 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
              baseline=True, served=True, seed=0, attributes=None, classifier=None):
     """Computes the scores of workdir's latest checkpoint; writes evaluation.json.
 
-    attributes: a CelebA-format attribute file of the run's images, for the sample-quality
-    scores; classifier: the attribute classifier's .keras file (default
-    WORKDIR/attribute_classifier.keras), trained there if missing."""
+    attributes: the path of an attribute file, to dissect the held-out parses and score
+    the samples (sample_quality); classifier: the attribute classifier's .keras file
+    (default WORKDIR/attribute_classifier.keras), trained there if missing."""
     opened = load_run(workdir)
     config, model = opened.config, opened.model
+    # Read first, so that a bad file or a run without labels fails before any inference.
+    labels = (None if attributes is None
+              else attributes_lib.labels_for_run(config, attributes))
     generator = model.generator
     chains = model.chains.numpy()
     results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.generator.topk),
@@ -196,12 +212,10 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     heldout, heldout_truth = pipeline.heldout_images(config, num_heldout, data)
     heldout = to_model_range(heldout).numpy()
     results["num_heldout"] = len(heldout)
-    if attributes:
-        labels = attribute_labels.labels_for_run(config, attributes)
-        if not len(heldout):
-            raise UserError(f"{workdir} was trained without --heldout, so there are no "
-                            "held-out faces to score samples against; drop --attributes "
-                            "or train with --heldout=N")
+    if labels is not None and not len(heldout):
+        raise UserError(f"{workdir} holds no images out, so --attributes has no faces to "
+                        "dissect; train with --heldout=N")
+    if labels is not None:
         classifier = classifier or os.path.join(workdir, "attribute_classifier.keras")
         classifier_model = sample_quality.obtain_classifier(classifier, data, labels, config)
 
@@ -219,18 +233,24 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         results["psnr_train_infer"] = parts_scores.psnr(
             train[:num_train], generator(infer(train[:num_train])).numpy())
         if len(heldout):
-            reconstructions = generator(infer(heldout)).numpy()
+            z = infer(heldout)
+            reconstructions = generator(z).numpy()
             results["psnr_heldout"] = parts_scores.psnr(heldout, reconstructions)
             results["sharpness_heldout"] = unit_scores.sharpness(reconstructions, heldout)
             if served:
                 results["psnr_heldout_served"] = parts_scores.psnr(
                     heldout, generator(served_latents(opened, heldout,
                                                      settings=served_settings)).numpy())
-        if attributes:
-            results.update(sample_quality.run_scores(
-                classifier, classifier_model, labels, heldout,
-                {"samples": samples, "reconstructions": reconstructions,
-                 "train": train[:len(heldout)]}))
+            if labels is not None:
+                results["dissection"] = dissection.dissect(
+                    generator, z, heldout, train, labels.heldout[:len(heldout)],
+                    labels.names)
+                results["dissection"]["checkpoint"] = os.path.basename(opened.checkpoint)
+                results.update(dissection.summary_scores(results["dissection"]))
+                results.update(sample_quality.run_scores(
+                    classifier, classifier_model, labels, heldout,
+                    {"samples": samples, "reconstructions": reconstructions,
+                     "train": train[:len(heldout)]}))
         return write_results(workdir, results)
 
     truth = data.ground_truth
@@ -322,7 +342,7 @@ def markdown_table(all_results):
         (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"),
         (f"specificity_{i}", f"Location specificity, layer {i} (uniform "
          f"{uniform_specificity(all_results, i):.3f})", "{:.3f}"))]
-    for key, label, fmt in ROWS + tuple(sparsity_rows):
+    for key, label, fmt in ROWS + tuple(sparsity_rows) + dissection.table_rows(layers):
         if not any(key in r for r in all_results):
             continue
         cells = []
