@@ -172,12 +172,29 @@ def test_the_best_of_many_noise_units_is_not_rewarded_on_half_b():
     assert abs(on_b[0] - 0.5) < 0.15
 
 
-def test_pca_is_scored_with_both_signs_and_says_which():
-    code, labels = planted(400)
-    result = run_dissect(code, labels)
-    pca = record(result, "Eyeglasses", "pca")["balanced_accuracy"]
-    assert set(pca) >= {"component", "sign", "direction", "half_a", "half_b"}
-    assert 0 <= pca["component"] < 3 and pca["sign"] in (1, -1)
+def test_a_pca_component_whose_low_values_mark_the_attribute_is_found_by_its_sign():
+    rng = np.random.default_rng(7)
+    pattern = rng.normal(size=48)
+    pattern /= np.linalg.norm(pattern)
+    code, labels = planted(800)
+    # The faces vary along one pattern; Eyeglasses faces lie far out on its negative side.
+    weight = rng.normal(size=len(code)) - 6.0 * labels[:, 0]
+    faces = (np.outer(weight, pattern) + 1e-3 * rng.normal(size=(len(code), 48)))
+    train = np.outer(rng.normal(size=200), pattern) + 1e-3 * rng.normal(size=(200, 48))
+    result = dissection.dissect(Code(SHAPE), code, faces.reshape(-1, 4, 4, 3),
+                                train.reshape(-1, 4, 4, 3), labels,
+                                ("Eyeglasses", "No_Beard"), wanted=("Eyeglasses",))
+    found = record(result, "Eyeglasses", "pca")
+    _, directions = pixel_pca.pixel_pca(train.reshape(-1, 4, 4, 3), 3)
+    orientation = int(np.sign(directions[0] @ pattern))
+    assert found["balanced_accuracy"]["component"] == 0
+    assert found["balanced_accuracy"]["sign"] == -orientation
+    assert found["balanced_accuracy"]["direction"] == "fires"
+    assert found["balanced_accuracy"]["half_b"] > 0.95
+    # For the AUC the sign is the direction's business: the component enters once.
+    assert found["auc"]["component"] == 0 and found["auc"]["sign"] == 1
+    assert found["auc"]["direction"] == ("fires" if orientation < 0 else "silent")
+    assert found["auc"]["half_b"] > 0.99
     assert set(result["summary"]) == {"1", "pca"}
 
 

@@ -136,12 +136,14 @@ def choose(on_a, on_b):
     return unit, direction, np.where(direction > 0, a, 1 - a), np.where(direction > 0, b, 1 - b)
 
 
-def detectors(scores, labels, split, rate=FIRING_RATE):
+def detectors(scores, labels, split, rate=FIRING_RATE, both_signs=False):
     """Both measures for one set of units: scores [M, U], labels bool [M, A], split the
-    (A, B) indices. Returns {"auc": choose(...), "balanced_accuracy": choose(...)}."""
+    (A, B) indices. Returns {"auc": choose(...), "balanced_accuracy": choose(...)}.
+    both_signs: binarise -scores too, as units U..2U-1 (the AUC of -s is 1 - AUC(s),
+    which the direction covers already)."""
     a, b = split
-    thresholds = firing_thresholds(scores[a], rate)
-    fires = scores > thresholds
+    signed = np.concatenate([scores, -scores], 1) if both_signs else scores
+    fires = signed > firing_thresholds(signed[a], rate)
     return {"auc": choose(roc_auc(scores[a], labels[a]), roc_auc(scores[b], labels[b])),
             "balanced_accuracy": choose(balanced_accuracy(fires[a], labels[a]),
                                         balanced_accuracy(fires[b], labels[b]))}
@@ -224,10 +226,9 @@ def dissect(generator, z, heldout, train, labels, names, *, wanted=DEFAULT_ATTRI
     coefficients = pca_coefficients(heldout, mean, directions)
     sources = [(str(i), units, shape) for i, (units, shape) in enumerate(
         zip(layer_units(generator, z), generator.config.feature_map_shapes()), 1)]
-    sources.append(("pca", np.concatenate([coefficients, -coefficients], 1),
-                    len(directions)))
+    sources.append(("pca", coefficients, len(directions)))
     for source, units, shape in sources:
-        found = detectors(units, labels, split, rate)
+        found = detectors(units, labels, split, rate, both_signs=source == "pca")
         result["summary"][source] = {measure: float(np.mean(found[measure][3]))
                                      for measure in found}
         for i, attribute in enumerate(result["attributes"]):
