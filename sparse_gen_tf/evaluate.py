@@ -33,10 +33,19 @@ def define_flags():
                         "(list_attr_celeba.txt) for the held-out faces of a "
                         "--dataset=folder run (celeb_a runs use TFDS' labels): adds the "
                         "dissection rows, how well the best single unit of each layer, "
-                        "and of pixel PCA, detects each localised attribute.")
+                        "and of pixel PCA, detects each localised attribute, and the "
+                        "sample-quality rows (--classifier).")
     flags.register_validator("attributes", lambda path: path is None or os.path.isfile(path),
                              message="--attributes must name an existing file, e.g. "
                              "path/to/list_attr_celeba.txt")
+    flags.DEFINE_string("classifier", None, "With --attributes: the attribute classifier "
+                        "(.keras) that scores every run; trained there on the first run's "
+                        "training faces if missing, reused otherwise. Give the runs of one "
+                        "comparison the same file. Default: attribute_classifier.keras in "
+                        "the first --workdir.")
+    flags.register_validator("classifier", lambda path: path is None or (
+        path.endswith(".keras") and not os.path.isdir(path)),
+        message="--classifier must be a .keras file, e.g. runs/attribute_classifier.keras")
     cli.define_inference_flags()
 
 
@@ -45,10 +54,14 @@ def main(argv):
     values = flags.FLAGS
     try:
         settings = cli.inference_settings(values)
+        # One classifier scores every run, so that their distances compare.
+        classifier = values.classifier or os.path.join(values.workdir[0],
+                                                       "attribute_classifier.keras")
         all_results = [evaluation.evaluate(w, num_heldout=values.num_heldout,
                                            num_fit=values.num_fit, settings=settings,
                                            baseline=values.baseline, served=values.served,
-                                           seed=values.seed, attributes=values.attributes)
+                                           seed=values.seed, attributes=values.attributes,
+                                           classifier=classifier)
                        for w in values.workdir]
     except UserError as e:
         sys.exit(f"evaluate: error: {e}")

@@ -57,6 +57,17 @@ held-out faces' inferred parses are dissected against their labels (dissection.p
   attribute_*_pca       the same for pixel PCA with d components
   dissection            in evaluation.json only: each attribute's chosen units, where
                         they sit, and their scores on both halves
+
+and sets of images are compared with the held-out faces by an attribute classifier, the
+--classifier file, trained there on the run's training faces and labels if missing
+(sample_quality.py):
+
+  frechet_*             the Fréchet distance of the classifier's penultimate features
+  attribute_gap_*       the mean over attributes of the gap in attribute frequencies
+                        of _samples (from the prior), _reconstructions (of the held-out
+                        faces: the reference) and _train (training faces: the floor)
+  classifier_auc_mean   the classifier's mean ROC AUC on the held-out labels; in
+                        evaluation.json, "classifier" names its file
 """
 
 import dataclasses
@@ -68,7 +79,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf import serving
-from sparse_gen_tf.explanation import dissection, parts_scores, unit_scores
+from sparse_gen_tf.explanation import dissection, parts_scores, sample_quality, unit_scores
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import attributes as attributes_lib, pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
@@ -91,6 +102,16 @@ ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("sharpness_samples", "Sharpness of samples (Laplacian energy / data's)",
          "{:.3f}"),
         ("sharpness_heldout", "Sharpness of held-out reconstructions", "{:.3f}"),
+        ("frechet_samples", "Fréchet distance to held-out, samples (attribute "
+         "classifier)", "{:.2f}"),
+        ("frechet_reconstructions", "Fréchet distance, held-out reconstructions", "{:.2f}"),
+        ("frechet_train", "Fréchet distance, training faces (floor)", "{:.2f}"),
+        ("attribute_gap_samples", "Attribute-frequency gap, samples", "{:.3f}"),
+        ("attribute_gap_reconstructions", "Attribute-frequency gap, reconstructions",
+         "{:.3f}"),
+        ("attribute_gap_train", "Attribute-frequency gap, training faces (floor)",
+         "{:.3f}"),
+        ("classifier_auc_mean", "Attribute classifier's mean AUC, held-out", "{:.3f}"),
         ("num_examples", "Training images", "{:d}"),
         ("num_heldout", "Held-out images", "{:d}"),
         ("psnr_train_infer", "PSNR training, same inference as held-out (dB)", "{:.2f}"),
@@ -163,9 +184,12 @@ def sparsity(generator, z, batch=256):
 
 
 def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
-             baseline=True, served=True, seed=0, attributes=None):
+             baseline=True, served=True, seed=0, attributes=None, classifier=None):
     """Computes the scores of workdir's latest checkpoint; writes evaluation.json.
-    attributes: the path of an attribute file, to dissect the held-out parses."""
+
+    attributes: the path of an attribute file, to dissect the held-out parses and score
+    the samples (sample_quality); classifier: the attribute classifier's .keras file
+    (default WORKDIR/attribute_classifier.keras), trained there if missing."""
     opened = load_run(workdir)
     config, model = opened.config, opened.model
     # Read first, so that a bad file or a run without labels fails before any inference.
@@ -191,6 +215,9 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     if labels is not None and not len(heldout):
         raise UserError(f"{workdir} holds no images out, so --attributes has no faces to "
                         "dissect; train with --heldout=N")
+    if labels is not None:
+        classifier = classifier or os.path.join(workdir, "attribute_classifier.keras")
+        classifier_model = sample_quality.obtain_classifier(classifier, data, labels, config)
 
     # The export command's defaults, with the refinement asked for here: what
     # `export --reconstruct_refine_steps=... --reconstruct_refine_step_size=...` writes.
@@ -220,6 +247,10 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
                     labels.names)
                 results["dissection"]["checkpoint"] = os.path.basename(opened.checkpoint)
                 results.update(dissection.summary_scores(results["dissection"]))
+                results.update(sample_quality.run_scores(
+                    classifier, classifier_model, labels, heldout,
+                    {"samples": samples, "reconstructions": reconstructions,
+                     "train": train[:len(heldout)]}))
         return write_results(workdir, results)
 
     truth = data.ground_truth
