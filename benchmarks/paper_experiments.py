@@ -337,11 +337,13 @@ def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
         seconds = train_or_reuse(command, workdir, run_steps)
         start = time.time()
         faces = name == "faces" and FLAGS.attributes
-        results = evaluation.evaluate(
-            workdir, num_heldout=FLAGS.num_heldout, settings=settings, baseline=False,
-            served=FLAGS.served and kind in KINDS,
-            attributes=FLAGS.attributes if faces else None,
-            classifier=classifier_path() if faces else None)
+        served = FLAGS.served and kind in KINDS
+        results = earlier_evaluation(workdir, settings, served, faces)
+        if results is None:
+            results = evaluation.evaluate(
+                workdir, num_heldout=FLAGS.num_heldout, settings=settings, baseline=False,
+                served=served, attributes=FLAGS.attributes if faces else None,
+                classifier=classifier_path() if faces else None)
         records[kind] = {"command": "python " + shown(command), "train_s": seconds,
                          "step": checkpoint_step(workdir), "evaluate_s": time.time() - start,
                          "results": results}
@@ -352,6 +354,26 @@ def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
         figures.append(tradeoff_figure(records, os.path.join(FLAGS.docs,
                                                              "faces_tradeoff.png")))
     return records, figures
+
+
+def earlier_evaluation(workdir, settings, served, attributes):
+    """workdir's evaluation.json if `evaluate` already scored its latest checkpoint as this
+    call would (same inference settings and held-out count, the exported reconstruct and
+    the attribute scores when asked for), else None."""
+    path = os.path.join(workdir, "evaluation.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    latest = os.path.basename(latest_checkpoint(workdir) or "")
+    same = (results.get("checkpoint") == latest
+            and results.get("inference") == settings.to_dict()
+            and results.get("num_heldout") == min(FLAGS.num_heldout, FLAGS.heldout)
+            and (not served or "psnr_heldout_served" in results)
+            and (not attributes or "frechet_samples" in results))
+    if same:
+        print(f"reusing {path}", flush=True)
+    return results if same else None
 
 
 def classifier_path():

@@ -199,6 +199,7 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     chains = model.chains.numpy()
     results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.generator.topk),
                "train_steps": config.train_steps, "num_examples": opened.num_examples,
+               "checkpoint": os.path.basename(opened.checkpoint),
                "inference": settings.to_dict(),
                "langevin_step_size": model.langevin.step_size, "sigma": model.langevin.sigma}
     results.update(sparsity(generator, chains))
