@@ -14,7 +14,8 @@ For each dataset given it trains its runs under --runs, as a user would with tra
                                 the points between the paper's K and dense
   faces_trial_<name>            --trial_steps runs that try one change each against
                                 faces_trial_base: the descriptor (--descriptor), the largest
-                                square instead of the face box (--crop=1) (--face_trials)
+                                square instead of the face box (--crop=1), bottom kernels
+                                that overlap (--kernel_sizes=4,24) (--face_trials)
 
 A workdir that already holds a checkpoint of its step budget is reused, not retrained
 (with --notrain any checkpoint is), so a second call only re-scores and redraws. Then it
@@ -102,7 +103,8 @@ flags.DEFINE_integer("car_images", None, "--num_images of the car runs.", lower_
 flags.DEFINE_list("face_multiples", [], "Also train the sparse face run with every K "
                   "times each of these (e.g. 2,4): the trade-off's middle points.")
 flags.DEFINE_list("face_trials", [], "Short face runs that each try one change against "
-                  "faces_trial_base: descriptor (--descriptor), square (--crop=1).")
+                  "faces_trial_base: descriptor (--descriptor), square (--crop=1), overlap "
+                  "(--kernel_sizes=4,24).")
 flags.DEFINE_integer("trial_steps", 1500, "Training steps of each --face_trials run.",
                      lower_bound=1)
 flags.DEFINE_integer("heldout", 50, "Images held out of training (the last files).",
@@ -119,7 +121,12 @@ cli.define_inference_flags()
 FLAGS.set_default("refine_steps", 200)
 FLAGS.set_default("refine_step_size", 0.1)
 
-TRIALS = {"descriptor": ["--descriptor"], "square": ["--crop=1"]}
+TRIALS = {"descriptor": ["--descriptor"], "square": ["--crop=1"],
+          # Bottom kernels wider than their stride overlap their neighbours' cells: a
+          # candidate for the seams between the 16x16 cells.
+          "overlap": ["--kernel_sizes=4,24"]}
+# {absolute image folder: the name the docs give it}, filled in by main.
+DATA_NAMES = {}
 # A car fills its photograph: keep the largest square, not celeba.flags' face box.
 DATASET_FLAGS = {"cars": ["--crop=1"]}
 KINDS = ("sparse", "dense")
@@ -178,8 +185,18 @@ def train_command(flagfile, data_dir, steps, workdir, extra=()):
 
 
 def shown(command):
-    """A train command as the README prints it: paths inside the repository relative."""
-    return " ".join(c.replace(ROOT + os.sep, "") for c in command[1:])
+    """A train command as the docs print it: paths inside the repository relative, the
+    image folder as its flag's name in capitals (FACES, CARS, BRICKS) and the workdir
+    under RUNS, so that no machine's paths reach the docs."""
+    words = []
+    for word in command[1:]:
+        flag, _, value = word.partition("=")
+        if flag == "--data_dir":
+            word = f"--data_dir={DATA_NAMES.get(os.path.abspath(value), value)}"
+        elif flag == "--workdir":
+            word = f"--workdir=RUNS/{os.path.basename(value)}"
+        words.append(word.replace(ROOT + os.sep, ""))
+    return " ".join(words)
 
 
 def checkpoint_step(workdir):
@@ -399,13 +416,14 @@ TRADEOFF = (("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
 
 
 def density(results):
-    """K / h w c of the bottom layer, as a percentage string."""
+    """The share of the bottom layer's units a parse keeps on (TopK, then ReLU), over the
+    training chains, as a percentage string."""
     return f"{100 * results['nonzero_2']:.1f}%" if "nonzero_2" in results else "?"
 
 
 def tradeoff_table(records):
     """Markdown: one row per K of the sweep, then pixel PCA's dissection."""
-    lines = ["| run | K | bottom density | " + " | ".join(h for _, h, _ in TRADEOFF) + " |",
+    lines = ["| run | K | bottom units on | " + " | ".join(h for _, h, _ in TRADEOFF) + " |",
              "|---" * (3 + len(TRADEOFF)) + "|"]
     for kind, record in sweep(records):
         r = record["results"]
@@ -444,6 +462,7 @@ def tradeoff_figure(records, path):
             axis.axhline(records["sparse"]["results"]["attribute_auc_pca"], ls="--",
                          color="gray", label="pixel PCA")
             axis.legend(fontsize=7, loc="best")
+        axis.ticklabel_format(useOffset=False)
         axis.set_xlabel("held-out PSNR (dB)")
         axis.set_title(title, fontsize=9)
         axis.grid(alpha=0.3)
@@ -496,6 +515,8 @@ def main(argv):
                             f"{', '.join(TRIALS)}")
         os.makedirs(FLAGS.runs, exist_ok=True)
         os.makedirs(FLAGS.docs, exist_ok=True)
+        DATA_NAMES.update({os.path.abspath(d): n.upper() for n, d in (
+            ("faces", FLAGS.faces), ("cars", FLAGS.cars), ("bricks", bricks)) if d})
         all_records, figures = {}, []
         for name, data_dir, flagfile, steps, num_images in (
                 ("faces", FLAGS.faces, FLAGS.faces_flagfile, FLAGS.face_steps,

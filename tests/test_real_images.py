@@ -101,21 +101,38 @@ def test_a_top_unit_alone_is_rendered_by_the_real_network_below_it():
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, commands):
-    """The script run on a folder of 20 generated 32x32 images, each a bright square in
-    one of the four quadrants, as the faces (the bricks go through the same code)."""
+    """The script run on a folder of 32 generated 32x32 images, each a bright square in
+    one of the four quadrants, as the faces, with an attribute file that names the
+    quadrant; crops of two generated photographs as the bricks."""
     root = tmp_path_factory.mktemp("paper")
     (root / "images").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(20):
+    for i in range(32):
         image = np.full((32, 32, 3), 40, np.uint8)
         y, x = 16 * (i % 2), 16 * (i // 2 % 2)
         image[y + 4:y + 12, x + 4:x + 12] = rng.integers(150, 255)
         write_png(str(root / "images" / f"{i:03d}.png"), image)
     flagfile = root / "tiny.flags"
     flagfile.write_text(TINY_FLAGFILE)
+    # One attribute per quadrant, "Bangs" the top-left square: what the dissection finds.
+    names = ("Bangs", "Smiling", "Eyeglasses", "Mustache")
+    lines = [str(32), " ".join(names)]
+    for i in range(32):
+        quadrant = 2 * (i // 2 % 2) + i % 2
+        lines.append(f"{i:03d}.png" + "".join("  1" if q == quadrant else " -1"
+                                               for q in range(4)))
+    (root / "list_attr.txt").write_text("\n".join(lines) + "\n")
+    (root / "photos").mkdir()
+    for i in range(2):  # two "brick-wall photographs", larger than a crop
+        write_png(str(root / "photos" / f"wall{i}.png"),
+                  rng.integers(0, 255, (80, 96, 3)).astype(np.uint8))
     args = (SCRIPT, f"--faces={root / 'images'}", f"--faces_flagfile={flagfile}",
-            f"--runs={root / 'runs'}", f"--docs={root / 'docs'}", *FAST)
-    result = commands.run(*args, timeout=600)
+            f"--attributes={root / 'list_attr.txt'}", "--face_multiples=2",
+            f"--brick_photos={root / 'photos'}", f"--bricks_flagfile={flagfile}",
+            "--num_bricks=20", "--brick_steps=2",
+            f"--runs={root / 'runs'}", f"--docs={root / 'docs'}", *FAST,
+            "--heldout=8", "--num_heldout=8")
+    result = commands.run(*args, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, args, result
 
@@ -123,23 +140,36 @@ def experiment(tmp_path_factory, commands):
 def test_the_script_trains_sparse_and_dense_and_writes_the_figures(experiment):
     root, _, result = experiment
     names = {f"faces_{f}.png" for f in ("kernels_bottom", "kernels_bottom_raw",
-                                         "kernels_top", "parse", "reconstructions",
-                                         "samples")}
-    assert set(os.listdir(root / "docs")) == names | {"real_images.md"}
+                                         "kernels_top", "kernels_top_raw", "parse",
+                                         "reconstructions", "samples")}
+    bricks = {n.replace("faces_", "bricks_") for n in names}
+    assert set(os.listdir(root / "docs")) == names | bricks | {"real_images.md",
+                                                               "faces_tradeoff.png"}
     records = json.loads((root / "runs" / "paper_experiments.json").read_text())
     sparse, dense = records["faces"]["sparse"], records["faces"]["dense"]
-    # Dense is K = h w c at every layer: 2*2*8 and 4*4*8.
+    double = records["faces"]["k2"]
+    # Dense is K = h w c at every layer: 2*2*8 and 4*4*8; k2 twice the sparse K.
     assert sparse["results"]["topk"] == [4, 8] and dense["results"]["topk"] == [32, 128]
-    assert "--topk=32,128" in dense["command"] and "--heldout=4" in dense["command"]
-    for kind in (sparse, dense):
+    assert double["results"]["topk"] == [8, 16] and "--topk=8,16" in double["command"]
+    assert "--topk=32,128" in dense["command"] and "--heldout=8" in dense["command"]
+    # The docs name the folders by their flags, never by a machine's paths.
+    assert "--data_dir=FACES" in sparse["command"] and str(root) not in sparse["command"]
+    assert "--workdir=RUNS/faces_sparse" in sparse["command"]
+    for kind in (sparse, dense, double):
         results = kind["results"]
-        assert results["num_heldout"] == 4 and results["num_examples"] == 16
-        assert np.isfinite(results["psnr_heldout_served"]) and kind["train_s"] > 0
+        assert results["num_heldout"] == 8 and results["num_examples"] == 24
+        assert kind["train_s"] > 0 and results["sharpness_samples"] >= 0
         assert 0.25 <= results["specificity_1"] <= 1 and 1 / 16 <= results["specificity_2"] <= 1
-        assert results["sharpness_samples"] >= 0
+        assert 0 <= results["attribute_auc_2"] <= 1 and results["frechet_samples"] >= 0
+    assert np.isfinite(sparse["results"]["psnr_heldout_served"])
+    assert "psnr_heldout_served" not in double["results"]  # only the pair is exported
+    assert records["bricks"]["sparse"]["results"]["num_examples"] == 12
+    assert len(os.listdir(root / "runs" / "brick_photo_crops")) == 20
     table = (root / "docs" / "real_images.md").read_text()
     assert "Location specificity, layer 2 (uniform 0.062)" in table
-    assert "PSNR held-out, exported reconstruct (dB)" in table and "## bricks" not in table
+    assert "PSNR held-out, exported reconstruct (dB)" in table and "## bricks" in table
+    assert "### The trade-off across K" in table and "| k2 | 8,16 |" in table
+    assert "| pixel PCA |" in table and str(root) not in table
 
 
 def test_a_second_call_reuses_the_runs(experiment, commands):
@@ -163,6 +193,7 @@ def test_another_step_budget_is_refused_rather_than_resumed(experiment, commands
     ((), "nothing to do"),
     (("--faces=/no/such/folder",), "is not a folder"),
     (("--bricks=.", "--make_bricks"), "not both"),
+    (("--faces=.", "--face_trials=bigger"), "unknown --face_trials bigger"),
 ])
 def test_bad_input_fails_in_one_line(args, message, tmp_path, commands):
     result = commands.run(SCRIPT, f"--runs={tmp_path}", f"--docs={tmp_path}", *args)
