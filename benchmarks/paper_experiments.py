@@ -107,10 +107,14 @@ flags.DEFINE_list("face_trials", [], "Short face runs that each try one change a
                   "(--kernel_sizes=4,24).")
 flags.DEFINE_integer("trial_steps", 1500, "Training steps of each --face_trials run.",
                      lower_bound=1)
-flags.DEFINE_integer("heldout", 50, "Images held out of training (the last files).",
+flags.DEFINE_integer("heldout", 50, "Face images held out of training (the files after "
+                     "the training ones).", lower_bound=1)
+flags.DEFINE_integer("car_heldout", 50, "Car images held out of training.", lower_bound=1)
+flags.DEFINE_integer("brick_heldout", 50, "Brick crops held out of training.",
                      lower_bound=1)
-flags.DEFINE_integer("num_heldout", 50, "Held-out images evaluate scores (and training "
-                     "images it runs the same inference on).", lower_bound=1)
+flags.DEFINE_integer("num_heldout", 50, "Held-out images evaluate scores.", lower_bound=1)
+flags.DEFINE_integer("num_fit", 200, "Training images evaluate runs the held-out "
+                     "inference on (the training PSNR through it).", lower_bound=1)
 flags.DEFINE_bool("train", True, "Train runs that lack the final checkpoint; --notrain "
                   "scores whatever checkpoint each workdir has.")
 flags.DEFINE_bool("served", True, "Also score the exported reconstruct signature of the "
@@ -177,10 +181,16 @@ def dense_topk(workdir):
     return ",".join(str(h * w * c) for h, w, c in shapes)
 
 
-def train_command(flagfile, data_dir, steps, workdir, extra=()):
+def heldout_of(name):
+    """--heldout of one dataset's runs."""
+    return {"faces": FLAGS.heldout, "cars": FLAGS.car_heldout,
+            "bricks": FLAGS.brick_heldout}[name]
+
+
+def train_command(flagfile, data_dir, steps, workdir, heldout, extra=()):
     """The train.py command line of one run, as a list."""
     return [sys.executable, os.path.join(ROOT, "train.py"), f"--flagfile={flagfile}",
-            "--dataset=folder", f"--data_dir={data_dir}", f"--heldout={FLAGS.heldout}",
+            "--dataset=folder", f"--data_dir={data_dir}", f"--heldout={heldout}",
             f"--train_steps={steps}", f"--workdir={workdir}", *extra]
 
 
@@ -350,15 +360,17 @@ def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
             extra = size + [f"--topk={dense_topk(sparse_dir)}"]
         elif extra and extra[0] == "multiple":
             extra = size + [f"--topk={scaled_topk(sparse_dir, extra[1])}"]
-        command = train_command(flagfile, data_dir, run_steps, workdir, extra)
+        command = train_command(flagfile, data_dir, run_steps, workdir, heldout_of(name),
+                                extra)
         seconds = train_or_reuse(command, workdir, run_steps)
         start = time.time()
         faces = name == "faces" and FLAGS.attributes
         served = FLAGS.served and kind in KINDS
-        results = earlier_evaluation(workdir, settings, served, faces)
+        results = earlier_evaluation(workdir, settings, served, faces, heldout_of(name))
         if results is None:
             results = evaluation.evaluate(
-                workdir, num_heldout=FLAGS.num_heldout, settings=settings, baseline=False,
+                workdir, num_heldout=FLAGS.num_heldout, num_fit=FLAGS.num_fit,
+                settings=settings, baseline=False,
                 served=served, attributes=FLAGS.attributes if faces else None,
                 classifier=classifier_path() if faces else None)
         records[kind] = {"command": "python " + shown(command), "train_s": seconds,
@@ -373,7 +385,7 @@ def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
     return records, figures
 
 
-def earlier_evaluation(workdir, settings, served, attributes):
+def earlier_evaluation(workdir, settings, served, attributes, heldout):
     """workdir's evaluation.json if `evaluate` already scored its latest checkpoint as this
     call would (same inference settings and held-out count, the exported reconstruct and
     the attribute scores when asked for), else None."""
@@ -385,7 +397,7 @@ def earlier_evaluation(workdir, settings, served, attributes):
     latest = os.path.basename(latest_checkpoint(workdir) or "")
     same = (results.get("checkpoint") == latest
             and results.get("inference") == settings.to_dict()
-            and results.get("num_heldout") == min(FLAGS.num_heldout, FLAGS.heldout)
+            and results.get("num_heldout") == min(FLAGS.num_heldout, heldout)
             and (not served or "psnr_heldout_served" in results)
             and (not attributes or "frechet_samples" in results))
     if same:

@@ -23,7 +23,8 @@ def define_flags():
     flags.DEFINE_integer("num_heldout", 256, "Held-out images to infer and score.",
                          lower_bound=1)
     flags.DEFINE_integer("num_fit", 512, "Training images that fit the channel-to-part "
-                         "map and give the training PSNR.", lower_bound=1)
+                         "map and give the training PSNR through the held-out images' "
+                         "inference.", lower_bound=1)
     flags.DEFINE_boolean("baseline", True, "Also score plain Langevin from N(0, I).")
     flags.DEFINE_boolean("served", True, "Also score the exported reconstruct signature "
                          "(exported with the export command's defaults to a temporary "

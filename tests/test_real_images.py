@@ -129,7 +129,7 @@ def experiment(tmp_path_factory, commands):
     args = (SCRIPT, f"--faces={root / 'images'}", f"--faces_flagfile={flagfile}",
             f"--attributes={root / 'list_attr.txt'}", "--face_multiples=2",
             f"--brick_photos={root / 'photos'}", f"--bricks_flagfile={flagfile}",
-            "--num_bricks=20", "--brick_steps=2",
+            "--num_bricks=20", "--brick_steps=2", "--brick_heldout=8",
             f"--runs={root / 'runs'}", f"--docs={root / 'docs'}", *FAST,
             "--heldout=8", "--num_heldout=8")
     result = commands.run(*args, timeout=1800)

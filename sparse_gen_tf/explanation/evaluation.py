@@ -6,7 +6,8 @@ For each workdir it writes WORKDIR/evaluation.json, and it prints one markdown t
 a column per run. Every run gets:
 
   psnr_train            training images, z = their persistent chains
-  psnr_train_infer      training images, z from `inference.infer` like the held-out ones
+  psnr_train_infer      the first --num_fit training images (and on parts at most
+                        --num_heldout), z from `inference.infer` like the held-out ones
   psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
   psnr_heldout_served   held-out images through the exported `reconstruct` signature:
                         the run exported as export/export_saved_model.py does by default
@@ -230,7 +231,7 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         return inference.reconstruct(model, images, settings=how, seed=seed).numpy()
 
     if config.dataset != "parts":
-        num_train = min(num_heldout, len(train))
+        num_train = min(num_fit, len(train))
         results["psnr_train_infer"] = parts_scores.psnr(
             train[:num_train], generator(infer(train[:num_train])).numpy())
         if len(heldout):
