@@ -169,13 +169,15 @@ def check_export(model, workdir, batch=3):
 def attempt(checks, name, fn):
     """fn()'s result dict, its verdict recorded in checks[name]; an exception is a failed
     check (recorded with its message), so one broken part does not hide the others."""
+    began = time.perf_counter()
     try:
         result = fn()
     except Exception as e:  # anything a device can throw: report it and go on
         result = {"passed": False, "error": f"{type(e).__name__}: {e}"[:2000],
                   "traceback": traceback.format_exc()[-8000:]}
+    result["check_s"] = time.perf_counter() - began
     checks[name] = bool(result["passed"])
-    print(f"{'PASS' if checks[name] else 'FAIL'} {name}" + (
+    print(f"{'PASS' if checks[name] else 'FAIL'} {name} ({result['check_s']:.1f} s)" + (
         f": {result['error'].splitlines()[0]}" if "error" in result else ""), flush=True)
     return result
 
