@@ -71,6 +71,16 @@ def run_command(*args, cwd=ROOT, timeout=300, env=None):
                           timeout=timeout, env=merged, cwd=cwd)
 
 
+def load_benchmark(name):
+    """The module benchmarks/<name>.py, imported as its sibling scripts import it (by
+    name, with benchmarks/ on the path)."""
+    import importlib
+    folder = os.path.join(ROOT, "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
 def run_train(*flags, **kwargs):
     """Runs `python train.py FLAGS` as a user does (run_command's keyword arguments)."""
     return run_command(os.path.join(ROOT, "train.py"), *flags, **kwargs)
