@@ -7,10 +7,10 @@ Both sides start from the same weights, chains and images (`start_state`) and ru
 step of the model under XLA as `AlternatingBackprop.compile` sets it up where it runs
 (`one_step`). The CPU side runs in a child process that sees no GPU (`cpu_reference`), so
 it is the step a CPU user gets. The step has no Langevin noise (XLA and TensorFlow draw
-different noise from one seed) and uses SGD, so that the weights move by the gradient
-itself (Adam's first step is about sign(gradient) for every weight). `compare` measures
-the chains and each weight after it against the CPU's, relative to the change the CPU's
-step made, and checks them against the precision's TOLERANCES.
+different noise from one seed) and uses SGD at learning rate 1, so that the weights move
+by the gradient itself (Adam's first step is about sign(gradient) for every weight).
+`compare` measures the chains and each weight after it against the CPU's, relative to
+the change the CPU's step made, and checks them against the precision's TOLERANCES.
 """
 
 import dataclasses
