@@ -70,8 +70,8 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) cal
                      lower_bound=0)
 flags.DEFINE_list("mixed_precisions", [], "Mixed precision policies to time and check "
                   f"({', '.join(MIXED)}); default: mixed_float16 on a GPU, and "
-                  "mixed_bfloat16 too from compute capability 8.0; mixed_bfloat16 on a "
-                  "CPU, which has no float16 arithmetic.")
+                  "mixed_bfloat16 too from compute capability 8.0 (Ampere) on; "
+                  "mixed_bfloat16 on a CPU.")
 flags.register_validator("mixed_precisions", lambda names: set(names) <= set(MIXED),
                          f"--mixed_precisions takes a comma list of {', '.join(MIXED)}")
 FLAGS = flags.FLAGS
@@ -95,13 +95,17 @@ def find_device(allow_cpu):
 
 
 def mixed_precisions(device):
-    """The mixed policies to run on device (--mixed_precisions, else by device type)."""
+    """(the mixed policies to run on device, why those): --mixed_precisions, else
+    mixed_float16 on a GPU (and mixed_bfloat16 where it has bfloat16 arithmetic), and
+    mixed_bfloat16 on a CPU (mixed_float16 runs there too when asked for)."""
     if FLAGS.mixed_precisions:
-        return list(FLAGS.mixed_precisions)
+        return list(FLAGS.mixed_precisions), "--mixed_precisions"
     if device["type"] == "CPU":
-        return ["mixed_bfloat16"]
-    return ["mixed_float16"] + (
-        ["mixed_bfloat16"] if tuple(device["compute_capability"] or (0,)) >= (8, 0) else [])
+        return ["mixed_bfloat16"], "the default on a CPU"
+    capability = tuple(device["compute_capability"] or (0,))
+    if capability >= (8, 0):
+        return ["mixed_float16", "mixed_bfloat16"], "the default from compute capability 8.0"
+    return ["mixed_float16"], "the default below compute capability 8.0 (no bfloat16 units)"
 
 
 def time_step(setup, data, precision, kind):
@@ -185,13 +189,14 @@ def attempt(checks, name, fn):
 def check_device(device, setup_name, workdir):
     """Every check on device: the JSON report (a dict)."""
     setup = SETUPS[setup_name]
+    mixed, why = mixed_precisions(device)
     build = tf.sysconfig.get_build_info()
     report = {"device": device, "tensorflow": tf.__version__, "keras": keras.__version__,
               "cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version"),
               "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
               "setup": {"name": setup_name, **dataclasses.asdict(setup),
                         "repeats": FLAGS.repeats, "warmup": FLAGS.warmup},
-              "precisions": ["float32", *mixed_precisions(device)],
+              "precisions": ["float32", *mixed], "mixed_precisions_chosen_by": why,
               "steps": {}, "comparisons": {}, "checks": {}}
     checks, start = report["checks"], start_state(setup)
     data = {"ids": start["ids"], "images": start["images"]}
@@ -205,9 +210,10 @@ def check_device(device, setup_name, workdir):
                 return result
             report["steps"][f"{kind}_{precision}"] = attempt(
                 checks, f"step {kind} {precision}", timing)
-    # In a child process, after the timings, so that it does not disturb them.
-    reference = attempt(checks, "cpu reference", lambda: dict(zip(
-        ("after", "paths", "passed"), (*cpu_reference(setup_name, start, workdir), True))))
+    def reference_steps():  # in a child process, after the timings: it cannot disturb them
+        after, paths = cpu_reference(setup_name, start, workdir)
+        return {"after": after, "paths": paths, "passed": True}
+    reference = attempt(checks, "cpu reference", reference_steps)
     report["cpu_reference"] = {"paths": reference.get("paths"),
                                "error": reference.get("error")}
     with tf.device(device["name"]):
@@ -219,9 +225,12 @@ def check_device(device, setup_name, workdir):
             if "after" in reference:
                 report["comparisons"][f"{kind}_{precision}"] = attempt(
                     checks, f"compare {kind} {precision} with the CPU", comparison)
-        if ("abp", "float32") in timed:
-            report["export"] = attempt(checks, "export and serve", lambda: check_export(
-                timed["abp", "float32"], workdir))
+        def export():  # the timed float32 model, or if its timing failed a fresh one
+            model = timed.get((KINDS[0], "float32"))
+            if model is None:
+                model, _ = time_step(setup, data, "float32", KINDS[0])
+            return check_export(model, workdir)
+        report["export"] = attempt(checks, "export and serve", export)
     report["passed"] = all(checks.values())
     return report
 
