@@ -1,4 +1,4 @@
-"""Dense against sparse Langevin path (issue 14), against the machine's matmul peak.
+"""Dense against sparse Langevin path, against the machine's matmul peak.
 
     python benchmarks/sparse_path.py                  # paper point + K sweep, XLA
     python benchmarks/sparse_path.py --fractions=0.0625 --repeats=10
@@ -14,8 +14,8 @@ times the dense path with the top layer in its blocked form (matmul + overlap-ad
 `TransposedConv.unrolled_kernel`), and --unrolled with it as one whole-layer matrix (before
 `TransposedConv.windowed_kernel` dropped that matrix's zero blocks). With --torch (and
 PyTorch installed) it also times a stock PyTorch version of the same dense step
-(ConvTranspose2d, torch.topk, autograd Langevin) at the paper point, the reference of
-issue 14, in a fresh process right after the paper point's row. Last, the dense floor:
+(ConvTranspose2d, torch.topk, autograd Langevin) at the paper point, the speed reference,
+in a fresh process right after the paper point's row. Last, the dense floor:
 the FLOPs the dense path really executes at the paper point (`dense_floor`) over the same
 window's peak, the step's time if every matmul ran at the peak and nothing else took time,
 and the PyTorch reference over it, the most any dense formulation could be faster.

@@ -1,4 +1,4 @@
-"""The paper-size train step under XLA CPU backend options (issue 14).
+"""The paper-size train step under XLA CPU backend options.
 
     python benchmarks/xla_cpu_flags.py                      # default vs oneDNN vs old runtime
     python benchmarks/xla_cpu_flags.py --rounds=5 --steps=5

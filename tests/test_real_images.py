@@ -1,6 +1,6 @@
 """The real-image experiments' pieces: location specificity and sharpness (unit_scores),
 normalised kernel figures, and benchmarks/paper_experiments.py run for real on a tiny
-generated folder (no ../shared, no scikit-image)."""
+generated folder (no data from outside the repository, no scikit-image)."""
 
 import json
 import os

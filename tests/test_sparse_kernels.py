@@ -1,4 +1,4 @@
-"""The compiled sparse kernels of the Langevin loop (issue 14, model/sparse_kernels.py).
+"""The compiled sparse kernels of the Langevin loop (model/sparse_kernels.py).
 
 They must compute the dense path's function: the two products against dense matmuls,
 ∂/∂z of `Generator.langevin_gradient_fn` against autodiff of the dense likelihood (ties

@@ -1,4 +1,4 @@
-"""The sparse Langevin path (issue 14) computes the dense generator's function exactly.
+"""The sparse Langevin path computes the dense generator's function exactly.
 
 `TopK.units` -> `TransposedConv.paint` -> `Generator.paint` against `TopK.call` ->
 `TransposedConv.call` -> `Generator.parse`: forward images, ∂/∂z and ∂/∂θ, with ties at

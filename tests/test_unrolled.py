@@ -1,4 +1,4 @@
-"""The dense Langevin path's two speed-ups (issue 14) compute the same function.
+"""The dense Langevin path's two speed-ups compute the same function.
 
 `TransposedConv.unrolled_kernel` makes a layer with a small input map one matmul, without
 the overlap-add of its shifted blocks; `windowed_kernel` is that matmul without its zero

@@ -1,4 +1,4 @@
-// The two products of the sparse Langevin path (issue 14), as TensorFlow CPU ops.
+// The two products of the sparse Langevin path, as TensorFlow CPU ops.
 //
 // A TopK-sparse feature map keeps K of its h*w*c units, so the transposed conv's matmul
 // x [M, K_in] * w [K_in, N] multiplies mostly zeros, and the backward product

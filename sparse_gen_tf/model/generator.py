@@ -199,7 +199,7 @@ class Generator(keras.Model):
         return record
 
     def paint(self, z, kernels=None, blocked=False):
-        """g(z) before tanh, [batch, H, W, 3], through the sparse path (issue 14).
+        """g(z) before tanh, [batch, H, W, 3], through the sparse path.
 
         The same function as `parse(z)["logits"]`: the FC map is dense, then each sparse
         layer's TopK (Eq. 1) becomes its K surviving units (`TopK.units`), the ReLU
@@ -248,7 +248,7 @@ class Generator(keras.Model):
 
     def langevin_gradient_fn(self, images, sigma, observed=None):
         """Returns z [batch, d] -> ∂/∂z log p(z, Y) [batch, d] of Eq. (11) through the
-        compiled sparse kernels (issue 14), for a loop with fixed weights.
+        compiled sparse kernels, for a loop with fixed weights.
 
         The same gradient as autodiff of `squared_error_fn` (up to the order of float
         sums), written out layer by layer: each sparse layer's TopK and ReLU masks

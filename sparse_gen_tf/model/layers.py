@@ -9,7 +9,7 @@ Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.m
   `Conv2DTranspose`, whose XLA lowering on CPU is several times slower (BENCHMARKS.md,
   "Layer choices").
 
-The sparse path (issue 14) is the same two operations on a sparse code: `TopK.units`
+The sparse path is the same two operations on a sparse code: `TopK.units`
 lists the K kept entries (values and indices, static shape), and `TransposedConv.paint`
 adds only those units' basis patches. It pays on CPU only for very sparse maps
 (BENCHMARKS.md, 2026-12-01).
@@ -168,7 +168,7 @@ class TopK(keras.layers.Layer):
         return tf.reshape(tf.cast(keep, x.dtype), tf.shape(x))
 
     def units(self, x):
-        """The K kept entries of x [batch, h, w, c] as a sparse code (issue 14):
+        """The K kept entries of x [batch, h, w, c] as a sparse code:
         (values [batch, K], flat indices [batch, K] int32 into the h*w*c entries of one
         example, ascending). The set is exactly `mask(x)`'s, ties included, so
         scattering values back to indices gives `call(x)`. Gradients flow to x through
@@ -320,7 +320,7 @@ class TransposedConv(keras.layers.Layer):
         matrix (`unrolled_kernel`) does no more multiply-adds than the blocked matmul of
         `call`: h*w <= m*m, as for the paper's top layer (2x2 -> 4x4, k = 4, s = 2). It then
         saves the overlap-add of the m*m shifted blocks and its gradient, which under XLA
-        on CPU cost as much as the layer's matmul (BENCHMARKS.md, issue 14)."""
+        on CPU cost as much as the layer's matmul (BENCHMARKS.md)."""
         h, w = (int(v) for v in input_shape[:2])
         m = self.blocks_per_side
         return m > 1 and h * w <= m * m
@@ -432,7 +432,7 @@ class TransposedConv(keras.layers.Layer):
               blocked=False):
         """`call` on a sparse input: only the given units paint their basis patches.
 
-        The input is the sparse code of `TopK.units` (issue 14): values [batch, K] at flat
+        The input is the sparse code of `TopK.units`: values [batch, K] at flat
         indices [batch, K] into an [h, w, c_in] map (input_shape = (h, w, c_in)); the
         result equals `call` on that map with zeros elsewhere, the deconvolution
         fm_s ⊗ ker + bias of Eq. (3) with the sum over the K surviving units only. Unit

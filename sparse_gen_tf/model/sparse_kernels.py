@@ -1,4 +1,4 @@
-"""The compiled kernels of the sparse Langevin path (issue 14): build, load, call.
+"""The compiled kernels of the sparse Langevin path: build, load, call.
 
 `sparse_gen_tf/kernels/sparse_matmul.cc` holds four TensorFlow CPU ops, two pairs:
 
