@@ -331,15 +331,19 @@ def scaled_topk(workdir, multiple):
 
 
 def planned_runs(name, steps, num_images):
-    """[(kind, extra train.py flags or None for dense or ("multiple", m), steps)] of one
-    dataset: sparse and dense, and on faces the K multiples and the trials."""
+    """[(kind, extra train.py flags, steps)] of one dataset: sparse and dense, and on
+    faces the K multiples and the trials. Dense and the multiples read their K from the
+    sparse run, which trains first, so their flags are functions called in turn."""
     size = [f"--num_images={num_images}"] if num_images else []
     size += DATASET_FLAGS.get(name, [])
-    runs = [("sparse", size, steps), ("dense", None, steps)]
+    sparse_dir = os.path.join(FLAGS.runs, f"{name}_sparse")
+    runs = [("sparse", lambda: size, steps),
+            ("dense", lambda: size + [f"--topk={dense_topk(sparse_dir)}"], steps)]
     if name == "faces":
-        runs += [(f"k{m}", ("multiple", int(m)), steps) for m in FLAGS.face_multiples]
+        runs += [(f"k{m}", lambda m=int(m): size + [f"--topk={scaled_topk(sparse_dir, m)}"],
+                  steps) for m in FLAGS.face_multiples]
         if FLAGS.face_trials:
-            runs += [(f"trial_{t}", size + TRIALS.get(t, []), FLAGS.trial_steps)
+            runs += [(f"trial_{t}", lambda t=t: size + TRIALS.get(t, []), FLAGS.trial_steps)
                      for t in ["base", *FLAGS.face_trials]]
     return runs
 
@@ -351,17 +355,11 @@ def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
         raise UserError(f"--{name}={data_dir} is not a folder; pass a folder of images")
     if not os.path.exists(flagfile):
         raise UserError(f"--{name}_flagfile={flagfile} does not exist")
-    size = ([f"--num_images={num_images}"] if num_images else []) + DATASET_FLAGS.get(name, [])
-    sparse_dir = os.path.join(FLAGS.runs, f"{name}_sparse")
     records, opened = {}, {}
     for kind, extra, run_steps in planned_runs(name, steps, num_images):
         workdir = os.path.join(FLAGS.runs, f"{name}_{kind}")
-        if extra is None:
-            extra = size + [f"--topk={dense_topk(sparse_dir)}"]
-        elif extra and extra[0] == "multiple":
-            extra = size + [f"--topk={scaled_topk(sparse_dir, extra[1])}"]
         command = train_command(flagfile, data_dir, run_steps, workdir, heldout_of(name),
-                                extra)
+                                extra())
         seconds = train_or_reuse(command, workdir, run_steps)
         start = time.time()
         faces = name == "faces" and FLAGS.attributes
