@@ -1,35 +1,50 @@
-"""The paper's experiments on real images, sparse against dense: faces (Figs. 2-3) and
-brick walls (Fig. 4). Regenerates the README's "Real images" section.
+"""The paper's experiments on real images, sparse against dense: faces (Figs. 2-3), cars
+and brick walls (Fig. 4), and on faces the trade-off between fidelity and parts across K.
 
-    python benchmarks/paper_experiments.py --faces=DIR [--bricks=DIR | --make_bricks]
+    python benchmarks/paper_experiments.py --faces=DIR --attributes=FILE \
+        [--cars=DIR] [--bricks=DIR | --brick_photos=DIR | --make_bricks]
 
-For each dataset given it trains two runs under --runs, as a user would with train.py
+For each dataset given it trains its runs under --runs, as a user would with train.py
 (the exact commands are printed and kept in RUNS/paper_experiments.json):
 
-  faces_sparse, faces_dense     --flagfile=celeba.flags --dataset=folder --data_dir=FACES
+  <data>_sparse, <data>_dense   --flagfile=<data>.flags --dataset=folder --data_dir=DIR
                                 --heldout=N --train_steps=S; dense is --topk=K_i = h_i w_i c_i
-                                (every unit of every feature map, i.e. 1024,2048 for faces)
-  bricks_sparse, bricks_dense   the same with --flagfile=bricks.flags
+                                (every unit of every feature map, 1024,2048 for faces)
+  faces_k<m>                    the sparse run with every K times m (--face_multiples):
+                                the points between the paper's K and dense
+  faces_trial_<name>            --trial_steps runs that try one change each against
+                                faces_trial_base: the descriptor (--descriptor), the largest
+                                square instead of the face box (--crop=1) (--face_trials)
 
-A workdir that already holds a checkpoint of step S or later is reused, not retrained (with
---notrain any checkpoint is), so a second call only re-scores and redraws. Then it runs
-`evaluate` on every run (held-out PSNR through inference.infer and the exported
-reconstruct, both with --refine_steps=200 --refine_step_size=0.1 unless told otherwise;
-training PSNR, sparsity, location specificity, sharpness), writes
-DOCS/real_images.md (the tables, commands and wall times) and these figures, sparse left
-and dense right unless said otherwise:
+A workdir that already holds a checkpoint of its step budget is reused, not retrained
+(with --notrain any checkpoint is), so a second call only re-scores and redraws. Then it
+runs `evaluate` on every run (held-out PSNR through inference.infer and, for the sparse
+and dense pairs, the exported reconstruct; training PSNR, sparsity, location specificity,
+sharpness; on faces with --attributes, the dissection of the held-out parses against
+the attribute labels and the sample Fréchet distance of the attribute classifier at
+--classifier), writes DOCS/real_images.md (the tables, commands and wall times) and
+these figures, sparse left and dense right unless said otherwise:
 
   DOCS/<data>_kernels_bottom.png       Fig. 2a, bottom kernels normalised per kernel
   DOCS/<data>_kernels_bottom_raw.png   the same as they paint, tanh(bias + s ker)
-  DOCS/<data>_kernels_top.png          Fig. 2b, the strongest top units through the bottom
-                                       layer, normalised per unit
+  DOCS/<data>_kernels_top.png          Fig. 2b, the most used top units, each switched on
+                                       alone and rendered by the layers below
+                                       (`visualize.top_units_alone`), minus the empty
+                                       parse, normalised per unit
+  DOCS/<data>_kernels_top_raw.png      the same images as the generator paints them
   DOCS/<data>_parse.png                Fig. 3, the parse of held-out image 0 (normalised
                                        OR nodes), sparse above dense
   DOCS/<data>_reconstructions.png      rows: held-out images, sparse, dense reconstructions
-  DOCS/<data>_samples.png              g(z), z ~ N(0, I): sparse rows above dense rows
+  DOCS/<data>_samples.png              samples from each run's prior: sparse rows above
+                                       dense rows
+  DOCS/faces_tradeoff.png              held-out PSNR against the attribute AUC of the
+                                       bottom units and against the samples' Fréchet
+                                       distance, one point per K (needs --attributes)
 
 --make_bricks writes --num_bricks random 64x64 crops of skimage.data.brick() (512x512
-grey) into RUNS/brick_crops; it needs scikit-image (pip install .[examples]).
+grey) into RUNS/brick_crops (needs scikit-image, pip install .[examples]);
+--brick_photos=DIR writes as many random 64x64 crops of the colour photographs in DIR
+into RUNS/brick_photo_crops. The trade-off figure needs matplotlib (.[examples]).
 """
 
 import json
@@ -54,34 +69,59 @@ from sparse_gen_tf.explanation.figures import image_grid, write_png
 from sparse_gen_tf.training.run import latest_checkpoint, load_run, read_config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("faces", None, "Folder of aligned face images (e.g. 64x64 CelebA "
-                    "crops); omit to skip the faces.")
+flags.DEFINE_string("faces", None, "Folder of aligned face images (e.g. CelebA's "
+                    "img_align_celeba); omit to skip the faces.")
+flags.DEFINE_string("attributes", None, "Attribute file of the faces in CelebA's format "
+                    "(list_attr_celeba.txt): adds the dissection, the sample Fréchet "
+                    "distance and the trade-off figure.")
+flags.DEFINE_string("classifier", None, "The attribute classifier that scores samples "
+                    "(trained there on the first face run's training faces if missing); "
+                    "default RUNS/attribute_classifier.keras.")
+flags.DEFINE_string("cars", None, "Folder of car images; omit to skip the cars.")
 flags.DEFINE_string("bricks", None, "Folder of brick-wall crops; omit to skip the bricks.")
+flags.DEFINE_string("brick_photos", None, "Folder of brick-wall photographs: random 64x64 "
+                    "crops of them become the bricks.")
 flags.DEFINE_bool("make_bricks", False, "Write random crops of skimage.data.brick() into "
                   "RUNS/brick_crops and use them as --bricks (needs scikit-image).")
-flags.DEFINE_integer("num_bricks", 1000, "Crops --make_bricks writes.", lower_bound=1)
+flags.DEFINE_integer("num_bricks", 1000, "Crops --make_bricks or --brick_photos writes.",
+                     lower_bound=1)
 flags.DEFINE_string("runs", "runs/paper", "Where the training runs go (one workdir each).")
 flags.DEFINE_string("docs", "docs", "Where the figures and real_images.md go.")
 flags.DEFINE_string("faces_flagfile", os.path.join(ROOT, "celeba.flags"),
                     "Flag file of the face runs.")
+flags.DEFINE_string("cars_flagfile", os.path.join(ROOT, "celeba.flags"),
+                    "Flag file of the car runs (with --crop=1: a car fills its image).")
 flags.DEFINE_string("bricks_flagfile", os.path.join(ROOT, "bricks.flags"),
                     "Flag file of the brick runs.")
 flags.DEFINE_integer("face_steps", 1000, "Training steps of each face run.", lower_bound=1)
+flags.DEFINE_integer("car_steps", 1000, "Training steps of each car run.", lower_bound=1)
 flags.DEFINE_integer("brick_steps", 1000, "Training steps of each brick run.", lower_bound=1)
+flags.DEFINE_integer("face_images", None, "--num_images of the face runs (default: the "
+                     "flag file's).", lower_bound=1)
+flags.DEFINE_integer("car_images", None, "--num_images of the car runs.", lower_bound=1)
+flags.DEFINE_list("face_multiples", [], "Also train the sparse face run with every K "
+                  "times each of these (e.g. 2,4): the trade-off's middle points.")
+flags.DEFINE_list("face_trials", [], "Short face runs that each try one change against "
+                  "faces_trial_base: descriptor (--descriptor), square (--crop=1).")
+flags.DEFINE_integer("trial_steps", 1500, "Training steps of each --face_trials run.",
+                     lower_bound=1)
 flags.DEFINE_integer("heldout", 50, "Images held out of training (the last files).",
                      lower_bound=1)
 flags.DEFINE_integer("num_heldout", 50, "Held-out images evaluate scores (and training "
                      "images it runs the same inference on).", lower_bound=1)
 flags.DEFINE_bool("train", True, "Train runs that lack the final checkpoint; --notrain "
                   "scores whatever checkpoint each workdir has.")
-flags.DEFINE_bool("served", True, "Also score the exported reconstruct signature.")
+flags.DEFINE_bool("served", True, "Also score the exported reconstruct signature of the "
+                  "sparse and dense runs.")
 cli.define_inference_flags()
 # Noise-free refinement of the winning chain, at a third of the training δ = 0.3 (at δ
-# itself gradient ascent overshoots): what it adds on faces and bricks is in the README,
-# "Real images".
+# itself gradient ascent overshoots).
 FLAGS.set_default("refine_steps", 200)
 FLAGS.set_default("refine_step_size", 0.1)
 
+TRIALS = {"descriptor": ["--descriptor"], "square": ["--crop=1"]}
+# A car fills its photograph: keep the largest square, not celeba.flags' face box.
+DATASET_FLAGS = {"cars": ["--crop=1"]}
 KINDS = ("sparse", "dense")
 TIMES_FILE = "wall_time.json"
 
@@ -103,18 +143,38 @@ def make_bricks(folder, num, seed=0, crop=64):
     return folder
 
 
+def crop_photos(photos, folder, num, seed=0, crop=64):
+    """Writes num random crop x crop crops of the colour photographs under `photos` as PNGs
+    into folder, each photo's share in proportion to the crops it holds (its area)."""
+    from PIL import Image
+    paths = sorted(os.path.join(photos, f) for f in os.listdir(photos)
+                   if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    walls = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    walls = [w for w in walls if min(w.shape[:2]) >= crop]
+    if not walls:
+        raise UserError(f"--brick_photos={photos} holds no image of at least {crop} px a "
+                        "side; pass a folder of brick-wall photographs")
+    area = np.array([(w.shape[0] - crop + 1) * (w.shape[1] - crop + 1) for w in walls], float)
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for i, which in enumerate(rng.choice(len(walls), size=num, p=area / area.sum())):
+        wall = walls[which]
+        y, x = rng.integers(0, wall.shape[0] - crop + 1), rng.integers(0, wall.shape[1] - crop + 1)
+        write_png(os.path.join(folder, f"{i:04d}.png"), wall[y:y + crop, x:x + crop])
+    return folder
+
+
 def dense_topk(workdir):
     """K_i = h_i w_i c_i of every sparse layer of the run in workdir: TopK keeps everything."""
     shapes = read_config(workdir).generator.feature_map_shapes()
     return ",".join(str(h * w * c) for h, w, c in shapes)
 
 
-def train_command(flagfile, data_dir, steps, workdir, topk=None):
+def train_command(flagfile, data_dir, steps, workdir, extra=()):
     """The train.py command line of one run, as a list."""
-    command = [sys.executable, os.path.join(ROOT, "train.py"), f"--flagfile={flagfile}",
-               "--dataset=folder", f"--data_dir={data_dir}", f"--heldout={FLAGS.heldout}",
-               f"--train_steps={steps}", f"--workdir={workdir}"]
-    return command + ([f"--topk={topk}"] if topk else [])
+    return [sys.executable, os.path.join(ROOT, "train.py"), f"--flagfile={flagfile}",
+            "--dataset=folder", f"--data_dir={data_dir}", f"--heldout={FLAGS.heldout}",
+            f"--train_steps={steps}", f"--workdir={workdir}", *extra]
 
 
 def shown(command):
@@ -174,14 +234,14 @@ def one_above_other(top, bottom, gap=12):
     return np.concatenate([pad[0], np.full((gap, width, 3), 255, np.uint8), pad[1]])
 
 
-def strongest_top_units(generator, z, num, normalised):
-    """Grid of the num top units with the largest coefficient over the parses of z, each
-    through the bottom layer in image space (Fig. 2b), strongest first."""
-    best, terms = visualize.strongest_terms(generator, z, 1)
-    order = np.argsort(-best)[:num]
-    order = order[best[order] > 0]
-    drawn = (visualize.normalise_each(terms[order]) if normalised
-             else visualize.paint(generator, terms[order]))
+def top_unit_grid(generator, z, num, normalised):
+    """Grid of the num most used top units, each alone through the layers below (Fig. 2b,
+    `visualize.top_units_alone`); normalised: minus the empty parse, stretched per unit."""
+    _, _, _, drawn = visualize.top_units_alone(generator, z, num)
+    if normalised:
+        top = np.zeros((1,) + tuple(generator.top_feature_map(z[:1]).shape[1:]), np.float32)
+        empty = generator.parse_from_top(top)["image"].numpy()
+        drawn = visualize.normalise_each(drawn - empty)
     scale = max(1, 64 // drawn.shape[1])
     return image_grid(np.stack([visualize.upscale(d, scale) for d in drawn]), columns=8,
                       pad=2)
@@ -197,7 +257,8 @@ def draw_figures(name, opened, docs, settings, num_images=8, num_samples=16, see
         pictures[kind] = {
             "kernels_bottom": kernel_grid(generator, z, normalised=True),
             "kernels_bottom_raw": kernel_grid(generator, z, normalised=False),
-            "kernels_top": strongest_top_units(generator, z, 32, normalised=True)}
+            "kernels_top": top_unit_grid(generator, z, 32, normalised=True),
+            "kernels_top_raw": top_unit_grid(generator, z, 32, normalised=False)}
         images, _ = pipeline.heldout_images(run.config, num_images)
         images = pipeline.to_model_range(images).numpy()
         heldout = images
@@ -206,7 +267,7 @@ def draw_figures(name, opened, docs, settings, num_images=8, num_samples=16, see
         pictures[kind]["reconstructions"] = generator(inferred).numpy()
         pictures[kind]["parse"] = visualize.parse_figure(generator, inferred[0],
                                                          normalised=True)
-        pictures[kind]["samples"] = generator(z[:num_samples]).numpy()
+        pictures[kind]["samples"] = evaluation.draw_samples(run.model, num_samples, seed)
     written = []
 
     def write(suffix, image):
@@ -215,7 +276,7 @@ def draw_figures(name, opened, docs, settings, num_images=8, num_samples=16, see
         written.append(path)
 
     sparse, dense = pictures["sparse"], pictures["dense"]
-    for key in ("kernels_bottom", "kernels_bottom_raw", "kernels_top"):
+    for key in ("kernels_bottom", "kernels_bottom_raw", "kernels_top", "kernels_top_raw"):
         write(key, side_by_side(sparse[key], dense[key]))
     write("parse", one_above_other(sparse["parse"], dense["parse"]))
     scale = max(1, 64 // heldout.shape[1])
@@ -235,38 +296,153 @@ def kernel_grid(generator, z, normalised):
                       columns=min(16, len(patches)), pad=2)
 
 
-def experiment(name, data_dir, flagfile, steps, settings):
-    """Trains (or reuses), scores and draws the sparse and dense runs of one dataset;
-    returns {kind: {"command", "train_s", "results"}}."""
+def scaled_topk(workdir, multiple):
+    """The sparse run's K_i times multiple, capped at each feature map's size."""
+    config = read_config(workdir).generator
+    return ",".join(str(min(k * multiple, h * w * c))
+                    for k, (h, w, c) in zip(config.topk, config.feature_map_shapes()))
+
+
+def planned_runs(name, steps, num_images):
+    """[(kind, extra train.py flags or None for dense or ("multiple", m), steps)] of one
+    dataset: sparse and dense, and on faces the K multiples and the trials."""
+    size = [f"--num_images={num_images}"] if num_images else []
+    size += DATASET_FLAGS.get(name, [])
+    runs = [("sparse", size, steps), ("dense", None, steps)]
+    if name == "faces":
+        runs += [(f"k{m}", ("multiple", int(m)), steps) for m in FLAGS.face_multiples]
+        if FLAGS.face_trials:
+            runs += [(f"trial_{t}", size + TRIALS.get(t, []), FLAGS.trial_steps)
+                     for t in ["base", *FLAGS.face_trials]]
+    return runs
+
+
+def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
+    """Trains (or reuses), scores and draws the runs of one dataset; returns
+    ({kind: {"command", "train_s", "step", "evaluate_s", "results"}}, figures)."""
     if not os.path.isdir(data_dir):
         raise UserError(f"--{name}={data_dir} is not a folder; pass a folder of images")
     if not os.path.exists(flagfile):
         raise UserError(f"--{name}_flagfile={flagfile} does not exist")
+    size = ([f"--num_images={num_images}"] if num_images else []) + DATASET_FLAGS.get(name, [])
+    sparse_dir = os.path.join(FLAGS.runs, f"{name}_sparse")
     records, opened = {}, {}
-    for kind in KINDS:
+    for kind, extra, run_steps in planned_runs(name, steps, num_images):
         workdir = os.path.join(FLAGS.runs, f"{name}_{kind}")
-        topk = dense_topk(os.path.join(FLAGS.runs, f"{name}_sparse")) if kind == "dense" else None
-        command = train_command(flagfile, data_dir, steps, workdir, topk)
-        seconds = train_or_reuse(command, workdir, steps)
+        if extra is None:
+            extra = size + [f"--topk={dense_topk(sparse_dir)}"]
+        elif extra and extra[0] == "multiple":
+            extra = size + [f"--topk={scaled_topk(sparse_dir, extra[1])}"]
+        command = train_command(flagfile, data_dir, run_steps, workdir, extra)
+        seconds = train_or_reuse(command, workdir, run_steps)
         start = time.time()
-        results = evaluation.evaluate(workdir, num_heldout=FLAGS.num_heldout, settings=settings,
-                                    baseline=False, served=FLAGS.served)
+        faces = name == "faces" and FLAGS.attributes
+        results = evaluation.evaluate(
+            workdir, num_heldout=FLAGS.num_heldout, settings=settings, baseline=False,
+            served=FLAGS.served and kind in KINDS,
+            attributes=FLAGS.attributes if faces else None,
+            classifier=classifier_path() if faces else None)
         records[kind] = {"command": "python " + shown(command), "train_s": seconds,
-            "step": checkpoint_step(workdir), "evaluate_s": time.time() - start,
-            "results": results}
-        opened[kind] = load_run(workdir)
+                         "step": checkpoint_step(workdir), "evaluate_s": time.time() - start,
+                         "results": results}
+        if kind in KINDS:
+            opened[kind] = load_run(workdir)
     figures = draw_figures(name, opened, FLAGS.docs, settings)
+    if name == "faces" and FLAGS.attributes:
+        figures.append(tradeoff_figure(records, os.path.join(FLAGS.docs,
+                                                             "faces_tradeoff.png")))
     return records, figures
 
 
+def classifier_path():
+    return FLAGS.classifier or os.path.join(FLAGS.runs, "attribute_classifier.keras")
+
+
+def sweep(records):
+    """The K sweep's records, sparsest first: sparse, k<m> by m, dense."""
+    multiples = sorted((int(k[1:]), k) for k in records if k[0] == "k" and k[1:].isdigit())
+    return [("sparse", records["sparse"])] + [(k, records[k]) for _, k in multiples] + [
+        ("dense", records["dense"])]
+
+
+# The trade-off's columns: (key in evaluation.json, heading, format).
+TRADEOFF = (("psnr_heldout", "PSNR held-out (dB)", "{:.2f}"),
+            ("attribute_auc_2", "AUC, bottom units", "{:.3f}"),
+            ("attribute_balanced_accuracy_2", "Balanced acc., bottom, 1/16 firing",
+             "{:.3f}"),
+            ("attribute_auc_1", "AUC, top units", "{:.3f}"),
+            ("frechet_samples", "Fréchet, samples", "{:.2f}"),
+            ("frechet_reconstructions", "Fréchet, reconstructions", "{:.2f}"),
+            ("sharpness_samples", "Sharpness, samples", "{:.3f}"))
+
+
+def density(results):
+    """K / h w c of the bottom layer, as a percentage string."""
+    return f"{100 * results['nonzero_2']:.1f}%" if "nonzero_2" in results else "?"
+
+
+def tradeoff_table(records):
+    """Markdown: one row per K of the sweep, then pixel PCA's dissection."""
+    lines = ["| run | K | bottom density | " + " | ".join(h for _, h, _ in TRADEOFF) + " |",
+             "|---" * (3 + len(TRADEOFF)) + "|"]
+    for kind, record in sweep(records):
+        r = record["results"]
+        cells = [fmt.format(r[key]) if key in r else "" for key, _, fmt in TRADEOFF]
+        lines.append(f"| {kind} | {','.join(map(str, r['topk']))} | {density(r)} | "
+                     + " | ".join(cells) + " |")
+    r = records["sparse"]["results"]
+    if "attribute_auc_pca" in r:
+        cells = [fmt.format(r[key.replace("_2", "_pca")])
+                 if key in ("attribute_auc_2", "attribute_balanced_accuracy_2") else ""
+                 for key, _, fmt in TRADEOFF]
+        cells[0] = ""
+        lines.append("| pixel PCA | d components | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tradeoff_figure(records, path):
+    """Held-out PSNR (x) against the bottom units' mean attribute AUC and against the
+    samples' Fréchet distance, one point per K of the sweep; pixel PCA's AUC as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    points = sweep(records)
+    psnr = [r["results"]["psnr_heldout"] for _, r in points]
+    labels = [f"{k}\n{density(r['results'])}" for k, r in points]
+    figure, axes = pyplot.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    panels = (("attribute_auc_2", "mean held-out AUC, best bottom unit"),
+              ("frechet_samples", "Fréchet distance of samples (lower is better)"))
+    for axis, (key, title) in zip(axes, panels):
+        values = [r["results"].get(key, np.nan) for _, r in points]
+        axis.plot(psnr, values, "o-", color="tab:blue")
+        for x, y, label in zip(psnr, values, labels):
+            axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4),
+                          fontsize=7)
+        if key == "attribute_auc_2" and "attribute_auc_pca" in records["sparse"]["results"]:
+            axis.axhline(records["sparse"]["results"]["attribute_auc_pca"], ls="--",
+                         color="gray", label="pixel PCA")
+            axis.legend(fontsize=7, loc="best")
+        axis.set_xlabel("held-out PSNR (dB)")
+        axis.set_title(title, fontsize=9)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+    return path
+
+
 def report(all_records):
-    """Markdown: per dataset the evaluate table, then the commands and wall times."""
+    """Markdown: per dataset the evaluate table (and on faces the trade-off), then the
+    commands and wall times."""
     lines = []
     for name, records in all_records.items():
         lines += [f"## {name}", "", evaluation.markdown_table(
-            [records[k]["results"] for k in KINDS]), ""]
-        for kind in KINDS:
-            r = records[kind]
+            [records[k]["results"] for k in records]), ""]
+        lines.append("Columns: " + ", ".join(records) + ".")
+        lines.append("")
+        if name == "faces" and "attribute_auc_2" in records["sparse"]["results"]:
+            lines += ["### The trade-off across K", "", tradeoff_table(records), ""]
+        for kind, r in records.items():
             took = f"{r['train_s'] / 60:.0f} min" if r["train_s"] else "time not recorded"
             lines += [f"- {kind}: step {r['step']}, trained in {took}, evaluated in "
                       f"{r['evaluate_s'] / 60:.1f} min: `{r['command']}`"]
@@ -279,22 +455,34 @@ def main(argv):
     try:
         settings = cli.inference_settings(FLAGS)
         bricks = FLAGS.bricks
+        made = [f for f in ("bricks", "brick_photos", "make_bricks") if getattr(FLAGS, f)]
+        if len(made) > 1:
+            raise UserError(f"give one of --bricks, --brick_photos, --make_bricks, not both "
+                            f"({', '.join('--' + f for f in made)})")
         if FLAGS.make_bricks:
-            if bricks:
-                raise UserError("give --bricks=DIR or --make_bricks, not both")
             bricks = make_bricks(os.path.join(FLAGS.runs, "brick_crops"), FLAGS.num_bricks)
-        if not FLAGS.faces and not bricks:
-            raise UserError("nothing to do: pass --faces=DIR and/or --bricks=DIR "
-                            "(or --make_bricks)")
+        if FLAGS.brick_photos:
+            bricks = crop_photos(FLAGS.brick_photos,
+                                 os.path.join(FLAGS.runs, "brick_photo_crops"),
+                                 FLAGS.num_bricks)
+        if not FLAGS.faces and not FLAGS.cars and not bricks:
+            raise UserError("nothing to do: pass --faces=DIR, --cars=DIR and/or --bricks=DIR "
+                            "(or --brick_photos=DIR, --make_bricks)")
+        unknown = set(FLAGS.face_trials) - set(TRIALS)
+        if unknown:
+            raise UserError(f"unknown --face_trials {', '.join(sorted(unknown))}; use "
+                            f"{', '.join(TRIALS)}")
         os.makedirs(FLAGS.runs, exist_ok=True)
         os.makedirs(FLAGS.docs, exist_ok=True)
         all_records, figures = {}, []
-        for name, data_dir, flagfile, steps in (
-                ("faces", FLAGS.faces, FLAGS.faces_flagfile, FLAGS.face_steps),
-                ("bricks", bricks, FLAGS.bricks_flagfile, FLAGS.brick_steps)):
+        for name, data_dir, flagfile, steps, num_images in (
+                ("faces", FLAGS.faces, FLAGS.faces_flagfile, FLAGS.face_steps,
+                 FLAGS.face_images),
+                ("cars", FLAGS.cars, FLAGS.cars_flagfile, FLAGS.car_steps, FLAGS.car_images),
+                ("bricks", bricks, FLAGS.bricks_flagfile, FLAGS.brick_steps, None)):
             if data_dir:
                 all_records[name], written = experiment(name, data_dir, flagfile, steps,
-                                                        settings)
+                                                        settings, num_images)
                 figures += written
     except UserError as e:
         sys.exit(f"paper_experiments: error: {e}")

@@ -7,6 +7,7 @@ The rows are defined in `explanation/evaluation.py`; each run's scores also go t
 WORKDIR/evaluation.json.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -28,6 +29,14 @@ def define_flags():
                          "(exported with the export command's defaults to a temporary "
                          "directory, loaded with TensorFlow).")
     flags.DEFINE_integer("seed", 0, "Seeds the inference.", lower_bound=0)
+    flags.DEFINE_string("attributes", None, "An attribute file in CelebA's format "
+                        "(list_attr_celeba.txt) for the held-out faces of a "
+                        "--dataset=folder run (celeb_a runs use TFDS' labels): adds the "
+                        "dissection rows, how well the best single unit of each layer, "
+                        "and of pixel PCA, detects each localised attribute.")
+    flags.register_validator("attributes", lambda path: path is None or os.path.isfile(path),
+                             message="--attributes must name an existing file, e.g. "
+                             "path/to/list_attr_celeba.txt")
     cli.define_inference_flags()
 
 
@@ -39,7 +48,7 @@ def main(argv):
         all_results = [evaluation.evaluate(w, num_heldout=values.num_heldout,
                                            num_fit=values.num_fit, settings=settings,
                                            baseline=values.baseline, served=values.served,
-                                           seed=values.seed)
+                                           seed=values.seed, attributes=values.attributes)
                        for w in values.workdir]
     except UserError as e:
         sys.exit(f"evaluate: error: {e}")

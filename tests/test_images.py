@@ -62,6 +62,22 @@ def test_centre_crop_discards_the_edges_of_wide_and_tall_images(height, width):
     np.testing.assert_array_equal(out, solid(16, 16, RED))
 
 
+def test_crop_keeps_the_centred_fraction_of_the_shorter_side():
+    # 40 x 60 with a red 20 x 20 centre on green: crop=0.5 takes exactly that centre (half
+    # of the 40-px side), while the largest square (crop=1) also keeps green.
+    pixels = solid(40, 60, GREEN)
+    pixels[10:30, 20:40] = RED
+    np.testing.assert_array_equal(
+        images.center_crop_and_resize(tf.constant(pixels), 8, crop=0.5).numpy(),
+        solid(8, 8, RED))
+    assert (images.center_crop_and_resize(tf.constant(pixels), 8).numpy()[..., 1] > 0).any()
+
+
+def test_the_face_crop_is_celeba_s_108_px_box_at_any_scale():
+    assert round(images.CELEBA_FACE_CROP * 178) == 108
+    assert round(images.CELEBA_FACE_CROP * 89) == 54  # the half-size copy's box
+
+
 def test_downscaling_averages_fine_detail_instead_of_aliasing():
     # A 1-pixel checkerboard shrunk 3x: point sampling would return pure black and white
     # pixels; an antialiased resize averages each footprint to mid-grey.
@@ -145,6 +161,17 @@ def test_other_files_and_hidden_files_are_ignored(tmp_path):
     (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
     write_png(tmp_path / ".thumbnails" / "t.png", solid(4, 4, RED))
     assert images.load_folder(str(tmp_path), 4, None).shape == (1, 4, 4, 3)
+
+
+def test_image_paths_name_the_file_of_each_loaded_image(tmp_path):
+    names = ["b/a.png", "a.png", "c.png", "b/c.png"]
+    write_numbered_pngs(tmp_path, names)
+    (tmp_path / "._a.png").write_bytes(b"macOS metadata")
+    paths = images.image_paths(str(tmp_path), 3)
+    out = images.load_folder(str(tmp_path), 4, 3)
+    assert len(paths) == len(out) == 3
+    for path, image in zip(paths, out):
+        assert os.path.relpath(path, tmp_path) == names[image[0, 0, 0]]
 
 
 def test_more_files_than_one_batch_are_all_loaded_in_order(tmp_path):
@@ -305,3 +332,17 @@ def test_flip_appends_each_training_image_mirrored_and_leaves_the_heldout_ones(t
     np.testing.assert_array_equal(data.heldout[:, 0, 0], [RED] * 2)
     with pytest.raises(DataError, match="--flip is for image datasets"):
         pipeline.load("parts", image_size=16, num_images=4, flip=True)
+
+
+def test_crop_reaches_the_folder_loader_and_is_refused_on_parts(tmp_path):
+    from sparse_gen_tf.data import pipeline
+    pixels = solid(16, 16, GREEN)
+    pixels[4:12, 4:12] = RED
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", pixels)
+    data = pipeline.load("folder", image_size=4, num_images=2, data_dir=str(tmp_path),
+                         heldout=1, crop=0.5)
+    np.testing.assert_array_equal(data.images, np.broadcast_to(RED, (2, 4, 4, 3)))
+    np.testing.assert_array_equal(data.heldout, np.broadcast_to(RED, (1, 4, 4, 3)))
+    with pytest.raises(DataError, match="--crop is for image datasets"):
+        pipeline.load("parts", image_size=16, num_images=4, crop=0.5)

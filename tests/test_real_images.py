@@ -81,6 +81,24 @@ def test_normalised_kernels_span_the_full_range_whatever_their_scale():
     assert used.any() and (np.ptp(drawn[used], axis=(1, 2, 3)) > 1.9).all()
 
 
+def test_a_top_unit_alone_is_rendered_by_the_real_network_below_it():
+    generator = Generator(tiny_generator())
+    z = visualize.sample_latents(generator, 32)
+    channels, cells, coefficients, images = visualize.top_units_alone(generator, z, num=5)
+    assert 0 < len(channels) <= 5 and images.shape[1:] == (32, 32, 3)
+    assert (coefficients > 0).all()
+    used = (generator.parse(z)["activations"][0].numpy() > 0).sum(axis=(0, 1, 2))
+    assert list(used[channels]) == sorted(used[channels], reverse=True)  # most used first
+    # Each image is g from a top map holding that one unit, TopK and ReLU run below it.
+    s, c = generator.config.top_size, generator.config.channels[0]
+    top = np.zeros((1, s, s, c), np.float32)
+    top[0, cells[0][0], cells[0][1], channels[0]] = coefficients[0]
+    np.testing.assert_allclose(images[0], generator.parse_from_top(top)["image"][0],
+                               atol=1e-6)
+    empty = generator.parse_from_top(np.zeros((1, s, s, c), np.float32))["image"][0]
+    assert np.abs(images[0] - empty).max() > 1e-4  # the unit paints something
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, commands):
     """The script run on a folder of 20 generated 32x32 images, each a bright square in

@@ -97,6 +97,7 @@ def test_resume_with_another_architecture_is_refused(tmp_path):
     (["--batch_size=128"], "exceeds --num_images"),
     (["--heldout=3"], "--heldout is for image datasets"),
     (["--flip"], "--flip is for image datasets"),
+    (["--crop=0.6"], "--crop is for image datasets"),
 ])
 def test_bad_flags_fail_with_one_clear_line_and_write_nothing(tmp_path, flags, message):
     workdir = tmp_path / "run"

@@ -96,9 +96,7 @@ def load_folder(path: str, image_size: int, num_images: int | None = None,
             corrupt (the message names the file).
     """
     _check_sizes(image_size, num_images)
-    paths = _find_image_files(path)
-    logging.info("found %d image files in %s", len(paths), path)
-    paths = paths[:num_images]
+    paths = image_paths(path, num_images)
     # Checking signatures first is cheap and catches the common cases (a text or HTML file
     # saved as .jpg, an empty file) before any decoding starts.
     for file_path in paths:
@@ -139,6 +137,23 @@ def load_folder(path: str, image_size: int, num_images: int | None = None,
     return result
 
 
+def image_paths(path: str, num_images: int | None = None) -> list:
+    """The image files that `load_folder(path, ..., num_images)` loads, in its order.
+
+    Row i of `load_folder`'s array is decoded from path i, so the files' names tie a
+    run's images to per-file data such as CelebA's attribute labels (`attributes.py`).
+
+    Returns:
+        list of up to `num_images` paths (all of them for None), in sorted order.
+
+    Raises:
+        DataError: the folder is missing, is a file or holds no images.
+    """
+    paths = _find_image_files(path)
+    logging.info("found %d image files in %s", len(paths), path)
+    return paths[:num_images]
+
+
 def load_celeb_a(
     data_dir: str | None, image_size: int, num_images: int, split: str = "train",
     crop: float = 1.0,
@@ -148,9 +163,10 @@ def load_celeb_a(
     The aligned CelebA images are 218 x 178 (height x width); the largest centred square is
     the middle 178 x 178, which keeps the whole face with some hair and background;
     `crop=CELEBA_FACE_CROP` takes the literature's centred 108 x 108 face box instead. Both
-    match `load_folder` on `img_align_celeba/` with the same `crop`. Nothing is downloaded: without network access TFDS
-    retries a download for minutes, so a missing dataset fails at once instead. If the split
-    holds fewer than `num_images` images, all of them are used (`pipeline.load` says so).
+    match `load_folder` on `img_align_celeba/` with the same `crop`. Nothing is downloaded:
+    without network access TFDS retries a download for minutes, so a missing dataset fails
+    at once instead. If the split holds fewer than `num_images` images, all of them are
+    used (`pipeline.load` says so).
 
     Args:
         data_dir: TFDS data directory that holds a prepared `celeb_a`; None means the TFDS
@@ -167,10 +183,39 @@ def load_celeb_a(
         DataError: CelebA is not prepared in data_dir, the split is unknown, or its files are
             unreadable.
     """
+    _check_sizes(image_size, num_images)
+    examples, shown_dir, rebuild = celeb_a_examples(data_dir, split)
+    images = examples.take(num_images).map(
+        lambda example: center_crop_and_resize(example["image"], image_size, crop),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    try:
+        batches = list(_numpy_batches(images))
+    except tf.errors.OpError as error:
+        raise DataError(
+            f"CelebA files in {shown_dir} are unreadable: {_reason(error)}; "
+            f"delete {os.path.join(shown_dir, 'celeb_a')} and {rebuild}"
+        ) from error
+    if not batches:
+        raise DataError(f"CelebA split {split!r} in {shown_dir} is empty; use split 'train'")
+    result = np.concatenate(batches)
+    logging.info("loaded %d CelebA images of %d px from %s", len(result), image_size, shown_dir)
+    return result
+
+
+def celeb_a_examples(data_dir: str | None, split: str = "train"):
+    """TFDS celeb_a's examples in file order, without downloading anything.
+
+    Each example is a dict with "image" (uint8 [218, 178, 3]), "attributes" (CelebA's 40
+    labels, name -> bool) and "landmarks". Returns (the tf.data.Dataset of examples, the
+    data directory as shown in messages, the sentence that says how to prepare it).
+
+    Raises:
+        DataError: CelebA is not prepared in data_dir, or the split is unknown.
+    """
     # Imported here so that `--dataset=folder` never pays for importing TFDS.
     import tensorflow_datasets as tfds
 
-    _check_sizes(image_size, num_images)
     shown_dir = data_dir or tfds.core.constants.DATA_DIR
     rebuild = (
         f"run `tfds build celeb_a --data_dir={shown_dir}` on a machine with network access "
@@ -189,23 +234,7 @@ def load_celeb_a(
             f"cannot read CelebA split {split!r}: {_reason(error)}; "
             "use split 'train', 'validation' or 'test'"
         ) from error
-
-    images = examples.take(num_images).map(
-        lambda example: center_crop_and_resize(example["image"], image_size, crop),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    try:
-        batches = list(_numpy_batches(images))
-    except tf.errors.OpError as error:
-        raise DataError(
-            f"CelebA files in {shown_dir} are unreadable: {_reason(error)}; "
-            f"delete {os.path.join(shown_dir, 'celeb_a')} and {rebuild}"
-        ) from error
-    if not batches:
-        raise DataError(f"CelebA split {split!r} in {shown_dir} is empty; use split 'train'")
-    result = np.concatenate(batches)
-    logging.info("loaded %d CelebA images of %d px from %s", len(result), image_size, shown_dir)
-    return result
+    return examples, shown_dir, rebuild
 
 
 def _numpy_batches(images):

@@ -9,8 +9,11 @@ and no script or style from the network, so it opens from file:// anywhere. Sect
                    basis function B_j raw and normalised (Eq. 6), where it fires over the
                    AND-node grid, how often it survives TopK and ReLU, a histogram of its
                    coefficient s_j, the training images where s_j is largest beside the
-                   same parse with that one OR node removed, and for every layer above the
-                   bottom its decomposition into the OR nodes of the next layer (Eq. 2-3)
+                   same parse with that one OR node removed, for every layer above the
+                   bottom its decomposition into the OR nodes of the next layer (Eq. 2-3),
+                   and the attributes it detects, if `evaluate --attributes` dissected
+                   this checkpoint (dissection.py: "unit 46 @ (1, 2): Eyeglasses, AUC
+                   0.91", the AUC on held-out faces); the layer's row lists them too
   #image-<name>    one panel per explained parse: the And-Or parse graph as clickable
                    grids of AND nodes holding their OR nodes; a click on a node shows its
                    basis function and outlines its region of the image
@@ -195,6 +198,14 @@ def unit_link(layer, channel, inner, in_use=True):
             f'{inner}</a>')
 
 
+def detects_paragraph(labels):
+    """A unit panel's line of the attributes the unit detects (`dissection.unit_labels`)."""
+    if not labels:
+        return ""
+    return ('<p class="detects">Detects, on held-out faces: '
+            f'{"; ".join(html.escape(label) for label in labels)}.</p>')
+
+
 def cap_note(shown, total, what):
     return (f'<p class="cap">Showing {shown} of {total} {what} (capped to stay '
             f'responsive).</p>' if shown < total else "")
@@ -202,7 +213,8 @@ def cap_note(shown, total, what):
 
 # === The page ===
 
-def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_nodes=48):
+def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_nodes=48,
+                    unit_labels=None):
     """Writes output_dir/index.html, the dashboard of model; returns its path.
 
     Args:
@@ -213,6 +225,8 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
         parse graph JSON files to draw as image panels.
       max_units: unit panels per layer at most (the most used units first).
       max_or_nodes: OR nodes shown per layer of an image panel (largest first).
+      unit_labels: {(layer, channel): [the attributes it detects, as sentences]}
+        (`dissection.unit_labels`), or None.
     """
     generator = model.generator
     chains = np.asarray(model.chains.value, np.float32)
@@ -223,8 +237,10 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
     activations = training_parses(generator, chains)
     glance, panels = [], []
     for layer in range(1, generator.num_layers + 1):
+        labels = {channel: found for (at, channel), found in (unit_labels or {}).items()
+                  if at == layer}
         section, unit_panels = layer_sections(generator, chains, images, layer,
-                                              activations[layer - 1], max_units)
+                                              activations[layer - 1], max_units, labels)
         glance.append(section)
         panels.extend(unit_panels)
     records = summary.get("samples", []) + summary.get("images", [])
@@ -246,13 +262,18 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
     return path
 
 
-def layer_sections(generator, chains, images, layer, activation, max_units):
-    """(the layer's row of the model-at-a-glance table, [its unit panels])."""
+def layer_sections(generator, chains, images, layer, activation, max_units, labels=None):
+    """(the layer's row of the model-at-a-glance table, [its unit panels]).
+    labels: {channel: [the attributes it detects]}; those units' panels are shown."""
+    labels = labels or {}
     stats = layer_statistics(activation)
     n, h, w, c = activation.shape
     k = generator.topks[layer - 1].k
     used = np.flatnonzero(stats["in_use"])
     shown = used[np.argsort(-stats["fires"][used], kind="stable")][:max_units]
+    # An attribute detector's panel is shown even when it is not among the most used.
+    shown = np.concatenate([shown, [u for u in sorted(labels) if u in used and u not in shown]
+                            ]).astype(int)
     # Each unit at its largest coefficient over the training parses.
     best = stats["peak"].argmax(0)  # [c], the training parse where s_j is largest
     positions = stats["argpeak"][best, np.arange(c)]
@@ -265,15 +286,20 @@ def layer_sections(generator, chains, images, layer, activation, max_units):
         crop = normalise(basis[channel:channel + 1, y0:y1, x0:x1])[0]
         if not stats["in_use"][channel]:
             crop = np.zeros_like(crop)  # a dead unit has no parse to draw it from
-        thumbs.append(unit_link(layer, channel, img(crop, 28, f"L{layer} u{channel}"),
+        title = "; ".join([f"L{layer} u{channel}", *labels.get(channel, [])])
+        thumbs.append(unit_link(layer, channel, img(crop, 28, title),
                                 stats["in_use"][channel]))
     dead = np.flatnonzero(~stats["in_use"])
+    detects = "; ".join(unit_link(layer, channel, html.escape(label), stats["in_use"][channel])
+                        for channel in sorted(labels) for label in labels[channel])
+    detects = (f'<p class="detects">Attribute detectors (evaluate --attributes, AUC on '
+               f'held-out faces): {detects}</p>' if detects else "")
     section = (f'<div class="layer"><h3>Layer {layer} ({"top" if layer == 1 else ""}'
                f'{"bottom" if layer == generator.num_layers else ""}): AND grid {h}x{w}, '
                f'{c} units, K = {k}</h3><p>{len(used)} units in use, {len(dead)} dead'
                f'{": " + ", ".join(map(str, dead)) if len(dead) else ""}; '
                f'{(activation > 0).sum((1, 2, 3)).mean():.1f} OR nodes per parse.</p>'
-               f'<div class="kernels">{"".join(thumbs)}</div>'
+               f'<div class="kernels">{"".join(thumbs)}</div>{detects}'
                f'{cap_note(len(shown), len(used), f"unit panels of layer {layer}")}</div>')
 
     # The training parses where each shown unit's coefficient is largest.
@@ -323,6 +349,7 @@ def layer_sections(generator, chains, images, layer, activation, max_units):
             f'{len(values)} OR nodes</figcaption></figure></div>'
             f'<p>Survives TopK and ReLU in {100 * stats["fires"][unit]:.1f}% of the '
             f'training parses, {stats["per_parse"][unit]:.2f} OR nodes per parse.</p>'
+            f'{detects_paragraph(labels.get(unit, []))}'
             f'<h4>Largest coefficients</h4><div class="row">{"".join(rows)}</div>{parts}'
             f'</section>')
     return section, panels

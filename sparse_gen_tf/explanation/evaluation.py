@@ -47,6 +47,17 @@ the definitions):
 
 Channels are mapped to parts on the first --num_fit training images (persistent chains);
 "in use" means surviving in at least one of their parses.
+
+With --attributes (an attribute file in CelebA's format; a face run with --heldout), the
+held-out faces' inferred parses are dissected against their labels (dissection.py):
+
+  attribute_auc_i       per sparse layer i, the mean over the localised attributes of
+                        the held-out ROC AUC of the best single unit (a channel at a
+                        cell), chosen on the other half of the held-out faces
+  attribute_balanced_accuracy_i   the same with every unit firing at its top 1/16
+  attribute_*_pca       the same for pixel PCA with d components
+  dissection            in evaluation.json only: each attribute's chosen units, where
+                        they sit, and their scores on both halves
 """
 
 import dataclasses
@@ -58,9 +69,9 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf import serving
-from sparse_gen_tf.explanation import parts_scores, unit_scores
+from sparse_gen_tf.explanation import dissection, parts_scores, unit_scores
 from sparse_gen_tf.learning import inference
-from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.data import attributes as attributes_lib, pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model import prior as prior_lib
@@ -155,10 +166,14 @@ def sparsity(generator, z, batch=256):
 
 
 def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
-             baseline=True, served=True, seed=0):
-    """Computes the scores of workdir's latest checkpoint; writes evaluation.json."""
+             baseline=True, served=True, seed=0, attributes=None):
+    """Computes the scores of workdir's latest checkpoint; writes evaluation.json.
+    attributes: the path of an attribute file, to dissect the held-out parses."""
     opened = load_run(workdir)
     config, model = opened.config, opened.model
+    # Read first, so that a bad file or a run without labels fails before any inference.
+    labels = (None if attributes is None
+              else attributes_lib.labels_for_run(config, attributes))
     generator = model.generator
     chains = model.chains.numpy()
     results = {"workdir": workdir, "dataset": config.dataset, "topk": list(config.generator.topk),
@@ -176,6 +191,9 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     heldout, heldout_truth = pipeline.heldout_images(config, num_heldout, data)
     heldout = to_model_range(heldout).numpy()
     results["num_heldout"] = len(heldout)
+    if labels is not None and not len(heldout):
+        raise UserError(f"{workdir} holds no images out, so --attributes has no faces to "
+                        "dissect; train with --heldout=N")
 
     # The export command's defaults, with the refinements asked for here: what
     # `export --reconstruct_refine_steps=... --reconstruct_amortized_steps=...` writes.
@@ -193,13 +211,20 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         results["psnr_train_infer"] = parts_scores.psnr(
             train[:num_train], generator(infer(train[:num_train])).numpy())
         if len(heldout):
-            reconstructions = generator(infer(heldout)).numpy()
+            z = infer(heldout)
+            reconstructions = generator(z).numpy()
             results["psnr_heldout"] = parts_scores.psnr(heldout, reconstructions)
             results["sharpness_heldout"] = unit_scores.sharpness(reconstructions, heldout)
             if served:
                 results["psnr_heldout_served"] = parts_scores.psnr(
                     heldout, generator(served_latents(opened, heldout,
                                                      settings=served_settings)).numpy())
+            if labels is not None:
+                results["dissection"] = dissection.dissect(
+                    generator, z, heldout, train, labels.heldout[:len(heldout)],
+                    labels.names)
+                results["dissection"]["checkpoint"] = os.path.basename(opened.checkpoint)
+                results.update(dissection.summary_scores(results["dissection"]))
         return write_results(workdir, results)
 
     truth = data.ground_truth
@@ -291,7 +316,7 @@ def markdown_table(all_results):
         (f"dead_channels_{i}", f"Dead channels, layer {i}", "{:d}"),
         (f"specificity_{i}", f"Location specificity, layer {i} (uniform "
          f"{uniform_specificity(all_results, i):.3f})", "{:.3f}"))]
-    for key, label, fmt in ROWS + tuple(sparsity_rows):
+    for key, label, fmt in ROWS + tuple(sparsity_rows) + dissection.table_rows(layers):
         if not any(key in r for r in all_results):
             continue
         cells = []

@@ -21,7 +21,9 @@ writes into DIR (default WORKDIR/explain):
   summary.json               the files, inference settings, and the Eq. (5) identity
                              error of every parse and layer
   index.html                 the unit dashboard of all the above (dashboard.py), offline;
-                             --nohtml skips it
+                             --nohtml skips it. Units are labelled with the attributes
+                             they detect when WORKDIR/evaluation.json holds a dissection
+                             of this checkpoint (`evaluate --attributes`)
 
 Held-out images are images the model was not trained on: for the parts dataset, new
 draws of its grammar (another image seed); for image datasets, the images the run set
@@ -34,7 +36,7 @@ import os
 
 import numpy as np
 
-from sparse_gen_tf.explanation import basis, dashboard, parse_graph, visualize
+from sparse_gen_tf.explanation import basis, dashboard, dissection, parse_graph, visualize
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
@@ -143,5 +145,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     if html:
-        dashboard.write_dashboard(model, config, output_dir, summary)
+        dashboard.write_dashboard(
+            model, config, output_dir, summary,
+            unit_labels=dissection.read_unit_labels(workdir, opened.checkpoint))
     return output_dir

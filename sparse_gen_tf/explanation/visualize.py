@@ -106,6 +106,37 @@ def strongest_terms(generator, z, layer, chunk=16):
     return best, terms
 
 
+def top_units_alone(generator, z, num=32):
+    """The whole pattern each top unit paints (Fig. 2b): (channels [m], cells [m, 2],
+    coefficients [m], images [m, H, W, 3] in [-1, 1]) for the m <= num top channels most
+    used by the parses of z [n, d], most used first.
+
+    Channel c is switched on alone, at its most used cell of the top map and at its median
+    coefficient there, and rendered by the real network below it (`parse_from_top`: TopK
+    and ReLU run again at every lower layer). `strongest_terms` instead draws the unit
+    through the masks of one parse, which keep only the bottom units that parse shares
+    with the other top units, so on faces it shows a fragment of what the unit paints.
+    """
+    activations = generator.parse(z)["activations"][0].numpy()  # [n, s, s, c]
+    n, s, _, c = activations.shape
+    flat = activations.reshape(n, s * s, c)
+    uses = (flat > 0).sum(axis=0)  # [cells, c]
+    order = [ch for ch in np.argsort(-uses.sum(axis=0), kind="stable")[:num]
+             if uses[:, ch].sum() > 0]
+    cells, coefficients = [], []
+    top = np.zeros((len(order), s, s, c), np.float32)
+    for i, ch in enumerate(order):
+        cell = int(np.argmax(uses[:, ch]))
+        values = flat[:, cell, ch]
+        coefficients.append(float(np.median(values[values > 0])))
+        cells.append(divmod(cell, s))
+        top[i, cell // s, cell % s, ch] = coefficients[-1]
+    images = (generator.parse_from_top(tf.constant(top))["image"].numpy() if order
+              else np.zeros((0,) + (generator.config.image_size,) * 2 + (3,), np.float32))
+    return (np.array(order, np.int64), np.array(cells, np.int64).reshape(-1, 2),
+            np.array(coefficients, np.float32), images)
+
+
 def kernel_figures(generator, z, columns=16):
     """uint8 grids (Fig. 2a, 2b): "bottom", the bottom kernels as they paint; "top", the top
     units in image space; and "bottom_normalised", "top_normalised", the same units each
@@ -222,4 +253,4 @@ def _outline(image, cells, scale):
 
 
 __all__ = ["bottom_kernels", "kernel_figures", "normalise_each",
-           "parse_figure", "strongest_terms", "unit_images"]
+           "parse_figure", "strongest_terms", "top_units_alone", "unit_images"]
