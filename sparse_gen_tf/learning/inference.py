@@ -20,8 +20,9 @@ Everything is standard TF ops with static shapes (restarts and stages are Python
 `tf.function(infer, jit_compile=True)` compiles it whole.
 
 The amortized inference (`amortized`) replaces the search by one guess: the inference
-network q(z | Y) (model/encoder.py, trained on the persistent chains) gives E(Y), and a
-few refinement steps (4.) climb Eq. (11) from it. `InferenceSettings.method` chooses.
+network q(z | Y) (model/encoder.py, trained to maximise Eq. 11 at its guess,
+learning/amortized.py) gives E(Y), and a few refinement steps (4.) climb Eq. (11) from
+it. `InferenceSettings.method` chooses.
 
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
@@ -48,7 +49,10 @@ NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized infe
               "fit one with python -m sparse_gen_tf.fit_encoder --workdir=RUN (or train "
               "with --encoder), or use the search")
 # The amortized inference's refinement: noise-free steps from the network's guess, and
-# their δ_r (benchmarks/encoder_objectives.py).
+# their δ_r. On a parts run, δ_r = 0.1 beat 0.05, and Langevin's noise at δ = 0.3 lost
+# 2-3 dB; 30 steps gained 0.3 dB over 10 and lost 0.1 dB to 100
+# (benchmarks/encoder_objectives.py), at a cost linear in the steps
+# (benchmarks/export_latency.py).
 AMORTIZED_STEPS = 30
 AMORTIZED_STEP_SIZE = 0.1
 

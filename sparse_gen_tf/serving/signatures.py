@@ -271,17 +271,17 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=Non
                   tf.TensorSpec([None, size, size, 3], tf.float32, name="image")),
                  ("sample", sample, tf.TensorSpec([None], tf.int64, name="seed"))]
     for name, fn, spec in endpoints:
-        archive.add_endpoint(name, _traced_in(serving_graph, generator, encoder, fn), [spec])
+        archive.add_endpoint(name, _in_serving_graph(generator, encoder, fn), [spec])
     return archive
 
 
-def _traced_in(context, generator, encoder, fn):
-    """fn, run inside context(generator, encoder) whenever it is traced: the archive
-    traces its endpoints when it writes them, in TensorFlow's save context, so the
+def _in_serving_graph(generator, encoder, fn):
+    """fn, run inside `serving_graph(generator, encoder)` whenever it is traced: the
+    archive traces its endpoints when it writes them, in TensorFlow's save context, so the
     settings must hold at that moment, not only while the archive is built."""
     @functools.wraps(fn)
     def traced(*args):
-        with context(generator, encoder):
+        with serving_graph(generator, encoder):
             return fn(*args)
     return traced
 
