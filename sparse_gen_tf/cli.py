@@ -24,6 +24,16 @@ def start(program, argv, quiet=True):
 def define_inference_flags():
     """absl flags for `inference.InferenceSettings` (explain and evaluate)."""
     d = inference.DEFAULT_SETTINGS
+    flags.DEFINE_enum("inference", d.method, list(inference.METHODS),
+                      "search: Langevin chains from several starts (the flags below); "
+                      "amortized: the run's inference network (train.py --encoder or "
+                      "python -m sparse_gen_tf.fit_encoder), then --amortized_steps "
+                      "refinement steps.")
+    flags.DEFINE_integer("amortized_steps", d.amortized_steps,
+                         "Amortized: noise-free steps (gradient ascent on Eq. 11) after "
+                         "the network's guess.", lower_bound=0)
+    flags.DEFINE_float("amortized_step_size", d.amortized_step_size,
+                       "Amortized: δ of those steps.", lower_bound=0.0)
     flags.DEFINE_integer("inference_steps", d.steps, "Langevin steps per chain.",
                          lower_bound=0)
     flags.DEFINE_integer("restarts", d.restarts, "Chains per image; the best one is kept.",
@@ -47,6 +57,8 @@ def define_inference_flags():
 def inference_settings(values):
     """The `inference.InferenceSettings` of parsed flags `values`."""
     return inference.InferenceSettings(
+        method=values.inference, amortized_steps=values.amortized_steps,
+        amortized_step_size=values.amortized_step_size,
         steps=values.inference_steps, restarts=values.restarts,
         anneal_sigma=values.anneal_sigma, anneal_stages=values.anneal_stages,
         refine_steps=values.refine_steps, use_bank=values.use_bank,

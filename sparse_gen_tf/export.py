@@ -8,8 +8,14 @@ writes exports/sparse_gen/<version>/, the next integer version (or --version), w
 signatures serving_default, reconstruct and sample (see sparse_gen_tf/serving/ and
 README.md, "Serving"). An existing version is never overwritten. The export holds no
 training example's code unless --export_training_codes asks for it.
+
+reconstruct is amortized (the run's inference network, then a few refinement steps) when
+the run has one (train.py --encoder, or python -m sparse_gen_tf.fit_encoder), else the
+search of Langevin chains; --reconstruct chooses.
 """
 
+import json
+import os
 import sys
 
 from absl import app, flags
@@ -24,9 +30,20 @@ def define_flags():
     flags.DEFINE_string("export_base", None, "TF Serving model base path; the export goes "
                         "to <export_base>/<version>.", required=True)
     defaults = serving.ReconstructSettings()
+    flags.DEFINE_enum("reconstruct", defaults.method, list(serving.RECONSTRUCT_METHODS),
+                      "How the reconstruct signature infers z: amortized, the run's "
+                      "inference network then --reconstruct_amortized_steps refinement "
+                      "steps; search, --reconstruct_restarts Langevin chains of "
+                      "--reconstruct_steps steps; auto, amortized when the run has an "
+                      "inference network, else search.")
+    flags.DEFINE_integer("reconstruct_amortized_steps", defaults.amortized_steps,
+                         "Amortized reconstruct: noise-free steps of Eq. 10 after the "
+                         "network's guess.", lower_bound=0)
+    flags.DEFINE_float("reconstruct_amortized_step_size", defaults.amortized_step_size,
+                       "Amortized reconstruct: δ of those steps.", lower_bound=0.0)
     flags.DEFINE_integer("reconstruct_steps", defaults.steps,
-                         "Langevin steps per chain baked into the reconstruct signature.",
-                         lower_bound=1)
+                         "Search: Langevin steps per chain baked into the reconstruct "
+                         "signature.", lower_bound=1)
     flags.DEFINE_integer("reconstruct_restarts", defaults.restarts,
                          "Chains per image in reconstruct; the best by log joint wins.",
                          lower_bound=1)
@@ -54,6 +71,8 @@ def main(argv):
     cli.start("export_saved_model.py", argv)
     values = flags.FLAGS
     settings = serving.ReconstructSettings(
+        method=values.reconstruct, amortized_steps=values.reconstruct_amortized_steps,
+        amortized_step_size=values.reconstruct_amortized_step_size,
         steps=values.reconstruct_steps, restarts=values.reconstruct_restarts,
         centroids=values.reconstruct_centroids, training_codes=values.export_training_codes,
         refine_steps=values.reconstruct_refine_steps,
@@ -63,11 +82,18 @@ def main(argv):
                                       version=values.version)
     except UserError as e:
         sys.exit(f"export_saved_model.py: error: {e}")
-    codes = " from the training codes" if values.export_training_codes else ""
-    refine = (f", then {settings.refine_steps} noise-free steps" if settings.refine_steps
-              else "")
-    print(f"Exported {path} (signatures: {', '.join(serving.SIGNATURES)}; reconstruct runs "
-          f"{settings.restarts} chains of {settings.steps} Langevin steps{codes}{refine})")
+    with open(os.path.join(path, serving.INFO_FILE)) as f:
+        method = json.load(f)["signatures"]["reconstruct"]["method"]
+    if method == "amortized":
+        how = (f"the inference network's guess, then {settings.amortized_steps} "
+               "noise-free steps")
+    else:
+        codes = " from the training codes" if values.export_training_codes else ""
+        refine = (f", then {settings.refine_steps} noise-free steps"
+                  if settings.refine_steps else "")
+        how = f"{settings.restarts} chains of {settings.steps} Langevin steps{codes}{refine}"
+    print(f"Exported {path} (signatures: {', '.join(serving.SIGNATURES)}; reconstruct "
+          f"({method}) runs {how})")
 
 
 def run():

@@ -31,6 +31,7 @@ from sparse_gen_tf.learning import inference
 from sparse_gen_tf.training import run, trainer
 from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.errors import UserError
+from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.model.generator import Generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +40,8 @@ TINY = tiny_train_config()
 # With refinement, so that every test of the served reconstruct covers it too.
 RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3, refine_steps=4,
                                           refine_step_size=0.05)
+AMORTIZED = serving.ReconstructSettings(method="amortized", amortized_steps=4,
+                                        amortized_step_size=0.05)
 
 
 def run_export(*flags, timeout=300):
@@ -88,6 +91,27 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(exported):
     return tf.saved_model.load(exported.path)
+
+
+@pytest.fixture(scope="module")
+def amortized(tmp_path_factory):
+    """A tiny run trained with an inference network, its export E/1 with the amortized
+    reconstruct through the command line, and its model."""
+    tmp = tmp_path_factory.mktemp("amortized_export")
+    config = dataclasses.replace(TINY, workdir=str(tmp / "run"),
+                                 encoder=EncoderConfig(channels=(8, 8)))
+    trainer.train(config)
+    base = str(tmp / "exports")
+    result = run_export(f"--workdir={config.workdir}", f"--export_base={base}",
+                        "--reconstruct=amortized",
+                        f"--reconstruct_amortized_steps={AMORTIZED.amortized_steps}",
+                        f"--reconstruct_amortized_step_size={AMORTIZED.amortized_step_size}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reconstruct (amortized)" in result.stdout
+    model = run.load_run(config.workdir).model
+    path = os.path.join(base, "1")
+    return types.SimpleNamespace(workdir=config.workdir, path=path, model=model,
+                                 loaded=tf.saved_model.load(path), tmp=tmp)
 
 
 def test_saved_model_cli_lists_the_three_signatures_with_named_inputs(exported):
@@ -211,16 +235,17 @@ def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(loade
     assert 0.0 <= first["image"].numpy().min() and first["image"].numpy().max() <= 1.0
 
 
-def test_reconstruct_and_generate_answer_a_row_the_same_alone_or_batched_bit_for_bit(
-        loaded):
-    images = loaded.signatures["sample"](seed=tf.constant([1, 2, 3, 4], tf.int64))["image"]
-    reconstruct, generate = loaded.signatures["reconstruct"], loaded.signatures["serving_default"]
+def assert_rows_answered_alone_or_batched_bit_for_bit(signatures, rows_of, batches):
+    """reconstruct and serving_default give each row of a batch of images the bits they
+    give it in other batches (other sizes, neighbours and orders)."""
+    images = signatures["sample"](seed=tf.range(1, rows_of + 1, dtype=tf.int64))["image"]
+    reconstruct, generate = signatures["reconstruct"], signatures["serving_default"]
     served = reconstruct(image=images)
     # A batched FC layer rounds differently at batch 2 and 4 (it did for this model's
-    # weights before the signatures ran the generator one row at a time).
+    # weights before the signatures computed every row's products alone).
     z = served["z"]
     generated = generate(z=z)
-    for rows in ([2], [3, 0], [1, 2, 3]):  # other batch sizes, other neighbours and orders
+    for rows in batches:
         alone = reconstruct(image=tf.gather(images, rows))
         for key in served:
             np.testing.assert_array_equal(alone[key], tf.gather(served[key], rows),
@@ -229,6 +254,70 @@ def test_reconstruct_and_generate_answer_a_row_the_same_alone_or_batched_bit_for
         for key in generated:
             np.testing.assert_array_equal(alone[key], tf.gather(generated[key], rows),
                                           err_msg=f"serving_default {key} of rows {rows}")
+
+
+def test_reconstruct_and_generate_answer_a_row_the_same_alone_or_batched_bit_for_bit(
+        loaded):
+    assert_rows_answered_alone_or_batched_bit_for_bit(
+        loaded.signatures, 4, ([2], [3, 0], [1, 2, 3]))
+
+
+def test_the_amortized_reconstruct_answers_a_row_the_same_alone_or_batched_bit_for_bit(
+        amortized):
+    assert_rows_answered_alone_or_batched_bit_for_bit(
+        amortized.loaded.signatures, 17,
+        ([0], [16], [5, 2], [1, 2, 3], [4, 3, 9, 0, 12], list(range(8)), list(range(16))))
+
+
+def test_the_amortized_reconstruct_is_the_librarys_amortized_inference(amortized):
+    model = amortized.model
+    images = amortized.loaded.signatures["sample"](seed=tf.constant([3, 4, 5], tf.int64))[
+        "image"]
+    served = amortized.loaded.signatures["reconstruct"](image=images)
+    z = inference.amortized(model.generator, model.encoder, images * 2 - 1,
+                            steps=AMORTIZED.amortized_steps,
+                            step_size=AMORTIZED.amortized_step_size,
+                            sigma=model.langevin.sigma)
+    np.testing.assert_allclose(served["z"], z, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(served["reconstruction"], (model.generator(z) + 1) / 2,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_signatures_json_records_the_amortized_reconstruct(amortized):
+    with open(os.path.join(amortized.path, serving.INFO_FILE)) as f:
+        reconstruct = json.load(f)["signatures"]["reconstruct"]
+    assert reconstruct["method"] == "amortized"
+    langevin = reconstruct["langevin"]
+    assert (langevin["steps"], langevin["restarts"], langevin["noise"]) == (0, 1, False)
+    assert langevin["refine_steps"] == AMORTIZED.amortized_steps
+    assert langevin["refine_step_size"] == AMORTIZED.amortized_step_size
+    assert "inference network" in langevin["start"] and "inference network" in (
+        reconstruct["doc"])
+
+
+def test_an_amortized_export_holds_the_networks_weights_and_no_chains(amortized, exported):
+    shapes = saved_tensor_shapes(amortized.path)
+    num_examples, d = amortized.model.chains.shape
+    assert not [s for s in shapes if s and s[0] == num_examples], shapes
+    encoder_shapes = [tuple(w.shape) for w in amortized.model.encoder.weights]
+    assert set(encoder_shapes) <= set(shapes)
+    # The search's starting points (centroids of the chains) are not in it either.
+    bank = RECONSTRUCT.bank(exported.model.chains.numpy())
+    assert bank.shape in saved_tensor_shapes(exported.path)
+    assert bank.shape not in shapes
+
+
+def test_auto_reconstruct_is_amortized_with_a_network_and_the_search_without(
+        amortized, tmp_path):
+    model = amortized.model
+    methods = []
+    for encoder in (model.encoder, None):
+        path = serving.export_generator(model.generator, str(tmp_path), step_size=0.1,
+                                       sigma=0.3, encoder=encoder,
+                                       settings=serving.ReconstructSettings(steps=1))
+        with open(os.path.join(path, serving.INFO_FILE)) as f:
+            methods.append(json.load(f)["signatures"]["reconstruct"]["method"])
+    assert methods == ["amortized", "search"]
 
 
 def saved_tensor_shapes(export_dir):
@@ -349,6 +438,7 @@ def test_versions_increase_and_an_existing_version_is_never_overwritten(exported
     ("no_checkpoint", "no training run in"),
     ("file_in_the_way", "cannot create --export_base"),
     ("existing_version", "version 1 already exists"),
+    ("no_network", "no inference network"),
 ])
 def test_export_refuses_in_one_line_and_writes_nothing(exported, tmp_path, case, message):
     workdir, base, flags = exported.workdir, str(tmp_path / "exports"), []
@@ -358,8 +448,10 @@ def test_export_refuses_in_one_line_and_writes_nothing(exported, tmp_path, case,
     elif case == "file_in_the_way":
         (tmp_path / "a_file").write_text("not a directory")
         base = str(tmp_path / "a_file" / "exports")
-    else:
+    elif case == "existing_version":
         base, flags = exported.base, ["--version=1"]
+    else:
+        flags = ["--reconstruct=amortized"]
     listing = sorted(os.listdir(exported.base))
     saved = os.path.join(exported.base, "1", "saved_model.pb")
     before = os.stat(saved).st_mtime_ns

@@ -96,7 +96,8 @@ def test_what_a_resumed_run_must_keep_is_what_shapes_its_checkpoint_and_data():
     assert {s.flag for s in state_settings()} == {
         "dataset", "num_images", "heldout", "flip", "crop", "seed", "image_size", "latent_dim",
         "channels", "kernel_sizes", "strides", "descriptor", "descriptor_channels",
-        "descriptor_kernel_sizes", "descriptor_strides", "mixed_precision"}
+        "descriptor_kernel_sizes", "descriptor_strides", "encoder", "encoder_channels",
+        "mixed_precision"}
 
 
 def readme_flag_table():

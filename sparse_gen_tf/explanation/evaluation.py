@@ -11,9 +11,10 @@ a column per run. Every run gets:
   psnr_heldout          held-out images, z from `inference.infer` (the --restarts etc.)
   psnr_heldout_served   held-out images through the exported `reconstruct` signature:
                         the run exported as export/export_saved_model.py does by default
-                        (with the --refine_steps and --refine_step_size given here as its
-                        --reconstruct_refine_*), loaded with TensorFlow and called
-                        (--served)
+                        (amortized if the run has an inference network, else the search;
+                        with the --refine_* and --amortized_* given here as its
+                        --reconstruct_refine_* and --reconstruct_amortized_*), loaded with
+                        TensorFlow and called (--served)
   nonzero_i             fraction of units of sparse layer i that survive, over the
                         training chains' parses
   dead_channels_i       channels of layer i that no training chain's parse uses
@@ -157,13 +158,15 @@ def occlusion_scores(model, images, part_labels, channel_parts, settings, seed):
 
 def served_latents(opened, images, batch=64, settings=serving.ReconstructSettings()):
     """z [N, d] for images [N, H, W, 3] in [-1, 1] from the exported `reconstruct`: the
-    run exported with `settings` (the export command's defaults unless given) to a
-    temporary directory, loaded with TensorFlow and called, as TF Serving would."""
+    run exported with `settings` (the export command's defaults unless given; with its
+    inference network, if it has one) to a temporary directory, loaded with TensorFlow
+    and called, as TF Serving would."""
     model = opened.model
     with tempfile.TemporaryDirectory() as tmp:
         path = serving.export_generator(model.generator, tmp, settings=settings,
                                        step_size=model.langevin.step_size,
-                                       sigma=model.langevin.sigma, chains=model.chains.numpy())
+                                       sigma=model.langevin.sigma, chains=model.chains.numpy(),
+                                       encoder=model.encoder)
         reconstruct = tf.saved_model.load(path).signatures["reconstruct"]
         return np.concatenate([
             reconstruct(image=tf.constant(serving.to_unit_range(chunk)))["z"].numpy()
@@ -221,11 +224,13 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         classifier = classifier or os.path.join(workdir, "attribute_classifier.keras")
         classifier_model = sample_quality.obtain_classifier(classifier, data, labels, config)
 
-    # The export command's defaults, with the refinement asked for here: what
-    # `export --reconstruct_refine_steps=... --reconstruct_refine_step_size=...` writes.
-    served_settings = dataclasses.replace(serving.ReconstructSettings(),
-                                          refine_steps=settings.refine_steps,
-                                          refine_step_size=settings.refine_step_size)
+    # The export command's defaults, with the refinements asked for here: what
+    # `export --reconstruct_refine_steps=... --reconstruct_amortized_steps=...` writes.
+    served_settings = dataclasses.replace(
+        serving.ReconstructSettings(), refine_steps=settings.refine_steps,
+        refine_step_size=settings.refine_step_size,
+        amortized_steps=settings.amortized_steps,
+        amortized_step_size=settings.amortized_step_size)
 
     def infer(images, how=settings):
         return inference.reconstruct(model, images, settings=how, seed=seed).numpy()

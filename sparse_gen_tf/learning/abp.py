@@ -6,6 +6,8 @@ Each `train_step` on a batch (example ids, images Y):
   2. Store z_i back into the chain, indexed by example id, so the next epoch warm-starts.
   3. Learning back-propagation: one optimizer step along the Monte Carlo gradient
      of Eq. (12), (1/σ²)(Y_i - g(z_i)) ∂g(z_i)/∂θ, i.e. descend ‖Y - g(z)‖² / (2σ²).
+  4. With an inference network q(z | Y) (train.py --encoder): one step of it towards
+     the posterior modes under the new θ (learning/amortized.py).
 
 Everything runs inside Keras' compiled train function (XLA when `jit_compile`), so
 `fit`, callbacks, the progress bar and `tf.distribute` work as usual.
@@ -18,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from sparse_gen_tf.training import distribute
+from sparse_gen_tf.learning import amortized
 from sparse_gen_tf.learning.langevin import LangevinConfig, langevin
 from sparse_gen_tf.model import prior as prior_lib
 
@@ -85,12 +88,16 @@ class AlternatingBackprop(keras.Model):
         graph with XLA between the kernels, and the θ step under XLA): None (auto) where
         `compile` finds them faster by BENCHMARKS.md's measurements
         (SPARSE_KERNELS_MAX_DENSITY) and supported, True wherever supported, False never.
+      encoder: an `Encoder`, the inference network q(z | Y), trained in every step on the
+        batch's images (`learn_encoder`, with its own Adam); None trains none.
+        `encoder` may also hold a network fitted after training (run.load_run sets it),
+        which is then used, not trained.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
                  seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR,
-                 sparse_kernels=None, **kwargs):
+                 sparse_kernels=None, encoder=None, **kwargs):
         super().__init__(**kwargs)
         self.jit_langevin = bool(jit_langevin)
         self.sparse_kernels = None if sparse_kernels is None else bool(sparse_kernels)
@@ -112,6 +119,13 @@ class AlternatingBackprop(keras.Model):
         for i, c in enumerate(generator.config.channels, 1):
             self.trackers[f"nonzero_{i}"] = keras.metrics.Mean(name=f"nonzero_{i}")
             self.trackers[f"dead_channels_{i}"] = DeadChannels(c, name=f"dead_channels_{i}")
+        self.encoder, self.encoder_optimizer = encoder, None
+        if encoder is not None:
+            self.encoder_optimizer = keras.optimizers.Adam(encoder.config.learning_rate)
+            # Slots now: the compiled step cannot create them, and a checkpoint restores
+            # only variables that exist.
+            self.encoder_optimizer.build(encoder.trainable_weights)
+            self.trackers["encoder_loss"] = keras.metrics.Mean(name="encoder_loss")
         # All state exists now. Under a tf.distribute strategy Keras would otherwise "build"
         # the model before fit by calling it on the ids of a batch, which are not a z.
         self.built = True
@@ -230,6 +244,22 @@ class AlternatingBackprop(keras.Model):
         # "none" (the chains') it writes this replica's copy only.
         self.chains.value.scatter_update(tf.IndexedSlices(z, ids))
 
+    def learn_encoder(self, images):
+        """One Adam step of the inference network on images [batch, H, W, 3]: down
+        -log p(E(Y), Y) of Eq. (11) under the generator as it is now
+        (`amortized.negative_log_joint`); nothing when no network is trained."""
+        if self.encoder_optimizer is None:
+            return
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        weights = self.encoder.trainable_weights
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(amortized.negative_log_joint(
+                self.generator, self.encoder(images), images, self.langevin.sigma))
+            # Keras sums gradients across replicas, so each replica's share is 1/n.
+            scaled_loss = loss / replicas
+        self.encoder_optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+        self.trackers["encoder_loss"].update_state(loss)
+
     def train_step(self, data):
         ids, images, _ = keras.utils.unpack_x_y_sample_weight(data)
         ids = tf.cast(ids, tf.int32)
@@ -248,6 +278,7 @@ class AlternatingBackprop(keras.Model):
         function (`_compiled_learn`), as the rest of the dense step is."""
         grads, reconstruction, squared_error, loss, activations = self._learning(z, images)
         self.optimizer.apply(grads, self.generator.trainable_weights)
+        self.learn_encoder(images)
         mse = tf.reduce_mean(tf.square(images - reconstruction))
         log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
         values = {"loss": loss, "mse": mse, "psnr": psnr(mse),

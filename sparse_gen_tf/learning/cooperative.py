@@ -137,6 +137,7 @@ class CooperativeLearning(AlternatingBackprop):
         # 1. Posterior z for the examples, warm-started from and stored into the chains.
         z_examples = self.infer(tf.gather(self.chains.value, ids), images)
         self.update_chains(ids, z_examples)
+        self.learn_encoder(images)
         z = z_examples
         settings = self.descriptor.config
         if settings.fresh_samples:

@@ -19,6 +19,11 @@ problem, because it has followed its image for the whole run. `infer` closes the
 Everything is standard TF ops with static shapes (restarts and stages are Python ints), so
 `tf.function(infer, jit_compile=True)` compiles it whole.
 
+The amortized inference (`amortized`) replaces the search by one guess: the inference
+network q(z | Y) (model/encoder.py, trained to maximise Eq. 11 at its guess,
+learning/amortized.py) gives E(Y), and a few refinement steps (4.) climb Eq. (11) from
+it. `InferenceSettings.method` chooses.
+
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
 the training step size. Refinement with its own smaller step (refine_step_size) does pay
@@ -34,18 +39,38 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.learning import clusters
 from sparse_gen_tf.learning.langevin import langevin, log_joint
+
+
+METHODS = ("search", "amortized")
+NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized inference; "
+              "fit one with python -m sparse_gen_tf.fit_encoder --workdir=RUN (or train "
+              "with --encoder), or use the search")
+# The amortized inference's refinement: noise-free steps from the network's guess, and
+# their δ_r. On a parts run, δ_r = 0.1 beat 0.05, and Langevin's noise at δ = 0.3 lost
+# 2-3 dB; 30 steps gained 0.3 dB over 10 and lost 0.1 dB to 100
+# (benchmarks/encoder_objectives.py), at a cost linear in the steps
+# (benchmarks/export_latency.py).
+AMORTIZED_STEPS = 30
+AMORTIZED_STEP_SIZE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
 class InferenceSettings:
     """How `reconstruct` runs `infer`; δ and σ always come from the trained model.
 
+    method: "search", `infer` with the fields below; "amortized", `amortized`: the
+      model's inference network (`model.encoder`), then amortized_steps refinement steps
+      of step amortized_step_size.
     use_bank: start from the persistent chains of the training images (the model's
     `chains`), in addition to N(0, I) draws.
     refine_step_size: δ_r of the refinement; None takes the model's δ.
     """
+    method: str = "search"
+    amortized_steps: int = AMORTIZED_STEPS
+    amortized_step_size: float = AMORTIZED_STEP_SIZE
     steps: int = 100
     restarts: int = 16
     anneal_sigma: float = 1.0
@@ -59,6 +84,7 @@ class InferenceSettings:
 
 
 DEFAULT_SETTINGS = InferenceSettings()
+AMORTIZED_SETTINGS = InferenceSettings(method="amortized")
 # The calibration's plain Langevin: one chain from N(0, I) for 200 steps.
 PLAIN_SETTINGS = InferenceSettings(steps=200, restarts=1, use_bank=False)
 
@@ -83,25 +109,39 @@ def _energies_against_bank(generator, images, bank, sigma, observed):
     return squared / (2.0 * sigma ** 2) + prior[None, :]
 
 
+def guess(encoder, images, observed=None):
+    """The inference network's z [batch, d] for images [batch, H, W, 3]. With observed
+    given, it sees only the observed pixels (the hidden ones at 0, mid-grey): the hidden
+    pixels must not inform z, as they do not inform the likelihood."""
+    if observed is not None:
+        images = images * tf.cast(observed, images.dtype)
+    return tf.cast(encoder(images), images.dtype)
+
+
 def starting_points(generator, images, seed, *, restarts, sigma, bank=None,
-                    observed=None):
-    """Initial latents [restarts, batch, d]: the best bank entries, then N(0, I) draws."""
+                    observed=None, encoder=None):
+    """Initial latents [restarts, batch, d]: the inference network's guess (if encoder),
+    the best bank entries, then N(0, I) draws."""
     batch = tf.shape(images)[0]
     d = generator.config.latent_dim
     z0 = tf.random.stateless_normal([restarts, batch, d], seed)
-    if bank is None:
+    chosen = [] if encoder is None else [guess(encoder, images, observed)[None]]
+    if bank is not None:
+        bank = tf.convert_to_tensor(bank, images.dtype)
+        from_bank = min(restarts - len(chosen), int(bank.shape[0]))
+        if from_bank > 0:
+            energies = _energies_against_bank(generator, images, bank, sigma, observed)
+            _, nearest = tf.math.top_k(-energies, k=from_bank)  # [batch, from_bank]
+            chosen.append(tf.transpose(tf.gather(bank, nearest), [1, 0, 2]))
+    if not chosen:
         return z0
-    bank = tf.convert_to_tensor(bank, images.dtype)
-    from_bank = min(restarts, int(bank.shape[0]))
-    energies = _energies_against_bank(generator, images, bank, sigma, observed)
-    _, nearest = tf.math.top_k(-energies, k=from_bank)  # [batch, from_bank]
-    chosen = tf.transpose(tf.gather(bank, nearest), [1, 0, 2])
-    return tf.concat([chosen, z0[from_bank:]], axis=0)
+    chosen = tf.concat(chosen, axis=0)
+    return tf.concat([chosen, z0[chosen.shape[0]:]], axis=0)
 
 
 def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
           observed=None, bank=None, anneal_sigma=1.0, anneal_stages=1, refine_steps=0,
-          refine_step_size=None):
+          refine_step_size=None, encoder=None):
     """Infers z for images: restarts, σ annealing, best-chain selection, refinement.
 
     Args:
@@ -120,6 +160,8 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
         on Eq. (11), z <- z + δ_r²/2 ∂/∂z log p(z, Y).
       refine_step_size: δ_r of those steps; None takes step_size. Gradient ascent needs a
         smaller step than Langevin: at the training δ = 0.3 it overshoots.
+      encoder: optional inference network q(z | Y) (`model.encoder`): its guess is the
+        first starting point, before the bank's; see `amortized`.
     Returns:
       z [batch, d].
     """
@@ -130,7 +172,7 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
     batch = tf.shape(images)[0]
     d = generator.config.latent_dim
     z = starting_points(generator, images, seed, restarts=restarts, sigma=sigma, bank=bank,
-                        observed=observed)
+                        observed=observed, encoder=encoder)
     z = tf.reshape(z, [-1, d])  # [restarts * batch, d], restart-major
     tiled = tf.tile(images, [restarts, 1, 1, 1])
     tiled_observed = None if observed is None else tf.tile(observed, [restarts, 1, 1, 1])
@@ -143,16 +185,32 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
         z = langevin(generator, z, tiled, stage_seed, steps=stage_steps,
                      step_size=step_size, sigma=sigma * ratio, observed=tiled_observed)
 
-    log_likelihood, log_prior = log_joint(generator, z, tiled, sigma, tiled_observed)
-    score = tf.reshape(log_likelihood + log_prior, [restarts, batch])
-    best = tf.argmax(score, axis=0, output_type=tf.int32)  # [batch]
-    z = tf.gather_nd(tf.reshape(z, [restarts, batch, d]),
-                     tf.stack([best, tf.range(batch)], axis=-1))
+    if restarts > 1:  # one chain is its own winner
+        log_likelihood, log_prior = log_joint(generator, z, tiled, sigma, tiled_observed)
+        score = tf.reshape(log_likelihood + log_prior, [restarts, batch])
+        best = tf.argmax(score, axis=0, output_type=tf.int32)  # [batch]
+        z = tf.gather_nd(tf.reshape(z, [restarts, batch, d]),
+                         tf.stack([best, tf.range(batch)], axis=-1))
     if refine_steps:
         z = langevin(generator, z, images, seed, steps=refine_steps,
                      step_size=step_size if refine_step_size is None else refine_step_size,
                      sigma=sigma, noise=False, observed=observed)
     return z
+
+
+def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=None):
+    """The amortized inference of z [batch, d] for images [batch, H, W, 3] in [-1, 1]:
+    the inference network's guess E(Y) (`guess`), then `steps` noise-free steps of
+    Eq. (10) at δ = step_size (gradient ascent on Eq. 11), as `infer` refines its best
+    chain. One pass of the network and `steps` gradients, against `infer`'s restarts x
+    steps; no random draw, so a row's z is a function of its image alone.
+
+    observed: optional [batch, H, W, 1 or 3] 0/1 mask; the network sees and the
+    likelihood counts the observed pixels only.
+    """
+    return infer(generator, images, steps=0, step_size=step_size, sigma=sigma, restarts=1,
+                 observed=observed, refine_steps=steps, refine_step_size=step_size,
+                 encoder=encoder)
 
 
 def infer_each(generator, images, **kwargs):
@@ -192,7 +250,16 @@ def central_occluder(images):
 
 def reconstruct(model, images, *, settings=DEFAULT_SETTINGS, seed=0, observed=None):
     """Infers z [batch, d] for images [batch, H, W, 3] in [-1, 1] with a trained
-    `AlternatingBackprop` model: its generator, δ, σ and (if settings.use_bank) chains."""
+    `AlternatingBackprop` model: its generator, δ, σ and (if settings.use_bank) chains,
+    or with settings.method "amortized" its inference network (`amortized`).
+
+    Raises UserError if "amortized" is asked of a model without an inference network.
+    """
+    if settings.method not in METHODS:
+        raise UserError(f"unknown inference method {settings.method!r}; use one of "
+                        f"{', '.join(METHODS)}")
+    if settings.method == "amortized" and getattr(model, "encoder", None) is None:
+        raise UserError(NO_ENCODER)
     images = tf.convert_to_tensor(images, tf.float32)
     if observed is not None:
         observed = tf.convert_to_tensor(observed, tf.float32)
@@ -203,6 +270,11 @@ def reconstruct(model, images, *, settings=DEFAULT_SETTINGS, seed=0, observed=No
 def _compiled(model, settings, seed, masked):
     """One XLA function per (model, settings, seed, masked), reused across calls."""
     del masked  # part of the cache key only: None and a mask trace differently
+    if settings.method == "amortized":
+        return tf.function(lambda images, observed: amortized(
+            model.generator, model.encoder, images, steps=settings.amortized_steps,
+            step_size=settings.amortized_step_size, sigma=model.langevin.sigma,
+            observed=observed), jit_compile=True)
     return tf.function(lambda images, observed: infer(
         model.generator, images, steps=settings.steps, step_size=model.langevin.step_size,
         sigma=model.langevin.sigma, restarts=settings.restarts, seed=seed, observed=observed,

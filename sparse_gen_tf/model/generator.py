@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.model import sparse_kernels as kernels_lib
-from sparse_gen_tf.model.layers import TopK, TransposedConv
+from sparse_gen_tf.model.layers import TopK, TransposedConv, matmul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +150,29 @@ class Generator(keras.Model):
         mean_pixel = np.clip(np.asarray(mean_pixel, np.float32), -0.95, 0.95)
         self.deconvs[-1].bias.assign(np.arctanh(mean_pixel))
 
+    @property
+    def batch_invariant(self):
+        """Whether every example's forward and backward pass is computed alone (FC and
+        deconvs through `layers.matmul(batch_invariant=True)`), so that its bits do not
+        depend on the rest of the batch. Like `sparse_path`, not part of the config: the
+        served graph sets it (serving/signatures.py), training leaves it off."""
+        return all(deconv.batch_invariant for deconv in self.deconvs)
+
+    @batch_invariant.setter
+    def batch_invariant(self, value):
+        for deconv in self.deconvs:
+            deconv.batch_invariant = bool(value)
+
     def top_feature_map(self, z):
         """fm^1 = reshape(FC(z)) [batch, s, s, c_1], the top feature map before its TopK."""
         cfg = self.config
-        return tf.reshape(self.fc(z), [-1, cfg.top_size, cfg.top_size, cfg.channels[0]])
+        if self.batch_invariant:
+            z = tf.cast(z, self.compute_dtype)
+            fc = (matmul(z, tf.cast(self.fc.kernel, z.dtype), batch_invariant=True)
+                  + tf.cast(self.fc.bias, z.dtype))
+        else:
+            fc = self.fc(z)
+        return tf.reshape(fc, [-1, cfg.top_size, cfg.top_size, cfg.channels[0]])
 
     def parse(self, z, masks=None, kernels=None, blocked=False):
         """Runs g and records the parse (§2.1-2.2).
@@ -233,11 +252,20 @@ class Generator(keras.Model):
         the matrix of the whole layer without its zero blocks
         (`TransposedConv.windowed_kernel`) where the whole-layer matrix does no more
         multiply-adds than the blocked matmul (`unrolls`) and the dense path runs, else
-        `matmul_kernel` (which `paint` needs). Pass them as `parse(kernels=...)`."""
-        return [deconv.windowed_kernel(shape, self.compute_dtype)
-                if not self.sparse_path and deconv.unrolls(shape)
-                else deconv.matmul_kernel(self.compute_dtype)
-                for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes())]
+        `matmul_kernel` (which `paint` needs). Pass them as `parse(kernels=...)`.
+
+        When `batch_invariant` (the served graph, without XLA), the whole-layer matrix
+        itself (`unrolled_kernel`): one product instead of one per window, where every
+        op costs its dispatch and a Langevin step of one image is all dispatch."""
+        kernels = []
+        for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes()):
+            if self.sparse_path or not deconv.unrolls(shape):
+                kernels.append(deconv.matmul_kernel(self.compute_dtype))
+            elif self.batch_invariant:
+                kernels.append(deconv.unrolled_kernel(shape, self.compute_dtype))
+            else:
+                kernels.append(deconv.windowed_kernel(shape, self.compute_dtype))
+        return kernels
 
     def sparse_kernels_problem(self):
         """None when `langevin_gradient_fn` can run this generator here, else why not: g

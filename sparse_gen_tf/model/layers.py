@@ -9,6 +9,10 @@ Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.m
   `Conv2DTranspose`, whose XLA lowering on CPU is several times slower (BENCHMARKS.md,
   "Layer choices").
 
+Every product of a row of activations with a weight matrix goes through `matmul`, which
+can make it batch-invariant: a row's result the same bits whatever else is in the batch
+(the served graph needs that, `serving/signatures.py`).
+
 The sparse path is the same two operations on a sparse code: `TopK.units`
 lists the K kept entries (values and indices, static shape), and `TransposedConv.paint`
 adds only those units' basis patches. It pays on CPU only for very sparse maps
@@ -92,6 +96,23 @@ def kth_largest_by_bisection(values, k, with_count=False):
                                      (tf.constant(31), answer, count), maximum_iterations=32)
     threshold = tf.cast(tf.bitcast(flip(answer), tf.float32), values.dtype)
     return (threshold, count) if with_count else threshold
+
+
+def matmul(x, kernel, batch_invariant=False):
+    """x [rows, n] @ kernel [n, m] -> [rows, m]; with batch_invariant, row r of the result
+    is the same bits whatever the other rows are and however many there are.
+
+    TensorFlow's CPU MatMul chooses its kernel by shape, and the kernels sum in different
+    orders: a single row runs as a matrix-vector product, several as a blocked GEMM
+    (with n = 512, every row of a two-row product differs from the same row alone in the
+    last bits; tests/test_layers.py). batch_invariant makes each row its own [1, n] x
+    [n, m] product, all of them in one BatchMatMulV2 with the kernel broadcast over the
+    rows: every row runs the same kernel on the same shapes, in one op for the batch.
+    Its gradient is the same kind of product, so Langevin steps keep the property.
+    """
+    if not batch_invariant:
+        return tf.matmul(x, kernel)
+    return tf.matmul(x[:, None, :], kernel)[:, 0, :]
 
 
 def running_count(mask, block=32):
@@ -252,6 +273,10 @@ class TransposedConv(keras.layers.Layer):
 
     Input [batch, h, w, c_in] -> output [batch, h*s, w*s, filters].
     The kernel variable has shape [c_in, k, k, filters]: row j is unit j's basis patch.
+
+    `batch_invariant` (not part of the config, like `TopK.bisection`: it depends on where
+    the layer runs) makes `call` compute each example's products alone (`matmul`), so
+    that an example's output is the same bits in any batch; the served graph sets it.
     """
 
     def __init__(self, filters, kernel_size, strides, use_bias=True,
@@ -265,6 +290,7 @@ class TransposedConv(keras.layers.Layer):
         # Keras' own fan rule would misread the [c_in, k, k, filters] layout.
         self.kernel_initializer = (None if kernel_initializer is None
                                    else keras.initializers.get(kernel_initializer))
+        self.batch_invariant = False
         if self.kernel_size < self.strides:
             raise ValueError(
                 f"kernel_size ({kernel_size}) must be >= strides ({strides}), or the "
@@ -398,9 +424,9 @@ class TransposedConv(keras.layers.Layer):
                 raise ValueError("blocked output needs the blocked kernel of matmul_kernel()")
             out = tf.concat([
                 tf.concat([tf.reshape(
-                    tf.matmul(tf.reshape(x[:, b.cell_rows[0]:b.cell_rows[1],
-                                           b.cell_cols[0]:b.cell_cols[1]], [batch, -1]),
-                              b.matrix),
+                    matmul(tf.reshape(x[:, b.cell_rows[0]:b.cell_rows[1],
+                                        b.cell_cols[0]:b.cell_cols[1]], [batch, -1]),
+                           b.matrix, self.batch_invariant),
                     [batch, b.rows[1] - b.rows[0], b.cols[1] - b.cols[0], c_out])
                     for b in row], axis=2)
                 for row in kernel], axis=1)
@@ -410,13 +436,14 @@ class TransposedConv(keras.layers.Layer):
         if kernel.shape.rank == 3:
             if blocked:
                 raise ValueError("blocked output needs the blocked kernel of matmul_kernel()")
-            out = tf.reshape(tf.matmul(tf.reshape(x, [-1, h * w * c_in]),
-                                       tf.reshape(kernel, [h * w * c_in, -1])),
+            out = tf.reshape(matmul(tf.reshape(x, [-1, h * w * c_in]),
+                                    tf.reshape(kernel, [h * w * c_in, -1]),
+                                    self.batch_invariant),
                              [batch, h * s, w * s, c_out])
             if self.use_bias and include_bias:
                 out = out + tf.cast(self.bias, out.dtype)
             return out
-        patches = tf.reshape(tf.matmul(tf.reshape(x, [-1, c_in]), kernel),
+        patches = tf.reshape(matmul(tf.reshape(x, [-1, c_in]), kernel, self.batch_invariant),
                              [batch, h, w, m, m, s * s * c_out])
         if m == 1:
             full = patches[:, :, :, 0, 0]

@@ -8,31 +8,36 @@ from sparse_gen_tf.training import run
 
 def export_generator(generator, export_base, *, step_size, sigma,
                      settings=ReconstructSettings(), chains=None, prior=None, version=None,
-                     source=None):
+                     source=None, encoder=None):
     """Exports generator as the next (or the given) version in export_base; returns its path.
 
     chains: optional [N, d] persistent chains of the training images, from which
-    `settings.bank` makes the starting points of `reconstruct`. prior: the fitted prior
-    that `sample` draws from (`model.prior`); N(0, I) if None.
+    `settings.bank` makes the starting points of `reconstruct`'s search. prior: the
+    fitted prior that `sample` draws from (`model.prior`); N(0, I) if None. encoder: the
+    run's inference network (`model.encoder`), for the amortized `reconstruct`
+    (settings.method "auto" takes it when given). Raises UserError for "amortized"
+    without one (`ReconstructSettings.resolve`), or see `choose_version`.
     """
+    settings = settings.resolve(encoder)
     version = choose_version(export_base, version)
     baked = dict(settings=settings, step_size=float(step_size), sigma=float(sigma),
-                 bank=settings.bank(chains), prior=prior)
+                 bank=settings.bank(chains), prior=prior, encoder=encoder)
     archive = build_archive(generator, **baked)
     return write_version(archive, export_base, version,
                          describe(generator, source=source, **baked))
 
 
 def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), version=None):
-    """Exports the latest checkpoint of the training run in workdir; returns the path.
+    """Exports the latest checkpoint of the training run in workdir, with its inference
+    network if it has one (`run.load_run`); returns the path.
 
     Raises UserError if workdir holds no run or checkpoint (`run.load_run`), or see
-    `choose_version`.
+    `export_generator`.
     """
     opened = run.load_run(workdir)
     model = opened.model
     return export_generator(model.generator, export_base, settings=settings,
                             step_size=model.langevin.step_size, sigma=model.langevin.sigma,
                             chains=model.chains.numpy(), prior=model.prior,
-                            version=version,
-                            source=opened.checkpoint)
+                            version=version, source=opened.checkpoint,
+                            encoder=model.encoder)

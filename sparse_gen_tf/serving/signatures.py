@@ -13,19 +13,29 @@ sizes are dynamic, and sparse layer i counts from 1 at the top:
 mask_i [batch, h_i, w_i, c_i] is 1 where unit (h, w, c) of feature map i survived both
 TopK and ReLU (mask_T * mask_R, Eq. 2) and activation_i = mask_i * fm^i holds the values
 that survived: the parse of §2.1-2.2. Every output row depends on its own input row only,
-bit for bit (each signature runs the generator one row at a time, `each_row`, and
-`reconstruct` infers one image at a time, `inference.infer_each`), so TF
-Serving's server-side batching, which concatenates requests along dimension 0, cannot
-change an answer. The graph holds standard TensorFlow ops only, so the export loads with
-TensorFlow alone. A SignatureDef has no description field: what each signature does, and
-the Langevin settings baked into `reconstruct`, are written to
+bit for bit, so TF Serving's server-side batching, which concatenates requests along
+dimension 0, cannot change an answer: the graph is traced with the generator and the
+inference network batch-invariant (`serving_graph`: every product of an example's
+activations with a weight matrix is that example's own, `layers.matmul`), so the
+batched ops of serving_default and the amortized `reconstruct` compute each row as it
+would alone, and a batch costs less per image than single requests; the search of
+`reconstruct` infers one image at a time (`inference.infer_each`), and `sample` draws one
+row at a time (`each_row`). The graph holds standard TensorFlow ops only, so the export
+loads with TensorFlow alone. A SignatureDef has no description field: what each
+signature does, and the inference settings baked into `reconstruct`, are written to
 `assets.extra/signatures.json` inside the version directory.
+
+`reconstruct` runs one of two inferences (`ReconstructSettings.method`): "amortized", the
+run's inference network q(z | Y) (model/encoder.py), then a few noise-free steps of
+Eq. (10) (`inference.amortized`); or "search", Langevin chains from several starting
+points, the best by Eq. (11) (`inference.infer`).
 
 `sample` draws from the run's prior (`model/prior.py`): with the default, the induced
 And-Or grammar, one parse per seed and no z (a parse recombined across the top AND nodes
 is the image of no latent vector); with prior normal, z ~ N(0, I) and z is an output.
 
-What the file holds: the generator's weights, the starting points of `reconstruct` and
+What the file holds: the generator's weights, the inference network's weights (amortized
+`reconstruct`; weights only, model/encoder.py) or the starting points of the search, and
 the prior's state. By default the starting points are k-means centroids of the training
 chains, and the grammar prior's OR configurations k-means centroids of the top AND nodes'
 codes over the training parses, each the mean of at least `MIN_MEMBERS` of them, so no
@@ -34,16 +44,21 @@ image, goes in only with `training_codes=True` (--export_training_codes), since
 g(chain) reproduces its training image.
 """
 
+import contextlib
 import dataclasses
+import functools
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.learning import clusters, inference
 from sparse_gen_tf.model import prior as prior_lib
 
 SIGNATURES = ("serving_default", "reconstruct", "sample")
+# How `reconstruct` infers z (`ReconstructSettings.method`).
+RECONSTRUCT_METHODS = ("auto", "amortized", "search")
 # Seeds the N(0, I) restarts and the Langevin noise of `reconstruct`: the same for every
 # row, so that a row's answer is a function of its image alone.
 RECONSTRUCT_SEED = (0, 0)
@@ -77,9 +92,13 @@ def explanation(parse):
 
 @dataclasses.dataclass(frozen=True)
 class ReconstructSettings:
-    """How the `reconstruct` signature infers z: `inference.infer` with these settings,
-    run one image at a time (`inference.infer_each`); δ and σ are the trained model's.
+    """How the `reconstruct` signature infers z; δ and σ are the trained model's.
 
+    method: "amortized", the run's inference network, then amortized_steps noise-free
+      steps of δ = amortized_step_size (`inference.amortized`), all rows at once;
+      "search", `inference.infer` with the fields below, one image at a time
+      (`inference.infer_each`); "auto", amortized when the run has an inference
+      network, else search (`resolve`).
     steps, restarts: Langevin steps per chain and chains per image (best log joint wins).
     centroids: k-means centroids of the training chains to start from (the best
       `restarts` of them by log joint; the rest of the restarts are N(0, I) draws).
@@ -89,6 +108,9 @@ class ReconstructSettings:
     refine_steps, refine_step_size: noise-free steps (gradient ascent on Eq. 11, step
       δ_r; None takes the model's δ) on the winning chain, as in `inference.infer`.
     """
+    method: str = "auto"
+    amortized_steps: int = inference.AMORTIZED_STEPS
+    amortized_step_size: float = inference.AMORTIZED_STEP_SIZE
     steps: int = inference.DEFAULT_SETTINGS.steps
     restarts: int = inference.DEFAULT_SETTINGS.restarts
     centroids: int = 64
@@ -96,8 +118,25 @@ class ReconstructSettings:
     refine_steps: int = inference.DEFAULT_SETTINGS.refine_steps
     refine_step_size: float = inference.DEFAULT_SETTINGS.refine_step_size
 
+    def resolve(self, encoder):
+        """These settings for a run whose inference network is encoder (None: it has
+        none), with method "auto" made "amortized" or "search". Raises UserError for
+        "amortized" without a network, or an unknown method."""
+        if self.method not in RECONSTRUCT_METHODS:
+            raise UserError(f"unknown reconstruct method {self.method!r}; use one of "
+                            f"{', '.join(RECONSTRUCT_METHODS)}")
+        if self.method == "amortized" and encoder is None:
+            raise UserError(inference.NO_ENCODER.replace("use the search",
+                                                         "export with --reconstruct=search"))
+        if self.method != "auto":
+            return self
+        return dataclasses.replace(self, method="search" if encoder is None else "amortized")
+
     def bank(self, chains):
-        """The starting points [M, d] stored in the export, or None, for chains [N, d]."""
+        """The starting points [M, d] stored in the export, or None, for chains [N, d]
+        (none for the amortized inference, which starts from its network's guess)."""
+        if self.method == "amortized":
+            return None
         if chains is None or (not self.training_codes and not self.centroids):
             return None
         if self.training_codes:
@@ -106,27 +145,66 @@ class ReconstructSettings:
         return bank if len(bank) else None
 
 
+@contextlib.contextmanager
+def serving_graph(generator, encoder=None):
+    """The generator (and inference network) as the served graph runs them, while it is
+    traced; their settings are restored after.
+
+    Batch-invariant (`Generator.batch_invariant`, `Encoder.batch_invariant`): TensorFlow's
+    matmul kernels round differently at different batch sizes (the FC layer's output
+    differed in the last bit between a batch of 2 and of 4), which would let TF Serving's
+    batching change an answer; with every example's products its own, a batch runs as
+    one set of ops and each row still gets the bits it gets alone. TopK takes
+    TensorFlow's own top_k (no XLA in TF Serving, where it is the faster threshold,
+    `layers.kth_largest`), and the dense path (the one shown batch-invariant).
+    """
+    topks = generator.topks
+    saved = (generator.batch_invariant, generator.sparse_path,
+             [topk.bisection for topk in topks],
+             None if encoder is None else encoder.batch_invariant)
+    generator.batch_invariant, generator.sparse_path = True, False
+    for topk in topks:
+        topk.bisection = False
+    if encoder is not None:
+        encoder.batch_invariant = True
+    try:
+        yield
+    finally:
+        generator.batch_invariant, generator.sparse_path = saved[:2]
+        for topk, bisection in zip(topks, saved[2]):
+            topk.bisection = bisection
+        if encoder is not None:
+            encoder.batch_invariant = saved[3]
+
+
 def each_row(fn, inputs, shapes):
     """fn applied to each row of inputs alone: {name: [batch, *shapes[name]]} float32.
 
-    fn maps a batch of one row, [1, ...], to {name: [1, *shapes[name]]}. TensorFlow's
-    matmul kernels round differently at different batch sizes (the FC layer's output
-    differs in the last bit between a batch of 2 and of 4), so a batched generator would
-    let TF Serving's batching change an answer; one row at a time, every row runs the
-    same ops on the same shapes, whatever else is in the request.
+    fn maps a batch of one row, [1, ...], to {name: [1, *shapes[name]]}. For work not
+    shown batch-invariant (the prior's draws of `sample`): one row at a time, every row
+    runs the same ops on the same shapes, whatever else is in the request, at the price
+    of one pass of the ops per row.
     """
     return tf.map_fn(lambda row: {k: v[0] for k, v in fn(row[None]).items()}, inputs,
                      fn_output_signature={k: tf.TensorSpec(v, tf.float32)
                                           for k, v in shapes.items()})
 
 
-def infer_latent(generator, images, *, settings, step_size, sigma, bank):
+def infer_latent(generator, images, *, settings, step_size, sigma, bank, encoder=None):
     """The served inference of z for images [batch, H, W, 3] in [-1, 1]: [batch, d].
 
-    `inference.infer` (restarts from the best bank entries and N(0, I), Langevin, the
-    chain with the best log joint) on each image alone, with a fixed seed, so a row's z
-    depends on its image only, bit for bit, whatever else TF Serving batches with it.
+    Amortized (`settings.resolve(encoder)`): the network's guess, then noise-free steps
+    (`inference.amortized`), on the whole batch; in the served graph (`serving_graph`)
+    each row's products are its own. Search: `inference.infer` (restarts from the best
+    bank entries and N(0, I), Langevin, the chain with the best log joint) on each image
+    alone, with a fixed seed. Either way a row's z depends on its image only, bit for
+    bit, whatever else TF Serving batches with it.
     """
+    settings = settings.resolve(encoder)
+    if settings.method == "amortized":
+        return inference.amortized(generator, encoder, images,
+                                   steps=settings.amortized_steps,
+                                   step_size=settings.amortized_step_size, sigma=sigma)
     return inference.infer_each(generator, images, steps=settings.steps,
                                 step_size=step_size, sigma=sigma,
                                 restarts=settings.restarts, seed=RECONSTRUCT_SEED,
@@ -134,14 +212,21 @@ def infer_latent(generator, images, *, settings, step_size, sigma, bank):
                                 refine_step_size=settings.refine_step_size)
 
 
-def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=None):
+def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=None,
+                  encoder=None):
     """A `keras.export.ExportArchive` of generator with the three signatures (module doc).
 
     settings: `ReconstructSettings`; step_size (δ), sigma (σ): the Langevin settings of
     `reconstruct`, fixed in its graph. bank: optional [M, d] starting points of
-    `reconstruct` (`ReconstructSettings.bank`), stored in the graph. prior: what `sample`
-    draws from (`model.prior`, fitted), N(0, I) if None; its state goes in the file.
+    `reconstruct`'s search (`ReconstructSettings.bank`), stored in the graph. prior: what
+    `sample` draws from (`model.prior`, fitted), N(0, I) if None; its state goes in the
+    file. encoder: the run's inference network (`model.encoder`) or None; its weights go
+    in the file when `reconstruct` is amortized. The signatures are traced in
+    `serving_graph`, whenever the archive traces them.
     """
+    settings = settings.resolve(encoder)
+    if settings.method != "amortized":
+        encoder = None  # not in the graph, so not in the file
     cfg = generator.config
     prior = prior or prior_lib.NormalPrior(cfg)
     d, size = cfg.latent_dim, cfg.image_size
@@ -155,21 +240,16 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=Non
     image_shape, latent_shape = (size, size, 3), (d,)
 
     def generate(z):
-        def one(z):
-            parse = generator.parse(z)
-            return {"image": to_unit_range(parse["image"]), **explanation(parse)}
-        return each_row(one, tf.ensure_shape(z, [None, d]),
-                        {"image": image_shape, **explained})
+        parse = generator.parse(tf.ensure_shape(z, [None, d]))
+        return {"image": to_unit_range(parse["image"]), **explanation(parse)}
 
     def reconstruct(image):
         image = tf.ensure_shape(image, [None, size, size, 3])
         z = infer_latent(generator, from_unit_range(image), settings=settings,
-                         step_size=step_size, sigma=sigma, bank=bank)
-
-        def one(z):
-            parse = generator.parse(z)
-            return {"reconstruction": to_unit_range(parse["image"]), **explanation(parse)}
-        return {"z": z, **each_row(one, z, {"reconstruction": image_shape, **explained})}
+                         step_size=step_size, sigma=sigma, bank=bank, encoder=encoder)
+        parse = generator.parse(z)
+        return {"z": z, "reconstruction": to_unit_range(parse["image"]),
+                **explanation(parse)}
 
     def sample(seed):
         def one(seed):
@@ -180,24 +260,36 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=Non
         return each_row(one, tf.ensure_shape(seed, [None]),
                         {**latent, "image": image_shape, **explained})
 
-    # The served graph runs without XLA (TF Serving), where TensorFlow's own TopK kernel is
-    # the faster threshold (layers.kth_largest).
-    for topk in generator.topks:
-        topk.bisection = False
     archive = keras.export.ExportArchive()
     archive.track(generator)
     archive.track(prior)
+    if encoder is not None:
+        archive.track(encoder)
     # The argument names (z, image, seed) become the signatures' input names.
-    archive.add_endpoint("serving_default", generate,
-                         [tf.TensorSpec([None, d], tf.float32, name="z")])
-    archive.add_endpoint("reconstruct", reconstruct,
-                         [tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])
-    archive.add_endpoint("sample", sample, [tf.TensorSpec([None], tf.int64, name="seed")])
+    endpoints = [("serving_default", generate, tf.TensorSpec([None, d], tf.float32, name="z")),
+                 ("reconstruct", reconstruct,
+                  tf.TensorSpec([None, size, size, 3], tf.float32, name="image")),
+                 ("sample", sample, tf.TensorSpec([None], tf.int64, name="seed"))]
+    for name, fn, spec in endpoints:
+        archive.add_endpoint(name, _in_serving_graph(generator, encoder, fn), [spec])
     return archive
 
 
-def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, source=None):
+def _in_serving_graph(generator, encoder, fn):
+    """fn, run inside `serving_graph(generator, encoder)` whenever it is traced: the
+    archive traces its endpoints when it writes them, in TensorFlow's save context, so the
+    settings must hold at that moment, not only while the archive is built."""
+    @functools.wraps(fn)
+    def traced(*args):
+        with serving_graph(generator, encoder):
+            return fn(*args)
+    return traced
+
+
+def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, source=None,
+             encoder=None):
     """The JSON-able description written to assets.extra/signatures.json."""
+    settings = settings.resolve(encoder)
     cfg = generator.config
     prior = prior or prior_lib.NormalPrior(cfg)
     sample_outputs = {"image": [-1, cfg.image_size, cfg.image_size, 3],
@@ -208,14 +300,45 @@ def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, so
         explained[f"mask_{i}"] = [-1, h, w, c]
         explained[f"activation_{i}"] = [-1, h, w, c]
     image = [-1, size, size, 3]
-    if bank is None:
-        start = f"{settings.restarts} draws from N(0, I)"
+    if settings.method == "amortized":
+        # `inference.amortized` is `infer` from the network's guess, with one chain, no
+        # Langevin steps and the refinement: recorded in the same fields.
+        langevin = {"steps": 0, "restarts": 1, "step_size": step_size, "sigma": sigma,
+                    "noise": False, "start": "the inference network's guess E(Y) "
+                    f"({'-'.join(map(str, encoder.config.channels))} conv channels)",
+                    "training_codes": False, "refine_steps": settings.amortized_steps,
+                    "refine_step_size": settings.amortized_step_size}
+        doc = ("Infers z for each image: the inference network q(z | Y) guesses it in one "
+               f"pass, then {settings.amortized_steps} noise-free steps of Eq. (10) "
+               f"(gradient ascent on the log joint, Eq. 11, δ = "
+               f"{settings.amortized_step_size}) refine it; returns g(z) with its parse. "
+               "Deterministic; every row's products are its own, so a row's answer does "
+               "not depend on the other rows, and a batch is answered at once.")
     else:
-        what = ("training chains (one per training image)" if settings.training_codes else
-                f"k-means centroids of the training chains (each the mean of at least "
-                f"{MIN_MEMBERS} chains)")
-        start = (f"the {min(settings.restarts, len(bank))} (of {len(bank)}) {what} with "
-                 "the highest log joint (Eq. 11), then N(0, I) draws for the other restarts")
+        if bank is None:
+            start = f"{settings.restarts} draws from N(0, I)"
+        else:
+            what = ("training chains (one per training image)" if settings.training_codes
+                    else f"k-means centroids of the training chains (each the mean of at "
+                    f"least {MIN_MEMBERS} chains)")
+            start = (f"the {min(settings.restarts, len(bank))} (of {len(bank)}) {what} "
+                     "with the highest log joint (Eq. 11), then N(0, I) draws for the "
+                     "other restarts")
+        langevin = {"steps": settings.steps, "restarts": settings.restarts,
+                    "step_size": step_size, "sigma": sigma, "noise": True,
+                    "seed": list(RECONSTRUCT_SEED), "start": start,
+                    "training_codes": settings.training_codes,
+                    "refine_steps": settings.refine_steps,
+                    "refine_step_size": (step_size if settings.refine_step_size is None
+                                         else settings.refine_step_size)}
+        doc = (f"Infers z for each image: {settings.restarts} Langevin chains (Eq. 10) of "
+               f"{settings.steps} steps, started from `start`, and the one with the highest "
+               "log joint (Eq. 11) wins"
+               + (f", then {settings.refine_steps} noise-free steps of gradient ascent on "
+                  "Eq. 11 refine it" if settings.refine_steps else "")
+               + "; returns g(z) with its parse. Deterministic (fixed noise seed); each "
+               "image is inferred alone, so a row's answer does not depend on the other "
+               "rows.")
     return {
         "source": source,
         "generator_config": dataclasses.asdict(cfg),
@@ -229,22 +352,9 @@ def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, so
                 "inputs": {"z": {"dtype": "float32", "shape": [-1, d]}},
                 "outputs": {"image": image, **explained}},
             "reconstruct": {
-                "doc": (f"Infers z for each image: {settings.restarts} Langevin chains "
-                        f"(Eq. 10) of {settings.steps} steps, started from `start`, and "
-                        "the one with the highest log joint (Eq. 11) wins"
-                        + (f", then {settings.refine_steps} noise-free steps of gradient "
-                           "ascent on Eq. 11 refine it" if settings.refine_steps else "")
-                        + "; returns g(z) with its parse. Deterministic (fixed noise "
-                        "seed); each image is "
-                        "inferred alone, so a row's answer does not depend on the other "
-                        "rows."),
-                "langevin": {"steps": settings.steps, "restarts": settings.restarts,
-                             "step_size": step_size, "sigma": sigma, "noise": True,
-                             "seed": list(RECONSTRUCT_SEED), "start": start,
-                             "training_codes": settings.training_codes,
-                             "refine_steps": settings.refine_steps,
-                             "refine_step_size": (step_size if settings.refine_step_size
-                                                  is None else settings.refine_step_size)},
+                "doc": doc,
+                "method": settings.method,
+                "langevin": langevin,
                 "inputs": {"image": {"dtype": "float32", "shape": image}},
                 "outputs": {"z": [-1, d], "reconstruction": image, **explained}},
             "sample": {

@@ -4,6 +4,7 @@
       generator:  GeneratorConfig   g(z) of Eq. (7)               --image_size, --topk, ...
       langevin:   LangevinConfig    L, δ, σ of Eq. (10)-(11)      --langevin_steps, --sigma
       descriptor: DescriptorConfig  f(Y; φ) of §2.4, or None      --descriptor, --descriptor_*
+      encoder:    EncoderConfig     q(z | Y), or None             --encoder, --encoder_*
       the data, the optimisation, checkpoints and where it runs   --dataset, --batch_size, ...
 
 Every setting is written once, as a dataclass field: its default is the default, and its
@@ -19,6 +20,7 @@ import typing
 from sparse_gen_tf.data.pipeline import DATASETS
 from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.model.descriptor import DescriptorConfig
+from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.model.generator import GeneratorConfig
 from sparse_gen_tf.model.prior import DEFAULT_PRIOR, PRIORS
 from sparse_gen_tf.training.distribute import PRECISIONS, STRATEGIES
@@ -105,6 +107,13 @@ class TrainConfig:
         "help": "Cooperative learning (§2.4): an energy-based descriptor revises g(z) and "
                 "the generator learns from the revision.",
         "flag_prefix": "descriptor_", "state": True})
+    # None trains no inference network; fit_encoder can fit one after training.
+    encoder: typing.Optional[EncoderConfig] = dataclasses.field(default=None, metadata={
+        "help": "Train an inference network q(z | Y) beside the generator, on the "
+                "persistent chains (one regression step per train step), for the fast "
+                "reconstruct (export --reconstruct=amortized); python -m "
+                "sparse_gen_tf.fit_encoder fits one after training instead.",
+        "flag_prefix": "encoder_", "state": True})
     # Where the run executes (distribute.py). A run may resume under another strategy or
     # number of devices: the checkpoint holds one copy of every variable.
     strategy: str = _setting(

@@ -9,6 +9,7 @@ before anything is written.
 from absl import flags
 
 from sparse_gen_tf.model.descriptor import DescriptorConfig
+from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.model.generator import GeneratorConfig
 from sparse_gen_tf.training import config
 
@@ -65,6 +66,7 @@ def _config_of(cls, settings, values):
 
 _GENERATOR = _under("generator")
 _DESCRIPTOR = _under("descriptor")
+_ENCODER = _under("encoder")
 
 
 @flags.multi_flags_validator([s.flag for s in _GENERATOR],
@@ -141,6 +143,26 @@ def _check_descriptor(values):
         raise flags.ValidationError(
             f"--{unused[0]} configures the descriptor, which only --descriptor trains; add "
             "--descriptor (cooperative learning, §2.4) or drop the descriptor flags")
+    return True
+
+
+flags.register_validator("encoder_learning_rate", lambda v: v > 0,
+                         message="--encoder_learning_rate must be > 0 (try 0.001)")
+
+
+@flags.multi_flags_validator(["encoder", *(s.flag for s in _ENCODER)])
+def _check_encoder(values):
+    try:
+        if values["encoder"]:
+            _config_of(EncoderConfig, _ENCODER, values)
+            return True
+        unused = [s.flag for s in _ENCODER if _value(values[s.flag]) != s.default]
+    except ValueError as e:  # non-integers: the list validators say so
+        raise flags.ValidationError(str(e)) from None
+    if unused:
+        raise flags.ValidationError(
+            f"--{unused[0]} configures the inference network, which only --encoder trains; "
+            "add --encoder or drop the encoder flags")
     return True
 
 

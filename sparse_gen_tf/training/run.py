@@ -4,7 +4,9 @@
                             "num_examples": how many images the run really trained on
                             (one persistent chain each), and "format_version"
     workdir/flags.txt       the same settings as a flagfile (train.py's flat flags)
-    workdir/checkpoints/    tf.train checkpoints (`checkpoint_for`)
+    workdir/checkpoints/    tf.train checkpoints (`checkpoint_for`), and beside a
+                            checkpoint ckpt-N, ckpt-N.encoder.keras: an inference
+                            network fitted to it after training (`write_encoder`)
 
 `load_run(workdir)` is used by explain, evaluate, export and the benchmarks. It takes the
 workdir it is given as the truth (a run may have been copied or moved since training, or
@@ -29,6 +31,7 @@ from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.learning.cooperative import CooperativeLearning
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.model.descriptor import Descriptor
+from sparse_gen_tf.model.encoder import Encoder
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model.generator import Generator
 
@@ -106,6 +109,9 @@ def build_model(config, num_examples):
                    prior=config.prior,
                    sparse_kernels={"auto": None, "on": True, "off": False}[config.sparse_kernels])
     generator = Generator(config.generator)
+    if config.encoder is not None:
+        learner["encoder"] = Encoder(config.encoder, latent_dim=config.generator.latent_dim,
+                                     image_size=config.generator.image_size)
     if config.descriptor is not None:
         # CooperativeLearning builds its descriptor optimizer's slots itself, so that a
         # checkpoint restores them eagerly like the generator's below.
@@ -159,13 +165,63 @@ def prior_in_checkpoint(path):
     return any(name.startswith("model/prior/") for name in names)
 
 
+ENCODER_SUFFIX = ".encoder.keras"
+
+
+def encoder_path(checkpoint):
+    """Where the inference network fitted after training to the checkpoint at path
+    `checkpoint` lives: beside it, <checkpoint>.encoder.keras."""
+    return checkpoint + ENCODER_SUFFIX
+
+
+def write_encoder(encoder, checkpoint):
+    """Saves encoder (its architecture and weights only, no optimizer state) as the
+    inference network of the checkpoint at path `checkpoint`, atomically (a temporary
+    file, then a rename); returns its path."""
+    # A copy without the optimizer that fitting compiled into it.
+    plain = Encoder.from_config(encoder.get_config())
+    plain.set_weights(encoder.get_weights())
+    path = encoder_path(checkpoint)
+    tmp = f"{checkpoint}.tmp-{os.getpid()}{ENCODER_SUFFIX}"
+    try:
+        plain.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror}); check the space and "
+                        "permissions of the run's checkpoints directory") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_encoder(checkpoint):
+    """The inference network fitted to the checkpoint at path `checkpoint`
+    (`write_encoder`), or None if there is none."""
+    path = encoder_path(checkpoint)
+    if not os.path.exists(path):
+        return None
+    try:
+        encoder = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        raise UserError(f"cannot read the inference network {path} ({type(e).__name__}); "
+                        "delete it and fit it again with python -m sparse_gen_tf.fit_encoder"
+                        ) from None
+    if not isinstance(encoder, Encoder):
+        raise UserError(f"{path} is not an inference network; delete it and fit one with "
+                        "python -m sparse_gen_tf.fit_encoder")
+    return encoder
+
+
 @dataclasses.dataclass
 class Run:
     """An opened training run.
 
     config: its TrainConfig, with workdir set to where the run is now.
     model: the AlternatingBackprop (or CooperativeLearning) model, restored, with its
-      prior (`model.prior`, fitted to its chains).
+      prior (`model.prior`, fitted to its chains) and its inference network
+      (`model.encoder`: the one fitted after training to this checkpoint if there is
+      one, else the one trained with the run (--encoder), else None).
     checkpoint: the path of the checkpoint it was restored from.
     num_examples: the number of training images (= persistent chains).
     """
@@ -217,6 +273,14 @@ def load_run(workdir):
         raise UserError(f"the checkpoint {path} does not fit the architecture in "
                         f"{os.path.join(workdir, CONFIG_FILE)} ({detail}); use the "
                         "config.json it was trained with") from None
+    encoder = read_encoder(path)
+    if encoder is not None:
+        if (encoder.latent_dim, encoder.image_size) != (config.generator.latent_dim,
+                                                        config.generator.image_size):
+            raise UserError(f"{encoder_path(path)} was fitted to another architecture; "
+                            "delete it and fit it again with python -m "
+                            "sparse_gen_tf.fit_encoder")
+        model.encoder = encoder
     if not model.prior.fitted:
         # A checkpoint from before the prior was saved with the model: fit it now, from
         # the restored chains, as the checkpoint callback would have.
@@ -224,6 +288,6 @@ def load_run(workdir):
     return Run(config, model, path, in_checkpoint)
 
 
-__all__ = ["Run", "build_model", "checkpoint_for", "chains_in_checkpoint",
+__all__ = ["Run", "build_model", "checkpoint_for", "chains_in_checkpoint", "encoder_path",
            "latest_checkpoint", "load_run", "prior_in_checkpoint", "read_config",
-           "read_saved", "write_config"]
+           "read_encoder", "read_saved", "write_config", "write_encoder"]
