@@ -1,4 +1,4 @@
-"""Trains the sparse generator by alternating back-propagation (sparse_gen_tf/train.py).
+"""Trains the sparse generator by alternating back-propagation (sparse_gen_tf/commands/train.py).
 
     python train.py                          # embedded And-Or "parts" dataset
     python train.py --flagfile=celeba.flags  # the paper's CelebA setup
@@ -6,7 +6,7 @@
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
 
-from sparse_gen_tf.train import run
+from sparse_gen_tf.commands.train import run
 
 if __name__ == "__main__":
     run()

@@ -48,7 +48,8 @@ from absl import app, flags
 from step_comparison import (KINDS, SETUPS, compare, cpu_reference, one_step, start_state,
                              step_path, with_precision)
 
-from sparse_gen_tf import cli, serving
+from sparse_gen_tf import serving
+from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.training import distribute, run

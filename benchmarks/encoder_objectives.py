@@ -28,7 +28,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.explanation import evaluation, parts_scores
+from sparse_gen_tf.explanation import parts_scores
+from sparse_gen_tf.reports import evaluation
 from sparse_gen_tf.learning import amortized, inference
 from sparse_gen_tf.learning.langevin import langevin
 from sparse_gen_tf.model.encoder import Encoder, EncoderConfig

@@ -17,7 +17,7 @@ the ratios the amortized inference is judged by.
 With --workdir, the run's latest checkpoint is exported with its inference network
 (fitted here in memory for --fit_steps if the run has none, as fit_encoder would) and
 the held-out images are inferred through each export: PSNR, and on the parts dataset
-parse accuracy (explanation/evaluation.py). Without it, a generator of the default
+parse accuracy (reports/evaluation.py). Without it, a generator of the default
 config with random biases (an untrained model has zero biases, which tie at every TopK)
 and an untrained network stand in: latency depends on the ops and shapes, not on the
 weights; the search starts from centroids of random chains the size of a default run's.
@@ -116,7 +116,8 @@ def trained(workdir):
     """(run, its inference network, held-out images in [-1, 1], scorer z -> (PSNR, parse
     accuracy or NaN))."""
     from sparse_gen_tf.data import pipeline
-    from sparse_gen_tf.explanation import evaluation, parts_scores
+    from sparse_gen_tf.explanation import parts_scores
+    from sparse_gen_tf.reports import evaluation
     from sparse_gen_tf.learning import amortized
     from sparse_gen_tf.model.encoder import Encoder, EncoderConfig
     from sparse_gen_tf.training.run import load_run

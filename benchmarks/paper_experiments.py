@@ -60,8 +60,8 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sparse_gen_tf import cli
-from sparse_gen_tf.explanation import evaluation
+from sparse_gen_tf.commands import cli
+from sparse_gen_tf.reports import evaluation
 from sparse_gen_tf.explanation import visualize
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline

@@ -53,7 +53,7 @@ from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.explanation.figures import image_grid, write_png
 from sparse_gen_tf.explanation.visualize import upscale
-from sparse_gen_tf.learning import clusters
+from sparse_gen_tf.model import clusters
 from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.training.run import load_run
 

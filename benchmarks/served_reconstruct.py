@@ -29,7 +29,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_gen_tf import serving
-from sparse_gen_tf.explanation import evaluation
+from sparse_gen_tf.reports import evaluation
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline

@@ -2,7 +2,7 @@
 
     python export/export_saved_model.py --workdir=runs/parts --export_base=exports/sparse_gen
 
-The command is sparse_gen_tf/export.py (also the console script `sparse-gen-export`); this
+The command is sparse_gen_tf/commands/export.py (also the console script `sparse-gen-export`); this
 file lets it run from a checkout, beside the TF Serving files it produces.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_gen_tf.export import run
+from sparse_gen_tf.commands.export import run
 
 if __name__ == "__main__":
     run()

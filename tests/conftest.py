@@ -180,8 +180,8 @@ def commands():
     return types.SimpleNamespace(
         root=ROOT, run=run_command, last_line=last_line, tiny=TINY_TRAIN_FLAGS,
         fast_inference=FAST_INFERENCE_FLAGS, train=run_train,
-        explain=lambda *a, **k: run_command("-m", "sparse_gen_tf.explain", *a, **k),
-        evaluate=lambda *a, **k: run_command("-m", "sparse_gen_tf.evaluate", *a, **k),
+        explain=lambda *a, **k: run_command("-m", "sparse_gen_tf.commands.explain", *a, **k),
+        evaluate=lambda *a, **k: run_command("-m", "sparse_gen_tf.commands.evaluate", *a, **k),
         export=lambda *a, **k: run_command(
             os.path.join(ROOT, "export", "export_saved_model.py"), *a, **k))
 

@@ -168,16 +168,16 @@ def test_a_network_fitted_after_training_is_stored_beside_its_checkpoint(workdir
 def test_fit_encoder_command_writes_the_network_or_says_what_is_wrong(workdir, tmp_path):
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
-    result = run_command("-m", "sparse_gen_tf.fit_encoder", f"--workdir={copy}",
+    result = run_command("-m", "sparse_gen_tf.commands.fit_encoder", f"--workdir={copy}",
                          "--steps=2", "--batch_size=32")
     assert result.returncode == 0, result.stderr[-3000:]
     written = run.latest_checkpoint(copy) + ".encoder.keras"
     assert result.stdout.startswith(f"Wrote {written}") and os.path.exists(written)
-    missing = run_command("-m", "sparse_gen_tf.fit_encoder",
+    missing = run_command("-m", "sparse_gen_tf.commands.fit_encoder",
                           f"--workdir={tmp_path / 'nothing'}")
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert last_line(missing.stderr).startswith("fit_encoder: error: no training run in")
-    assert_flag_error(run_command("-m", "sparse_gen_tf.fit_encoder", f"--workdir={copy}",
+    assert_flag_error(run_command("-m", "sparse_gen_tf.commands.fit_encoder", f"--workdir={copy}",
                                   "--encoder_channels=8,x"),
                       "--encoder_channels must be a comma list of positive integers")
 
@@ -191,7 +191,7 @@ def test_encoder_flags_without_encoder_are_refused_before_anything_is_written(tm
 
 def test_explain_infers_with_the_network_when_asked(workdir, tmp_path):
     out = str(tmp_path / "explain")
-    result = run_command("-m", "sparse_gen_tf.explain", f"--workdir={workdir}",
+    result = run_command("-m", "sparse_gen_tf.commands.explain", f"--workdir={workdir}",
                          f"--output_dir={out}", "--num_samples=0", "--num_images=2",
                          "--nohtml", "--inference=amortized", "--amortized_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -145,7 +145,7 @@ class Chromium:
 
 def train_and_explain(path, *extra):
     train_ok(path, *TINY, *extra, timeout=400)
-    result = run_command("-m", "sparse_gen_tf.explain", f"--workdir={path}", *EXPLAIN,
+    result = run_command("-m", "sparse_gen_tf.commands.explain", f"--workdir={path}", *EXPLAIN,
                          timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     return os.path.join(path, "explain", "index.html")
@@ -239,7 +239,7 @@ def test_dense_run_caps_what_it_shows_and_says_so(dense_page):
 
 def test_unit_panels_are_capped_per_layer(sparse_page):
     """write_dashboard(max_units=2) keeps the two most used units of each layer."""
-    from sparse_gen_tf.explanation import dashboard
+    from sparse_gen_tf.reports import dashboard
     workdir, _ = sparse_page
     model, config = restored(workdir)
     out = tempfile.mkdtemp()

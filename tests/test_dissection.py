@@ -289,7 +289,7 @@ def face_run(tmp_path_factory):
 
 
 def evaluate(workdir, *flags):
-    return run_command("-m", "sparse_gen_tf.evaluate", f"--workdir={workdir}",
+    return run_command("-m", "sparse_gen_tf.commands.evaluate", f"--workdir={workdir}",
                        "--num_heldout=16", "--nobaseline", "--noserved",
                        *FAST_INFERENCE_FLAGS, *flags, timeout=400)
 
@@ -331,7 +331,7 @@ def test_explain_labels_the_units_that_detect_attributes(evaluated):
     workdir, _ = evaluated
     with open(os.path.join(workdir, "evaluation.json")) as f:
         found = json.load(f)["dissection"]
-    result = run_command("-m", "sparse_gen_tf.explain", f"--workdir={workdir}",
+    result = run_command("-m", "sparse_gen_tf.commands.explain", f"--workdir={workdir}",
                          "--num_samples=1", "--num_images=1", *FAST_INFERENCE_FLAGS,
                          timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -34,7 +34,7 @@ def test_training_writes_kernel_and_parse_summaries_at_checkpoints(workdir):
 
 
 def test_explain_writes_figures_and_parse_graphs(workdir):
-    result = run("-m", "sparse_gen_tf.explain", f"--workdir={workdir}", "--num_samples=2",
+    result = run("-m", "sparse_gen_tf.commands.explain", f"--workdir={workdir}", "--num_samples=2",
                  "--num_images=2", *FAST_INFERENCE)
     assert result.returncode == 0, result.stderr[-3000:]
     out = os.path.join(workdir, "explain")
@@ -78,7 +78,7 @@ def test_evaluate_prints_the_table_and_writes_json(workdir, tmp_path):
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
     kill_bottom_channel(copy, DEAD)
-    result = run("-m", "sparse_gen_tf.evaluate", f"--workdir={copy}", "--num_heldout=8",
+    result = run("-m", "sparse_gen_tf.commands.evaluate", f"--workdir={copy}", "--num_heldout=8",
                  "--num_fit=32", "--nobaseline", *FAST_INFERENCE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| Parse accuracy, held-out |" in result.stdout
@@ -133,7 +133,8 @@ def test_evaluate_prints_the_table_and_writes_json(workdir, tmp_path):
         np.mean(predicted == heldout_truth.part_labels))
 
 
-@pytest.mark.parametrize("module", ["sparse_gen_tf.explain", "sparse_gen_tf.evaluate"])
+@pytest.mark.parametrize("module", ["sparse_gen_tf.commands.explain",
+                                    "sparse_gen_tf.commands.evaluate"])
 def test_missing_workdir_or_checkpoint_is_one_line(tmp_path, workdir, module):
     missing = run("-m", module, f"--workdir={tmp_path / 'nothing'}", timeout=120)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr

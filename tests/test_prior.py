@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import tiny_generator, tiny_train_config
 from sparse_gen_tf import serving
 from sparse_gen_tf.explanation import parts_scores
-from sparse_gen_tf.learning import clusters
+from sparse_gen_tf.model import clusters
 from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.model.generator import Generator, GeneratorConfig
 from sparse_gen_tf.training import run, trainer

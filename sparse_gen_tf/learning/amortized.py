@@ -10,7 +10,7 @@ guess (`inference.amortized`) climb the same log joint. It learns this either
 
   * during training (train.py --encoder): `AlternatingBackprop.learn_encoder` takes one
     step per train step on the batch, against the generator of that step, or
-  * after training (`python -m sparse_gen_tf.fit_encoder`): `fit`, Keras' own fit with
+  * after training (`python -m sparse_gen_tf.commands.fit_encoder`): `fit`, Keras' own fit with
     `NegativeLogJoint` as the loss.
 
 On a parts run this gave better held-out reconstructions after the same refinement than

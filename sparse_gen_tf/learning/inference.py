@@ -40,13 +40,13 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.learning import clusters
+from sparse_gen_tf.model import clusters
 from sparse_gen_tf.learning.langevin import langevin, log_joint
 
 
 METHODS = ("search", "amortized")
 NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized inference; "
-              "fit one with python -m sparse_gen_tf.fit_encoder --workdir=RUN (or train "
+              "fit one with python -m sparse_gen_tf.commands.fit_encoder --workdir=RUN (or train "
               "with --encoder), or use the search")
 # The amortized inference's refinement: noise-free steps from the network's guess, and
 # their δ_r. On a parts run, δ_r = 0.1 beat 0.05, and Langevin's noise at δ = 0.3 lost

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sparse_gen_tf.learning import clusters
+from sparse_gen_tf.model import clusters
 
 PRIORS = ("grammar", "normal")
 DEFAULT_PRIOR = "grammar"

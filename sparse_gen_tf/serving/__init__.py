@@ -1,7 +1,7 @@
 """Export for TF Serving: the SavedModel signatures (signatures.py), versioned atomic writes
-(versions.py), example requests (requests.py), and the export of a run (export.py)."""
+(versions.py), example requests (requests.py), and the export of a run (saved_model.py)."""
 
-from sparse_gen_tf.serving.export import export_generator, export_workdir
+from sparse_gen_tf.serving.saved_model import export_generator, export_workdir
 from sparse_gen_tf.serving.requests import example_requests
 from sparse_gen_tf.serving.signatures import (MIN_MEMBERS, RECONSTRUCT_METHODS,
                                               RECONSTRUCT_SEED, SIGNATURES,

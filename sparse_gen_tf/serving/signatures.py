@@ -53,7 +53,8 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.learning import clusters, inference
+from sparse_gen_tf.learning import inference
+from sparse_gen_tf.model import clusters
 from sparse_gen_tf.model import prior as prior_lib
 
 SIGNATURES = ("serving_default", "reconstruct", "sample")

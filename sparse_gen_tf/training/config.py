@@ -112,7 +112,7 @@ class TrainConfig:
         "help": "Train an inference network q(z | Y) beside the generator, on the "
                 "persistent chains (one regression step per train step), for the fast "
                 "reconstruct (export --reconstruct=amortized); python -m "
-                "sparse_gen_tf.fit_encoder fits one after training instead.",
+                "sparse_gen_tf.commands.fit_encoder fits one after training instead.",
         "flag_prefix": "encoder_", "state": True})
     # Where the run executes (distribute.py). A run may resume under another strategy or
     # number of devices: the checkpoint holds one copy of every variable.

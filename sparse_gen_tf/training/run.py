@@ -205,11 +205,10 @@ def read_encoder(checkpoint):
         encoder = keras.models.load_model(path, compile=False)
     except (ValueError, OSError, TypeError, KeyError) as e:
         raise UserError(f"cannot read the inference network {path} ({type(e).__name__}); "
-                        "delete it and fit it again with python -m sparse_gen_tf.fit_encoder"
-                        ) from None
+                        "delete it and fit it again with sparse-gen-fit-encoder") from None
     if not isinstance(encoder, Encoder):
         raise UserError(f"{path} is not an inference network; delete it and fit one with "
-                        "python -m sparse_gen_tf.fit_encoder")
+                        "python -m sparse_gen_tf.commands.fit_encoder")
     return encoder
 
 
@@ -279,7 +278,7 @@ def load_run(workdir):
                                                         config.generator.image_size):
             raise UserError(f"{encoder_path(path)} was fitted to another architecture; "
                             "delete it and fit it again with python -m "
-                            "sparse_gen_tf.fit_encoder")
+                            "sparse_gen_tf.commands.fit_encoder")
         model.encoder = encoder
     if not model.prior.fitted:
         # A checkpoint from before the prior was saved with the model: fit it now, from

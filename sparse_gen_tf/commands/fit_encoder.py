@@ -2,7 +2,7 @@
 generator (amortized MAP, learning/amortized.py), for the amortized inference (export
 --reconstruct=amortized, explain and evaluate --inference=amortized).
 
-    python -m sparse_gen_tf.fit_encoder --workdir=runs/parts
+    python -m sparse_gen_tf.commands.fit_encoder --workdir=runs/parts
     sparse-gen-fit-encoder --workdir=runs/parts
 
 writes WORKDIR/checkpoints/ckpt-N.encoder.keras beside the latest checkpoint ckpt-N
@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from sparse_gen_tf import cli
+from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.training import encoder

@@ -1,6 +1,6 @@
 """Explains a trained generator: kernels, parse figures and parse graphs, as files.
 
-    python -m sparse_gen_tf.explain --workdir=runs/parts [--output_dir=DIR]
+    python -m sparse_gen_tf.commands.explain --workdir=runs/parts [--output_dir=DIR]
 
 writes into DIR (default WORKDIR/explain):
 
@@ -36,7 +36,8 @@ import os
 
 import numpy as np
 
-from sparse_gen_tf.explanation import basis, dashboard, dissection, parse_graph, visualize
+from sparse_gen_tf.explanation import basis, dissection, parse_graph, visualize
+from sparse_gen_tf.reports import dashboard
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError

@@ -1,18 +1,18 @@
 """The `explain` command: writes the explanation of a trained run as files.
 
-    python -m sparse_gen_tf.explain --workdir=runs/parts [--output_dir=DIR]
+    python -m sparse_gen_tf.commands.explain --workdir=runs/parts [--output_dir=DIR]
     sparse-gen-explain --workdir=runs/parts
 
-The files it writes are listed in `explanation/report.py`.
+The files it writes are listed in `reports/report.py`.
 """
 
 import sys
 
 from absl import app, flags
 
-from sparse_gen_tf import cli
+from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.explanation import report
+from sparse_gen_tf.reports import report
 
 
 def define_flags():

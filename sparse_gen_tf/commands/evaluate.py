@@ -1,9 +1,9 @@
 """The `evaluate` command: scores trained runs and prints one markdown table.
 
-    python -m sparse_gen_tf.evaluate --workdir=runs/parts[,runs/parts_dense]
+    python -m sparse_gen_tf.commands.evaluate --workdir=runs/parts[,runs/parts_dense]
     sparse-gen-evaluate --workdir=runs/parts
 
-The rows are defined in `explanation/evaluation.py`; each run's scores also go to
+The rows are defined in `reports/evaluation.py`; each run's scores also go to
 WORKDIR/evaluation.json.
 """
 
@@ -12,9 +12,9 @@ import sys
 
 from absl import app, flags
 
-from sparse_gen_tf import cli
+from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.explanation import evaluation
+from sparse_gen_tf.reports import evaluation
 
 
 def define_flags():

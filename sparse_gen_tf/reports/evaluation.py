@@ -1,6 +1,6 @@
 """Scores a trained generator: reconstructions, sparsity and, on parts, the ground truth.
 
-    python -m sparse_gen_tf.evaluate --workdir=runs/parts[,runs/parts_dense]
+    python -m sparse_gen_tf.commands.evaluate --workdir=runs/parts[,runs/parts_dense]
 
 For each workdir it writes WORKDIR/evaluation.json, and it prints one markdown table with
 a column per run. Every run gets:

@@ -12,7 +12,7 @@ import sys
 
 from absl import app
 
-from sparse_gen_tf import cli
+from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.training import flags as train_flags
 from sparse_gen_tf.training import trainer

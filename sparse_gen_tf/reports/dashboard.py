@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.explanation import basis as basis_lib
-from sparse_gen_tf.explanation.dashboard_page import SCRIPT, STYLE
+from sparse_gen_tf.reports.dashboard_page import SCRIPT, STYLE
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.explanation.figures import image_grid, to_uint8
 from sparse_gen_tf.explanation.parse_graph import ParseGraph, footprint, image_boxes

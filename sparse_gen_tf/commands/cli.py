@@ -27,7 +27,7 @@ def define_inference_flags():
     flags.DEFINE_enum("inference", d.method, list(inference.METHODS),
                       "search: Langevin chains from several starts (the flags below); "
                       "amortized: the run's inference network (train.py --encoder or "
-                      "python -m sparse_gen_tf.fit_encoder), then --amortized_steps "
+                      "python -m sparse_gen_tf.commands.fit_encoder), then --amortized_steps "
                       "refinement steps.")
     flags.DEFINE_integer("amortized_steps", d.amortized_steps,
                          "Amortized: noise-free steps (gradient ascent on Eq. 11) after "

@@ -10,7 +10,7 @@ README.md, "Serving"). An existing version is never overwritten. The export hold
 training example's code unless --export_training_codes asks for it.
 
 reconstruct is amortized (the run's inference network, then a few refinement steps) when
-the run has one (train.py --encoder, or python -m sparse_gen_tf.fit_encoder), else the
+the run has one (train.py --encoder, or python -m sparse_gen_tf.commands.fit_encoder), else the
 search of Langevin chains; --reconstruct chooses.
 """
 
@@ -20,7 +20,8 @@ import sys
 
 from absl import app, flags
 
-from sparse_gen_tf import cli, serving
+from sparse_gen_tf import serving
+from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
 
 
