@@ -153,15 +153,15 @@ def train_and_explain(path, *extra):
 
 def restored(workdir):
     """(AlternatingBackprop, TrainConfig) of workdir's checkpoint, restored here with
-    tf.train.Checkpoint rather than through the commands' loader."""
-    import tensorflow as tf
-    from sparse_gen_tf.learning.abp import AlternatingBackprop
-    from sparse_gen_tf.training.run import read_config
-    from sparse_gen_tf.model.generator import Generator
+    tf.train.Checkpoint rather than through the commands' loader. The checkpoint reaches
+    the generator's weights through the optimizer's (training/run.py, checkpoint_for),
+    so the model is built and compiled as training builds it."""
+    from sparse_gen_tf.training.run import (build_model, chains_in_checkpoint,
+                                            checkpoint_for, latest_checkpoint, read_config)
     config = read_config(workdir)
-    model = AlternatingBackprop(Generator(config.generator), config.num_images)
-    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
-        os.path.join(workdir, "checkpoints"))).expect_partial()
+    path = latest_checkpoint(workdir)
+    model = build_model(config, chains_in_checkpoint(path))
+    checkpoint_for(model)[0].restore(path).expect_partial()
     return model, config
 
 

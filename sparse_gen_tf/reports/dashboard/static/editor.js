@@ -140,38 +140,46 @@ const ParseEditor = (() => {
     // The parse grid: each OR node's coefficient now; struck out when it is 0; the OR
     // nodes that the edit adds (not in the unedited parse) as extra buttons.
     drawGrid(activations) {
-      for (const grid of this.panel.querySelectorAll('.andgrid')) {
-        const i = Number(grid.dataset.layer) - 1, [, w, c] = generator.shapes[i];
+      if (!this.cells) {  // the grid's elements, found once
+        this.cells = [...this.panel.querySelectorAll('.andgrid .and')].map((cell) => ({
+          i: Number(cell.closest('.andgrid').dataset.layer) - 1,
+          y: Number(cell.dataset.y), x: Number(cell.dataset.x),
+          holder: cell.querySelector('.added'),
+          chips: [...cell.querySelectorAll(':scope > button.or')].map((chip) => ({
+            chip, unit: Number(chip.dataset.unit), text: chip.querySelector('.s')})),
+        }));
+      }
+      for (const {i, y, x, holder, chips} of this.cells) {
+        const [, w, c] = generator.shapes[i];
         const activation = activations[i], scales = this.state.scales[i];
-        for (const cell of grid.querySelectorAll('.and')) {
-          const y = Number(cell.dataset.y), x = Number(cell.dataset.x);
-          const origin = (y * w + x) * c, shown = new Set();
-          for (const chip of cell.querySelectorAll(':scope > button.or')) {
-            const unit = Number(chip.dataset.unit), j = origin + unit;
-            shown.add(unit);
-            chip.querySelector('.s').textContent = fmt(activation[j]);
-            chip.classList.toggle('off', activation[j] === 0);
-            chip.classList.toggle('scaled', scales.has(j) && scales.get(j) !== 0);
-          }
-          const added = [];
-          for (let unit = 0; unit < c; unit++) {
-            const j = origin + unit;
-            if (shown.has(unit)) continue;
-            if ((activation[j] !== 0 && !this.orNodes[i][j]) || scales.has(j)) {
-              added.push(unit);
-            }
-          }
-          added.sort((a, b) => activation[origin + b] - activation[origin + a]);
-          const box = generator.config.boxes[i][y * w + x].join(',');
-          cell.querySelector('.added').replaceChildren(...added.map((unit) => {
-            const chip = document.createElement('button');
-            chip.className = 'or added';
-            Object.assign(chip.dataset, {box, unit, layer: i + 1, y, x});
-            chip.textContent = `u${unit} ${fmt(activation[origin + unit])}`;
-            chip.classList.toggle('off', activation[origin + unit] === 0);
-            return chip;
-          }));
+        const origin = (y * w + x) * c, shown = new Set();
+        for (const {chip, unit, text} of chips) {
+          const j = origin + unit, label = fmt(activation[j]);
+          shown.add(unit);
+          if (text.textContent !== label) text.textContent = label;
+          chip.classList.toggle('off', activation[j] === 0);
+          chip.classList.toggle('scaled', scales.has(j) && scales.get(j) !== 0);
         }
+        const added = [];
+        for (let unit = 0; unit < c; unit++) {
+          const j = origin + unit;
+          if (shown.has(unit)) continue;
+          if ((activation[j] !== 0 && !this.orNodes[i][j]) || scales.has(j)) added.push(unit);
+        }
+        added.sort((a, b) => activation[origin + b] - activation[origin + a]);
+        // Rebuilt only when it changes: most edits touch a few AND nodes.
+        const key = added.map((unit) => `${unit}:${activation[origin + unit]}`).join();
+        if (holder.dataset.key === key) continue;
+        holder.dataset.key = key;
+        const box = generator.config.boxes[i][y * w + x].join(',');
+        holder.replaceChildren(...added.map((unit) => {
+          const chip = document.createElement('button');
+          chip.className = 'or added';
+          Object.assign(chip.dataset, {box, unit, layer: i + 1, y, x});
+          chip.textContent = `u${unit} ${fmt(activation[origin + unit])}`;
+          chip.classList.toggle('off', activation[origin + unit] === 0);
+          return chip;
+        }));
       }
     }
 
@@ -197,7 +205,10 @@ const ParseEditor = (() => {
           else if (!base[j] && now[j] !== 0) colour = [30, 90, 230];
           else if (now[j] !== 0 && scales.has(j)) colour = [255, 140, 0];
           else if (now[j] !== 0) colour = [60, 60, 60];
-          pixels.data.set([...colour, 255], 4 * j);
+          pixels.data[4 * j] = colour[0];
+          pixels.data[4 * j + 1] = colour[1];
+          pixels.data[4 * j + 2] = colour[2];
+          pixels.data[4 * j + 3] = 255;
         }
         context.putImageData(pixels, 0, 0);
       });

@@ -50,9 +50,15 @@ const SparseGenerator = (() => {
         for (let j = 0; j < n; j++) keep[j] = fm[j] > 0 ? 1 : 0;
         return keep;
       }
-      const order = Array.from({length: n}, (_, j) => j);
-      order.sort((a, b) => (fm[b] - fm[a]) || (a - b));
-      for (let r = 0; r < k; r++) if (fm[order[r]] > 0) keep[order[r]] = 1;
+      // The K-th largest value by a native numeric sort of a copy, then every entry above
+      // it and, of the entries equal to it, the first ones in flat order until K are kept.
+      const threshold = Float32Array.from(fm).sort()[n - k];
+      let ties = k;
+      for (let j = 0; j < n; j++) if (fm[j] > threshold) ties--;
+      for (let j = 0; j < n; j++) {
+        const kept = fm[j] > threshold || (fm[j] === threshold && ties-- > 0);
+        if (kept && fm[j] > 0) keep[j] = 1;
+      }
       return keep;
     }
 
