@@ -136,7 +136,7 @@ def test_every_edit_kind_renders_as_in_tensorflow(page, browser):
     masks[1][1][0, y, x, c] = 0.0
     expected = np.asarray(generator.parse(latent, masks=masks)["image"]).reshape(-1)
     assert_same(off["image"], expected)
-    assert np.abs(np.asarray(off["image"]) - base).max() > 10 * TOLERANCE
+    assert np.abs(np.asarray(off["image"]) - base).max() > 2 * TOLERANCE
     assert browser.evaluate(f"""(() => {{ const chip = document.querySelector(
         '#image-image_0 {bottom}'); return [chip.classList.contains('off'),
         chip.querySelector('.s').textContent]; }})()""") == [True, "0"]
