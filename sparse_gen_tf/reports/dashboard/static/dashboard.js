@@ -39,8 +39,11 @@ document.addEventListener('click', (event) => {
   const template = node.querySelector('template');
   if (template) {
     view.replaceChildren(template.content.cloneNode(true));
-  } else {
-    view.replaceChildren();
+  } else {  // an OR node that an edit brought in (editor.js)
+    const text = document.createElement('p');
+    text.textContent = `Layer ${node.dataset.layer}, AND (${node.dataset.y}, ` +
+      `${node.dataset.x}), OR node: unit ${node.dataset.unit}, brought in by the edits.`;
+    view.replaceChildren(text);
   }
   if (window.ParseEditor) window.ParseEditor.nodeControls(page, node, view);
 });

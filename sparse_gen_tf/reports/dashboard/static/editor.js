@@ -17,7 +17,7 @@ const ParseEditor = (() => {
   const generator = new SparseGenerator.Generator(JSON.parse(dataElement.textContent));
   const [s1, w1, c1] = [generator.shapes[0][0], generator.shapes[0][1], generator.shapes[0][2]];
 
-  function fmt(value) { return Number(value).toPrecision(3).replace(/\.?0+(e|$)/, '$1'); }
+  function fmt(value) { return String(Number(Number(value).toPrecision(3))); }
 
   class Editor {
     constructor(panel, data) {
