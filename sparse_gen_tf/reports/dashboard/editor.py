@@ -20,6 +20,8 @@ import base64
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.explanation.parse_graph import image_boxes
+
 
 def encode(array):
     """A float32 array as base64 of its little-endian bytes (row-major)."""
@@ -32,7 +34,6 @@ def model_data(generator):
     FC kernel [d, s*s*c_1] and bias; each transposed conv's kernel [c_in, k, k, c_out]
     (row j = unit j's basis patch) and bias [c_out]; the pixel box of each AND node
     (parse_graph.image_boxes), for outlines."""
-    from sparse_gen_tf.explanation.parse_graph import image_boxes
     cfg = generator.config
     return {
         "image_size": cfg.image_size, "latent_dim": cfg.latent_dim,
