@@ -89,7 +89,7 @@ class AlternatingBackprop(keras.Model):
         (SPARSE_KERNELS_MAX_DENSITY) and supported, True wherever supported, False never.
       encoder: an `Encoder`, the inference network q(z | Y), trained in every step on the
         batch's images (`learn_encoder`, with its own Adam); None trains none.
-        `encoder` may also hold a network fitted after training (run.load_run sets it),
+        `encoder` may also hold a network fitted after training (run.open_run sets it),
         which is then used, not trained.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
