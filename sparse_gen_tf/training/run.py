@@ -252,7 +252,9 @@ def _restore(checkpoint, path, config_path, strict):
     return status
 
 
-@dataclasses.dataclass
+# eq=False: compared, and hashed, as the object it is (`inference` caches compiled
+# functions per model).
+@dataclasses.dataclass(eq=False)
 class TrainedModel:
     """A training run opened at a checkpoint (`open_run`): what explain, evaluate, export
     and fit_encoder use of it. Its attributes are those of the learner
@@ -295,7 +297,7 @@ class TrainedModel:
         return pipeline.load_for(self.config)
 
 
-def _restore_parts(config, path, num_examples, step_dtype):
+def _restore_parts(config, path, num_examples):
     """(generator, prior or None, chains, encoder or None, step) restored from the
     checkpoint at path, without the learner, its optimizers or its descriptor.
 
@@ -312,7 +314,15 @@ def _restore_parts(config, path, num_examples, step_dtype):
     # A Keras variable, as the learner's chains are (`chains.value` reads it the same).
     chains = keras.Variable(np.zeros([num_examples, config.generator.latent_dim], np.float32),
                             trainable=False, name="chains")
-    step = tf.Variable(0, dtype=step_dtype, trainable=False, name="iterations")
+    # The step is the optimizer's, or under mixed_float16 its LossScaleOptimizer's inner
+    # optimizer's (`iterations` delegates to it; the outer counter stays at 0).
+    dtypes = tf.train.load_checkpoint(path).get_variable_to_dtype_map()
+    inner = "optimizer/inner_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    outer = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    step = tf.Variable(0, dtype=dtypes.get(inner, dtypes.get(outer, tf.int64)),
+                       trainable=False, name="iterations")
+    counter = (dict(inner_optimizer=_node(_iterations=step)) if inner in dtypes
+               else dict(_iterations=step))
     model = dict(generator=generator, chains=chains)
     prior = prior_lib.make(config.prior, config.generator)
     if prior_in_checkpoint(path):
@@ -326,8 +336,7 @@ def _restore_parts(config, path, num_examples, step_dtype):
             _trainable_variables=list(encoder.trainable_weights))
     checkpoint = tf.train.Checkpoint(
         model=_node(**model),
-        optimizer=_node(_trainable_variables=list(generator.trainable_weights),
-                        _iterations=step))
+        optimizer=_node(_trainable_variables=list(generator.trainable_weights), **counter))
     _restore(checkpoint, path, os.path.join(config.workdir, CONFIG_FILE), strict=True)
     return generator, prior, chains, encoder, int(step.numpy())
 
@@ -370,7 +379,7 @@ def open_run(workdir, *, learner=False, fit_prior=True):
     if path is None:
         raise UserError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train "
                         f"first with python train.py --workdir={workdir}")
-    reader = _read_checkpoint(path)
+    _read_checkpoint(path)
     in_checkpoint = chains_in_checkpoint(path)
     if num_examples is not None and num_examples != in_checkpoint:
         raise UserError(f"{CONFIG_FILE} in {workdir} says {num_examples} training images "
@@ -390,10 +399,7 @@ def open_run(workdir, *, learner=False, fit_prior=True):
         step = int(model.optimizer.iterations.numpy())
     else:
         model = None
-        step_dtype = reader.get_variable_to_dtype_map()[
-            "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
-        generator, prior, chains, encoder, step = _restore_parts(config, path, in_checkpoint,
-                                                                 step_dtype)
+        generator, prior, chains, encoder, step = _restore_parts(config, path, in_checkpoint)
         _for_inference(generator, config)
     fitted = read_encoder(path)
     if fitted is not None:
