@@ -81,9 +81,9 @@ def sharpness(images, data):
 
 def load_run(workdir):
     """(config, restored model, checkpoint path, training images [N, H, W, 3] in [-1, 1])."""
-    opened = run.load_run(workdir)
+    opened = run.open_run(workdir, learner=True)
     images = pipeline.to_model_range(opened.data().images).numpy()
-    return opened.config, opened.model, opened.checkpoint, images
+    return opened.config, opened.learner, opened.checkpoint, images
 
 
 def measure(workdir, num_samples):

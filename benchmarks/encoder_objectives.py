@@ -33,7 +33,7 @@ from sparse_gen_tf.reports import evaluation
 from sparse_gen_tf.learning import amortized, inference
 from sparse_gen_tf.learning.langevin import langevin
 from sparse_gen_tf.model.encoder import Encoder, EncoderConfig
-from sparse_gen_tf.training.run import load_run
+from sparse_gen_tf.training.run import open_run
 
 flags.DEFINE_string("workdir", "runs/parts", "Trained parts run.")
 flags.DEFINE_integer("steps", 1500, "Adam steps per objective (batches of 64).")
@@ -73,8 +73,8 @@ def loss_fn(objective, generator, encoder, sigma, d):
 
 def main(argv):
     del argv
-    opened = load_run(FLAGS.workdir)
-    model = opened.model
+    opened = open_run(FLAGS.workdir)
+    model = opened
     generator, sigma = model.generator, model.langevin.sigma
     data = opened.data()
     train = pipeline.to_model_range(data.images).numpy()

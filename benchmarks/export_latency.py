@@ -120,10 +120,10 @@ def trained(workdir):
     from sparse_gen_tf.reports import evaluation
     from sparse_gen_tf.learning import amortized
     from sparse_gen_tf.model.encoder import Encoder, EncoderConfig
-    from sparse_gen_tf.training.run import load_run
+    from sparse_gen_tf.training.run import open_run
 
-    opened = load_run(workdir)
-    model, config = opened.model, opened.config
+    opened = open_run(workdir)
+    model, config = opened, opened.config
     generator, chains = model.generator, model.chains.numpy()
     data = opened.data()
     heldout, truth = pipeline.heldout_images(config, FLAGS.num_heldout, data)
@@ -181,7 +181,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         if FLAGS.workdir:
             opened, encoder, heldout, score = trained(FLAGS.workdir)
-            model = opened.model
+            model = opened
             generator, cfg = model.generator, model.generator.config
             exports, settings = export_all(
                 tmp, generator, encoder, step_size=model.langevin.step_size,

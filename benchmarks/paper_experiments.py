@@ -67,7 +67,7 @@ from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.explanation.figures import image_grid, write_png
-from sparse_gen_tf.training.run import latest_checkpoint, load_run, read_config
+from sparse_gen_tf.training.run import latest_checkpoint, open_run, read_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("faces", None, "Folder of aligned face images (e.g. CelebA's "
@@ -279,7 +279,7 @@ def draw_figures(name, opened, docs, settings, num_images=8, num_samples=16, see
     pictures = {}
     heldout = None
     for kind, run in opened.items():
-        generator = run.model.generator
+        generator = run.generator
         z = visualize.sample_latents(generator, 128, seed)
         pictures[kind] = {
             "kernels_bottom": kernel_grid(generator, z, normalised=True),
@@ -289,12 +289,12 @@ def draw_figures(name, opened, docs, settings, num_images=8, num_samples=16, see
         images, _ = pipeline.heldout_images(run.config, num_images)
         images = pipeline.to_model_range(images).numpy()
         heldout = images
-        inferred = inference.reconstruct(run.model, images, settings=settings,
+        inferred = inference.reconstruct(run, images, settings=settings,
                                          seed=seed).numpy()
         pictures[kind]["reconstructions"] = generator(inferred).numpy()
         pictures[kind]["parse"] = visualize.parse_figure(generator, inferred[0],
                                                          normalised=True)
-        pictures[kind]["samples"] = evaluation.draw_samples(run.model, num_samples, seed)
+        pictures[kind]["samples"] = evaluation.draw_samples(run, num_samples, seed)
     written = []
 
     def write(suffix, image):
@@ -375,7 +375,7 @@ def experiment(name, data_dir, flagfile, steps, settings, num_images=None):
                          "step": checkpoint_step(workdir), "evaluate_s": time.time() - start,
                          "results": results}
         if kind in KINDS:
-            opened[kind] = load_run(workdir)
+            opened[kind] = open_run(workdir)
     figures = draw_figures(name, opened, FLAGS.docs, settings)
     if name == "faces" and FLAGS.attributes:
         figures.append(tradeoff_figure(records, os.path.join(FLAGS.docs,

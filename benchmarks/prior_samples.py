@@ -27,7 +27,7 @@ from sparse_gen_tf.explanation import unit_scores
 from sparse_gen_tf.explanation.figures import image_grid, write_png
 from sparse_gen_tf.explanation.visualize import upscale
 from sparse_gen_tf.model import prior as prior_lib
-from sparse_gen_tf.training.run import load_run
+from sparse_gen_tf.training.run import open_run
 
 flags.DEFINE_string("workdir", None, "A training run.", required=True)
 flags.DEFINE_integer("num_samples", 256, "Images per row of the table.")
@@ -49,8 +49,8 @@ def nearest_distance(images, data, chunk=64):
 
 def main(argv):
     del argv
-    opened = load_run(FLAGS.workdir)
-    model, n = opened.model, FLAGS.num_samples
+    opened = open_run(FLAGS.workdir)
+    model, n = opened, FLAGS.num_samples
     generator = model.generator
     data = pipeline.to_model_range(opened.data().images).numpy()
     seeds = prior_lib.sample_seeds(n, FLAGS.seed)

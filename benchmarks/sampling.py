@@ -55,7 +55,7 @@ from sparse_gen_tf.explanation.figures import image_grid, write_png
 from sparse_gen_tf.explanation.visualize import upscale
 from sparse_gen_tf.model import clusters
 from sparse_gen_tf.model import prior as prior_lib
-from sparse_gen_tf.training.run import load_run
+from sparse_gen_tf.training.run import open_run
 
 flags.DEFINE_string("workdir", "runs/parts", "A training run on --dataset=parts.")
 flags.DEFINE_integer("num_samples", 512, "Images per row.")
@@ -168,8 +168,8 @@ def node_dependence(prior, top, rng):
 
 def main(argv):
     del argv
-    opened = load_run(FLAGS.workdir)
-    generator, chains = opened.model.generator, opened.model.chains.numpy()
+    opened = open_run(FLAGS.workdir)
+    generator, chains = opened.generator, opened.chains.numpy()
     data = opened.data()
     if data.ground_truth is None:
         sys.exit(f"{FLAGS.workdir} is not a parts run: the scores need its grammar")
@@ -194,7 +194,7 @@ def main(argv):
     if FLAGS.ebm_iterations:
         rows.append((f"latent EBM on the chains, ex post ({FLAGS.ebm_iterations} updates)",
                      "an MLP", generator(latent_ebm(chains, n, FLAGS.ebm_iterations)).numpy()))
-    prior = opened.model.prior
+    prior = opened.prior
     if prior.kind != "grammar":
         prior = prior_lib.GrammarPrior(generator.config)
         prior.fit(generator, chains, seed=opened.config.seed)

@@ -33,7 +33,7 @@ from sparse_gen_tf.reports import evaluation
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.data import pipeline
-from sparse_gen_tf.training.run import load_run
+from sparse_gen_tf.training.run import open_run
 
 flags.DEFINE_string("workdir", "runs/parts", "Training run to export and measure.")
 flags.DEFINE_integer("num_heldout", 256, "Held-out images to score.")
@@ -72,8 +72,8 @@ def nearest_training_psnr(rendered, train):
 
 def main(argv):
     del argv
-    opened = load_run(FLAGS.workdir)
-    model, config = opened.model, opened.config
+    opened = open_run(FLAGS.workdir)
+    model, config = opened, opened.config
     generator, chains = model.generator, model.chains.numpy()
     data = opened.data()
     train = pipeline.to_model_range(data.images).numpy()

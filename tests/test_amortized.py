@@ -120,29 +120,29 @@ def workdir(tmp_path_factory):
 
 def test_train_with_encoder_trains_the_network_into_the_checkpoint(workdir):
     assert "epoch_encoder_loss" in tensorboard_tags(os.path.join(workdir, "tb", "train"))
-    opened = run.load_run(workdir)
+    opened = run.open_run(workdir, learner=True)
     names = tf.train.load_checkpoint(opened.checkpoint).get_variable_to_shape_map()
     assert any(name.startswith("model/encoder/") for name in names)
-    encoder = opened.model.encoder
-    assert encoder.config.channels == (8, 8)
+    encoder = opened.encoder
+    assert encoder is opened.learner.encoder and encoder.config.channels == (8, 8)
     fresh = Encoder(encoder.config, latent_dim=4, image_size=32)
-    assert int(opened.model.encoder_optimizer.iterations.numpy()) == 4
+    assert int(opened.learner.encoder_optimizer.iterations.numpy()) == 4
     assert not all(np.array_equal(a, b) for a, b in zip(encoder.get_weights(),
                                                         fresh.get_weights()))
 
 
 def test_reconstruct_amortized_uses_the_runs_network_and_needs_one(workdir, tmp_path):
-    opened = run.load_run(workdir)
-    images = opened.model.generator(tf.random.stateless_normal([3, 4], [6, 6]))
+    opened = run.open_run(workdir)
+    images = opened.generator(tf.random.stateless_normal([3, 4], [6, 6]))
     settings = inference.InferenceSettings(method="amortized", amortized_steps=3,
                                            amortized_step_size=0.05)
-    z = inference.reconstruct(opened.model, images, settings=settings).numpy()
-    expected = inference.amortized(opened.model.generator, opened.model.encoder, images,
-                                   steps=3, step_size=0.05, sigma=opened.model.langevin.sigma)
+    z = inference.reconstruct(opened, images, settings=settings).numpy()
+    expected = inference.amortized(opened.generator, opened.encoder, images,
+                                   steps=3, step_size=0.05, sigma=opened.langevin.sigma)
     np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-4)
-    opened.model.encoder = None
+    opened.encoder = None
     with pytest.raises(UserError, match="no inference network.*fit_encoder"):
-        inference.reconstruct(opened.model, images, settings=settings)
+        inference.reconstruct(opened, images, settings=settings)
 
 
 def test_a_network_fitted_after_training_is_stored_beside_its_checkpoint(workdir, tmp_path):
@@ -154,15 +154,15 @@ def test_a_network_fitted_after_training_is_stored_beside_its_checkpoint(workdir
     assert sorted(os.listdir(os.path.dirname(path))) == sorted(
         os.listdir(os.path.join(workdir, "checkpoints")) + [os.path.basename(path)])
     # It takes precedence over the network trained with the run.
-    opened = run.load_run(copy)
-    assert opened.model.encoder.config.channels == (4,)
+    opened = run.open_run(copy)
+    assert opened.encoder.config.channels == (4,)
     fitted = run.read_encoder(checkpoint)
-    for a, b in zip(opened.model.encoder.get_weights(), fitted.get_weights()):
+    for a, b in zip(opened.encoder.get_weights(), fitted.get_weights()):
         np.testing.assert_array_equal(a, b)
     with open(path, "wb") as f:
         f.write(b"not a keras file")
     with pytest.raises(UserError, match="cannot read the inference network"):
-        run.load_run(copy)
+        run.open_run(copy)
 
 
 def test_fit_encoder_command_writes_the_network_or_says_what_is_wrong(workdir, tmp_path):

@@ -149,7 +149,7 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
     assert any("descriptor_optimizer/_variables" in k for k in saved)  # Adam's moments
 
     # Restored into a fresh model: the descriptor and its optimizer are the saved ones.
-    model = run.load_run(workdir).model
+    model = run.open_run(workdir, learner=True).learner
     np.testing.assert_array_equal(model.descriptor.score.kernel.numpy(), saved[kernel_key])
     assert int(model.descriptor_optimizer.iterations) == 2
 

@@ -66,10 +66,10 @@ def kill_bottom_channel(workdir, channel):
     """Rewrites workdir's model with bottom (layer 2) channel `channel` dead: its bias at
     -1000 puts every unit of it below the K largest, and below ReLU's 0, in every parse.
     Saved as the next checkpoint, which the commands then open."""
-    opened = run_lib.load_run(workdir)
-    bias = opened.model.generator.deconvs[0].bias
+    opened = run_lib.open_run(workdir, learner=True)
+    bias = opened.learner.generator.deconvs[0].bias
     bias.assign(tf.tensor_scatter_nd_update(bias, [[channel]], [-1000.0]))
-    checkpoint, _ = run_lib.checkpoint_for(opened.model)
+    checkpoint, _ = run_lib.checkpoint_for(opened.learner)
     tf.train.CheckpointManager(checkpoint, os.path.dirname(opened.checkpoint),
                                max_to_keep=None).save(checkpoint_number=opened.step + 1)
 
@@ -91,8 +91,8 @@ def test_evaluate_prints_the_table_and_writes_json(workdir, tmp_path):
     assert "| Grammar validity, samples from the prior (legal quadrants) |" in result.stdout
 
     # The scores again, from the checkpoint evaluate opened.
-    opened = run_lib.load_run(copy)
-    generator, chains = opened.model.generator, opened.model.chains.numpy()
+    opened = run_lib.open_run(copy)
+    generator, chains = opened.generator, opened.chains.numpy()
     truth = opened.data().ground_truth
     # Sparsity rows: over the parses of all training chains.
     used = [a.numpy() != 0 for a in generator.parse(chains)["activations"]]
@@ -125,7 +125,7 @@ def test_evaluate_prints_the_table_and_writes_json(workdir, tmp_path):
     channel_part = np.where(votes.any(1), votes.argmax(1), -1)
     images, heldout_truth = pipeline.heldout_images(opened.config, 8)
     settings = inference.InferenceSettings(**scores["inference"])
-    z = inference.reconstruct(opened.model, pipeline.to_model_range(images),
+    z = inference.reconstruct(opened, pipeline.to_model_range(images),
                               settings=settings, seed=0).numpy()
     cells = dominant(z)
     predicted = np.where(cells >= 0, channel_part[cells], -1)

@@ -82,7 +82,7 @@ def exported(tmp_path_factory):
                         f"--reconstruct_refine_steps={RECONSTRUCT.refine_steps}",
                         f"--reconstruct_refine_step_size={RECONSTRUCT.refine_step_size}")
     assert result.returncode == 0, result.stderr[-3000:]
-    model = run.load_run(config.workdir).model
+    model = run.open_run(config.workdir)
     return types.SimpleNamespace(workdir=config.workdir, base=base,
                                  path=os.path.join(base, "1"), model=model,
                                  generator=model.generator, tmp=tmp)
@@ -108,7 +108,7 @@ def amortized(tmp_path_factory):
                         f"--reconstruct_amortized_step_size={AMORTIZED.amortized_step_size}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reconstruct (amortized)" in result.stdout
-    model = run.load_run(config.workdir).model
+    model = run.open_run(config.workdir)
     path = os.path.join(base, "1")
     return types.SimpleNamespace(workdir=config.workdir, path=path, model=model,
                                  loaded=tf.saved_model.load(path), tmp=tmp)

@@ -43,13 +43,13 @@ def checkpoint_step(workdir):
 def test_a_flat_config_json_opens_as_the_nested_config_at_its_checkpoint(legacy):
     from sparse_gen_tf.training import run
     name, workdir = legacy
-    opened = run.load_run(workdir)
+    opened = run.open_run(workdir, learner=True)
     config = opened.config
     assert config.workdir == workdir  # not the /tmp/legacy/... it was trained in
     assert config.generator == GENERATOR and config.descriptor == DESCRIPTORS[name]
     assert (config.langevin.steps, config.batch_size, config.num_images) == (2, 16, 32)
     assert opened.step == 4 and opened.num_examples == 32
-    assert hasattr(opened.model, "descriptor") == (name == "cooperative")
+    assert hasattr(opened.learner, "descriptor") == (name == "cooperative")
 
 
 def test_a_legacy_run_explains(legacy, commands):
@@ -74,10 +74,16 @@ def test_a_legacy_run_evaluates(legacy, commands):
     assert np.isfinite(scores["psnr_heldout"])
 
 
-def test_a_legacy_run_exports(legacy, commands, tmp_path):
+def test_a_legacy_run_exports_with_fit_prior_and_not_without(legacy, commands, tmp_path):
     _, workdir = legacy
     base = tmp_path / "exports"
-    result = commands.export(f"--workdir={workdir}", f"--export_base={base}")
+    # Its checkpoint holds no prior: export fits none unless asked to.
+    refused = commands.export(f"--workdir={workdir}", f"--export_base={base}")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "holds no fitted prior" in commands.last_line(refused.stderr)
+    assert "--fit_prior" in commands.last_line(refused.stderr)
+    assert not base.exists()
+    result = commands.export(f"--workdir={workdir}", f"--export_base={base}", "--fit_prior")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (base / "1" / "saved_model.pb").is_file()
     signatures = tf.saved_model.load(str(base / "1")).signatures

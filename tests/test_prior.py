@@ -31,8 +31,8 @@ def tiny(tmp_path_factory):
     """A tiny trained run (its checkpoint holds a fitted grammar prior) and its model."""
     config = dataclasses.replace(TINY, workdir=str(tmp_path_factory.mktemp("tiny") / "run"))
     trainer.train(config)
-    opened = run.load_run(config.workdir)
-    return types.SimpleNamespace(config=config, opened=opened, model=opened.model)
+    opened = run.open_run(config.workdir)
+    return types.SimpleNamespace(config=config, opened=opened, model=opened)
 
 
 def top_codes(model):
@@ -145,8 +145,8 @@ def small(tmp_path_factory):
     """A small run on the parts grammar, trained long enough to parse it."""
     config = dataclasses.replace(SMALL, workdir=str(tmp_path_factory.mktemp("small") / "run"))
     trainer.train(config)
-    opened = run.load_run(config.workdir)
-    return types.SimpleNamespace(model=opened.model, truth=opened.data().ground_truth)
+    opened = run.open_run(config.workdir)
+    return types.SimpleNamespace(model=opened, truth=opened.data().ground_truth)
 
 
 def test_grammar_samples_are_legal_images_far_more_often_than_normal_samples(small):

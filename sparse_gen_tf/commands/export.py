@@ -63,6 +63,10 @@ def define_flags():
                          "starting points. Anyone with the file can then render the "
                          "training images; use it only for a model trained on data you may "
                          "publish.")
+    flags.DEFINE_boolean("fit_prior", False, "For a run whose checkpoint holds no prior "
+                         "(trained before the prior was saved with the model): fit it now "
+                         "from the run's chains, as training would have. Without it such "
+                         "a run is refused.")
     flags.DEFINE_integer("version", None, "Version to write (default: the largest existing "
                          "one + 1); refused if it exists.", lower_bound=1)
 
@@ -80,7 +84,7 @@ def main(argv):
         refine_step_size=values.reconstruct_refine_step_size)
     try:
         path = serving.export_workdir(values.workdir, values.export_base, settings=settings,
-                                      version=values.version)
+                                      version=values.version, fit_prior=values.fit_prior)
     except UserError as e:
         sys.exit(f"export_saved_model.py: error: {e}")
     with open(os.path.join(path, serving.INFO_FILE)) as f:

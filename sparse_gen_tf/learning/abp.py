@@ -19,8 +19,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from sparse_gen_tf.training import distribute
-from sparse_gen_tf.learning import amortized
+from sparse_gen_tf.learning import amortized, cross_replica
 from sparse_gen_tf.learning.langevin import LangevinConfig, langevin
 from sparse_gen_tf.model import prior as prior_lib
 
@@ -90,7 +89,7 @@ class AlternatingBackprop(keras.Model):
         (SPARSE_KERNELS_MAX_DENSITY) and supported, True wherever supported, False never.
       encoder: an `Encoder`, the inference network q(z | Y), trained in every step on the
         batch's images (`learn_encoder`, with its own Adam); None trains none.
-        `encoder` may also hold a network fitted after training (run.load_run sets it),
+        `encoder` may also hold a network fitted after training (run.open_run sets it),
         which is then used, not trained.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
@@ -239,7 +238,7 @@ class AlternatingBackprop(keras.Model):
         """
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
-            ids, z = distribute.all_gather(ids), distribute.all_gather(z)
+            ids, z = cross_replica.all_gather(ids), cross_replica.all_gather(z)
         # A MirroredVariable has scatter_update, not scatter_nd_update; with aggregation
         # "none" (the chains') it writes this replica's copy only.
         self.chains.value.scatter_update(tf.IndexedSlices(z, ids))
@@ -310,7 +309,7 @@ class AlternatingBackprop(keras.Model):
 
     def step_logs(self):
         """The trackers' results: what a train step returns to Keras."""
-        return distribute.step_logs(
+        return cross_replica.step_logs(
             {name: tracker.result() for name, tracker in self.trackers.items()})
 
     def _maybe_symbolic_build(self, *args, **kwargs):

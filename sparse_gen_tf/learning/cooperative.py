@@ -202,7 +202,7 @@ class CooperativeLearning(AlternatingBackprop):
             values[f"dead_channels_{i}"] = active
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return self.step_logs()  # shaped for Keras' reduction over workers (distribute.py)
+        return self.step_logs()  # shaped for Keras' reduction over workers (cross_replica.py)
 
 
 class RevisionGuard(keras.callbacks.Callback):

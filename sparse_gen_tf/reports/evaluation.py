@@ -87,7 +87,7 @@ from sparse_gen_tf.data import attributes as attributes_lib, pipeline
 from sparse_gen_tf.data.pipeline import to_model_range
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model import prior as prior_lib
-from sparse_gen_tf.training.run import load_run
+from sparse_gen_tf.training.run import open_run
 
 ROWS = (("dictionary_recovery", "Dictionary recovery (mean best r)", "{:.3f}"),
         ("kernel_purity", "Kernel purity (clean / in use)", None),
@@ -161,7 +161,7 @@ def served_latents(opened, images, batch=64, settings=serving.ReconstructSetting
     run exported with `settings` (the export command's defaults unless given; with its
     inference network, if it has one) to a temporary directory, loaded with TensorFlow
     and called, as TF Serving would."""
-    model = opened.model
+    model = opened
     with tempfile.TemporaryDirectory() as tmp:
         path = serving.export_generator(model.generator, tmp, settings=settings,
                                        step_size=model.langevin.step_size,
@@ -194,8 +194,8 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
     attributes: the path of an attribute file, to dissect the held-out parses and score
     the samples (sample_quality); classifier: the attribute classifier's .keras file
     (default WORKDIR/attribute_classifier.keras), trained there if missing."""
-    opened = load_run(workdir)
-    config, model = opened.config, opened.model
+    opened = open_run(workdir)
+    config, model = opened.config, opened
     # Read first, so that a bad file or a run without labels fails before any inference.
     labels = (None if attributes is None
               else attributes_lib.labels_for_run(config, attributes))

@@ -43,7 +43,7 @@ from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.explanation.figures import image_grid, write_png
-from sparse_gen_tf.training.run import load_run
+from sparse_gen_tf.training.run import open_run
 
 
 def stack(*images, gap=8):
@@ -94,8 +94,8 @@ def explain_latents(generator, z, output_dir, prefix, normalised=False, parse=No
 def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
             settings=inference.DEFAULT_SETTINGS, seed=0, html=True):
     """Writes the explanation files of workdir's latest checkpoint; returns output_dir."""
-    opened = load_run(workdir)
-    config, model = opened.config, opened.model
+    opened = open_run(workdir)
+    config, model = opened.config, opened
     generator = model.generator
     output_dir = output_dir or os.path.join(workdir, "explain")
     try:

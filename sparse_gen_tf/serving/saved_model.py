@@ -27,17 +27,19 @@ def export_generator(generator, export_base, *, step_size, sigma,
                          describe(generator, source=source, **baked))
 
 
-def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), version=None):
+def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), version=None,
+                   fit_prior=False):
     """Exports the latest checkpoint of the training run in workdir, with its inference
-    network if it has one (`run.load_run`); returns the path.
+    network if it has one (`run.open_run`); returns the path.
 
-    Raises UserError if workdir holds no run or checkpoint (`run.load_run`), or see
-    `export_generator`.
+    fit_prior: a checkpoint from before the prior was saved with the model is refused
+    unless this is True, which fits the prior from its chains for the export.
+    Raises UserError if workdir holds no run or checkpoint, or no prior without
+    fit_prior (`run.open_run`), or see `export_generator`.
     """
-    opened = run.load_run(workdir)
-    model = opened.model
-    return export_generator(model.generator, export_base, settings=settings,
-                            step_size=model.langevin.step_size, sigma=model.langevin.sigma,
-                            chains=model.chains.numpy(), prior=model.prior,
+    opened = run.open_run(workdir, fit_prior=fit_prior)
+    return export_generator(opened.generator, export_base, settings=settings,
+                            step_size=opened.langevin.step_size, sigma=opened.langevin.sigma,
+                            chains=opened.chains.numpy(), prior=opened.prior,
                             version=version, source=opened.checkpoint,
-                            encoder=model.encoder)
+                            encoder=opened.encoder)

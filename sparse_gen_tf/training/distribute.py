@@ -14,6 +14,9 @@ checkpoint save, because reading distributed variables for a save may run collec
 but the others save into a temporary directory that is deleted after training (the
 standard MultiWorkerMirroredStrategy pattern). The workdir must be on a filesystem all
 hosts see, since every worker resumes from the chief's latest checkpoint.
+
+What a train step itself does across replicas (gathering the chains, results Keras can
+reduce over workers) is learning/cross_replica.py.
 """
 
 import json
@@ -129,45 +132,6 @@ def compile_options(strategy, jit_compile):
     return True, False
 
 
-def all_gather(values):
-    """Every replica's values [local, ...], concatenated in replica order: [n * local, ...].
-
-    Call in replica context. This is ReplicaContext.all_gather written as a sum of
-    zero-padded blocks (exact, since x + 0 = x): all_gather itself fails under
-    MultiWorkerMirroredStrategy with one device per worker ("destinations can not be
-    empty", TF 2.21), while all_reduce is what every gradient already goes through.
-    """
-    replica = tf.distribute.get_replica_context()
-    n = replica.num_replicas_in_sync
-    if n == 1:
-        return values
-    shape = tf.shape(values)
-    blocks = tf.scatter_nd([[replica.replica_id_in_sync_group]], values[None],
-                           tf.concat([[n], shape], 0))
-    summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, blocks)
-    return tf.reshape(summed, tf.concat([[n * shape[0]], shape[1:]], 0))
-
-
-def is_multi_worker(strategy):
-    """True when strategy spans several processes (a TF_CONFIG cluster of two or more)."""
-    resolver = strategy.cluster_resolver
-    if resolver is None:
-        return False
-    return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1
-
-
-def step_logs(logs):
-    """A train step's {name: scalar} results, in the shape Keras can reduce over workers.
-
-    With several workers Keras averages each result with strategy.reduce(MEAN, axis=0),
-    which rejects scalars (tensorflow/tensorflow#72388); a [1] vector reduces to the
-    same scalar. Elsewhere the results stay scalars.
-    """
-    if not is_multi_worker(tf.distribute.get_strategy()):
-        return logs
-    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
-
-
 def set_precision(policy):
     """Sets Keras' global dtype policy: "float32", "mixed_float16" or "mixed_bfloat16".
 
@@ -182,5 +146,4 @@ def set_precision(policy):
 
 
 __all__ = ["STRATEGIES", "PRECISIONS", "make_strategy", "configure_cpu_devices",
-           "is_chief", "checkpoint_dir", "cleanup", "compile_options", "all_gather",
-           "is_multi_worker", "step_logs", "set_precision"]
+           "is_chief", "checkpoint_dir", "cleanup", "compile_options", "set_precision"]

@@ -19,10 +19,10 @@ def fit_workdir(workdir, *, steps, batch_size=64, learning_rate=1e-3, seed=0,
 
     channels: its conv channels; None takes the run's --encoder_channels if it trained a
     network, else `EncoderConfig`'s. Returns (the path written, the last epoch's loss).
-    Raises UserError if workdir holds no run (`run.load_run`) or the file cannot be
+    Raises UserError if workdir holds no run (`run.open_run`) or the file cannot be
     written.
     """
-    opened = run.load_run(workdir)
+    opened = run.open_run(workdir)
     config = opened.config
     if channels is None:
         channels = (config.encoder or EncoderConfig()).channels
@@ -31,8 +31,7 @@ def fit_workdir(workdir, *, steps, batch_size=64, learning_rate=1e-3, seed=0,
                       latent_dim=config.generator.latent_dim,
                       image_size=config.generator.image_size)
     images = pipeline.to_model_range(opened.data().images).numpy()
-    model = opened.model
-    history = amortized.fit(encoder, model.generator, images, sigma=model.langevin.sigma,
+    history = amortized.fit(encoder, opened.generator, images, sigma=opened.langevin.sigma,
                             steps=steps, batch_size=batch_size,
                             learning_rate=learning_rate, seed=seed)
     return (run.write_encoder(encoder, opened.checkpoint),

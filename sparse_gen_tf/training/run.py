@@ -8,10 +8,13 @@
                             checkpoint ckpt-N, ckpt-N.encoder.keras: an inference
                             network fitted to it after training (`write_encoder`)
 
-`load_run(workdir)` is used by explain, evaluate, export and the benchmarks. It takes the
-workdir it is given as the truth (a run may have been copied or moved since training, or
-be named relative to another current directory) and the number of chains from the
-checkpoint itself, so a folder smaller than --num_images opens like any other run.
+`open_run(workdir)` opens a trained run for explain, evaluate, export, fit_encoder and the
+benchmarks: a `TrainedModel` of the generator, prior, chains and inference network alone
+(`learner=True` adds the whole learner). `resume(config, ...)` builds the learner of a run
+and restores it for train.py to go on. Both take the workdir they are given as the truth
+(a run may have been copied or moved since training, or be named relative to another
+current directory) and the number of chains from the checkpoint itself, so a folder
+smaller than --num_images opens like any other run.
 
 config.json format 1 (no "format_version"; runs trained before the config was nested)
 is flat, its keys train.py's flag names; it still reads, and so does its flags.txt.
@@ -19,13 +22,15 @@ is flat, its keys train.py's flag names; it still reads, and so does its flags.t
 
 import dataclasses
 import json
+import math
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.training import distribute
-from sparse_gen_tf.learning.abp import AlternatingBackprop
+from sparse_gen_tf.learning.abp import SPARSE_PATH_MAX_DENSITY, AlternatingBackprop
 from sparse_gen_tf.training import config as run_config
 from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.learning.cooperative import CooperativeLearning
@@ -34,6 +39,7 @@ from sparse_gen_tf.model.descriptor import Descriptor
 from sparse_gen_tf.model.encoder import Encoder
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model.generator import Generator
+from sparse_gen_tf.model import prior as prior_lib
 
 CONFIG_FILE = "config.json"
 # 1: flat, keyed by flag name (before the nesting); 2: nested.
@@ -212,34 +218,154 @@ def read_encoder(checkpoint):
     return encoder
 
 
-@dataclasses.dataclass
-class Run:
-    """An opened training run.
+def _node(**children):
+    """A bare object-graph node whose children are `children` (tf.Module tracks every
+    attribute it is given, lists as numbered children)."""
+    node = tf.Module()
+    for name, child in children.items():
+        setattr(node, name, child)
+    return node
 
-    config: its TrainConfig, with workdir set to where the run is now.
-    model: the AlternatingBackprop (or CooperativeLearning) model, restored, with its
-      prior (`model.prior`, fitted to its chains) and its inference network
-      (`model.encoder`: the one fitted after training to this checkpoint if there is
-      one, else the one trained with the run (--encoder), else None).
-    checkpoint: the path of the checkpoint it was restored from.
-    num_examples: the number of training images (= persistent chains).
+
+def _read_checkpoint(path):
+    """tf.train.load_checkpoint(path), or UserError in one line if it cannot be read."""
+    try:
+        return tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(f"cannot read the checkpoint {path} ({type(e).__name__}); it may be "
+                        "incomplete: delete it to fall back to the one before") from None
+
+
+def _restore(checkpoint, path, config_path, strict):
+    """checkpoint.restore(path); strict: every object in checkpoint must be in the file.
+    A mismatch is the architecture's: UserError in one line."""
+    try:
+        status = checkpoint.restore(path)
+        if strict:
+            status.assert_existing_objects_matched()
+        status.expect_partial()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        detail = str(e).splitlines()[0][:200]
+        raise UserError(f"the checkpoint {path} does not fit the architecture in "
+                        f"{config_path} ({detail}); use the config.json it was trained "
+                        "with") from None
+    return status
+
+
+# eq=False: compared, and hashed, as the object it is (`inference` caches compiled
+# functions per model).
+@dataclasses.dataclass(eq=False)
+class TrainedModel:
+    """A training run opened at a checkpoint (`open_run`): what explain, evaluate, export
+    and fit_encoder use of it. Its attributes are those of the learner
+    (AlternatingBackprop) that they read, so it stands in for one in `inference`,
+    `serving` and the reports.
+
+    config: the run's TrainConfig, with workdir set to where the run is now.
+    generator: the `Generator` g(z; θ) at the checkpoint.
+    prior: where samples come from (`model.prior`), fitted to the chains.
+    chains: the persistent chains, a variable [num_examples, d]: the training images'
+      codes and the starting points of `reconstruct`'s search.
+    encoder: the inference network: the one fitted after training to this checkpoint if
+      there is one (`read_encoder`), else the one trained with the run (--encoder), else
+      None.
+    checkpoint: the path of the checkpoint it was restored from; step: its training step.
+    learner: the whole AlternatingBackprop (or CooperativeLearning) model with its
+      optimizers, restored, when `open_run(learner=True)` asked for it; else None.
     """
     config: TrainConfig
-    model: object
+    generator: Generator
+    prior: object
+    chains: keras.Variable
+    encoder: object
     checkpoint: str
-    num_examples: int
+    step: int
+    learner: object = None
 
     @property
-    def step(self):
-        return int(self.model.optimizer.iterations.numpy())
+    def langevin(self):
+        """L, δ and σ of Eq. (10)-(11) the run trained with (a `LangevinConfig`)."""
+        return self.config.langevin
+
+    @property
+    def num_examples(self):
+        """The number of training images (= persistent chains)."""
+        return int(self.chains.shape[0])
 
     def data(self):
         """The run's images as at training time: `pipeline.TrainingData` (train, held-out)."""
         return pipeline.load_for(self.config)
 
 
-def load_run(workdir):
-    """Opens the training run in workdir at its latest checkpoint: a `Run`.
+def _restore_parts(config, path, num_examples):
+    """(generator, prior or None, chains, encoder or None, step) restored from the
+    checkpoint at path, without the learner, its optimizers or its descriptor.
+
+    The checkpoint's object graph reaches the transposed convolutions' weights (and
+    the trained encoder's convolutions) only through the optimizers' variable lists,
+    not through the generator: Keras tracks those layers for itself, not as
+    checkpoint dependencies. So the nodes rebuilt here are the learner's own paths,
+    model/{generator, chains, prior, encoder, encoder_optimizer/_trainable_variables}
+    and optimizer/{_trainable_variables, _iterations}, with the lists in the order
+    in which `build_model` built the optimizers (the generator's, the encoder's
+    trainable_weights).
+    """
+    generator = Generator(config.generator)
+    # A Keras variable, as the learner's chains are (`chains.value` reads it the same).
+    chains = keras.Variable(np.zeros([num_examples, config.generator.latent_dim], np.float32),
+                            trainable=False, name="chains")
+    # The step is the optimizer's, or under mixed_float16 its LossScaleOptimizer's inner
+    # optimizer's (`iterations` delegates to it; the outer counter stays at 0).
+    dtypes = tf.train.load_checkpoint(path).get_variable_to_dtype_map()
+    inner = "optimizer/inner_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    outer = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    step = tf.Variable(0, dtype=dtypes.get(inner, dtypes.get(outer, tf.int64)),
+                       trainable=False, name="iterations")
+    counter = (dict(inner_optimizer=_node(_iterations=step)) if inner in dtypes
+               else dict(_iterations=step))
+    model = dict(generator=generator, chains=chains)
+    prior = prior_lib.make(config.prior, config.generator)
+    if prior_in_checkpoint(path):
+        model["prior"] = prior
+    encoder = None
+    if config.encoder is not None:
+        encoder = Encoder(config.encoder, latent_dim=config.generator.latent_dim,
+                          image_size=config.generator.image_size)
+        model["encoder"] = encoder
+        model["encoder_optimizer"] = _node(
+            _trainable_variables=list(encoder.trainable_weights))
+    checkpoint = tf.train.Checkpoint(
+        model=_node(**model),
+        optimizer=_node(_trainable_variables=list(generator.trainable_weights), **counter))
+    _restore(checkpoint, path, os.path.join(config.workdir, CONFIG_FILE), strict=True)
+    return generator, prior, chains, encoder, int(step.numpy())
+
+
+def _for_inference(generator, config):
+    """Sets how generator's TopK layers find their thresholds, and whether its Langevin
+    loop takes the sparse path, as the learner's compile does for the run's
+    --jit_compile (`AlternatingBackprop.compile`). Both give the same results; they
+    only change how fast the XLA-compiled inference runs."""
+    bisection = config.jit_compile and not tf.config.list_logical_devices("GPU")
+    for topk in generator.topks:
+        topk.bisection = bisection
+    densities = [k / math.prod(shape) for k, shape in zip(
+        config.generator.topk, config.generator.feature_map_shapes())]
+    generator.sparse_path = bisection and max(densities) <= SPARSE_PATH_MAX_DENSITY
+
+
+def open_run(workdir, *, learner=False, fit_prior=True):
+    """Opens the training run in workdir at its latest checkpoint: a `TrainedModel`.
+
+    It restores only the generator, the prior, the chains and the inference network;
+    learner=True restores the whole learner too (`TrainedModel.learner`, with its
+    optimizers and descriptor; the other attributes are then the learner's).
+    The workdir given is the truth (the run may have been moved since training), and
+    the number of chains comes from the checkpoint itself.
+
+    fit_prior: what to do with a checkpoint from before the prior was saved with the
+    model: True fits it now from the restored chains, as the checkpoint callback would
+    have; False raises UserError.
 
     Raises UserError, in one line, if workdir holds no run or no checkpoint, or if the
     checkpoint does not match the architecture in config.json.
@@ -248,45 +374,85 @@ def load_run(workdir):
     if config is None:
         raise UserError(f"no training run in {workdir} (no {CONFIG_FILE}); train first "
                         f"with python train.py --workdir={workdir}")
-    # The run may have been moved since training: its checkpoints are where it is now.
     config = dataclasses.replace(config, workdir=workdir)
     path = latest_checkpoint(workdir)
     if path is None:
         raise UserError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train "
                         f"first with python train.py --workdir={workdir}")
-    try:
-        in_checkpoint = chains_in_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"cannot read the checkpoint {path} ({type(e).__name__}); it may be "
-                        "incomplete: delete it to fall back to the one before") from None
+    _read_checkpoint(path)
+    in_checkpoint = chains_in_checkpoint(path)
     if num_examples is not None and num_examples != in_checkpoint:
         raise UserError(f"{CONFIG_FILE} in {workdir} says {num_examples} training images "
                         f"but its checkpoint holds {in_checkpoint} chains; the two come "
                         "from different runs")
-    model = build_model(config, in_checkpoint)
-    checkpoint, _ = checkpoint_for(model)
-    try:
-        checkpoint.restore(path).expect_partial()
-    except (ValueError, tf.errors.OpError) as e:
-        detail = str(e).splitlines()[0][:200]
-        raise UserError(f"the checkpoint {path} does not fit the architecture in "
-                        f"{os.path.join(workdir, CONFIG_FILE)} ({detail}); use the "
-                        "config.json it was trained with") from None
-    encoder = read_encoder(path)
-    if encoder is not None:
-        if (encoder.latent_dim, encoder.image_size) != (config.generator.latent_dim,
-                                                        config.generator.image_size):
+    # A fresh prior is fitted only when it has nothing to fit (N(0, I)).
+    unfitted = (not prior_in_checkpoint(path)
+                and not prior_lib.make(config.prior, config.generator).fitted)
+    if unfitted and not fit_prior:
+        raise UserError(f"the checkpoint {path} holds no fitted prior (it was trained "
+                        "before the prior was saved with the model); pass --fit_prior "
+                        "to fit it now from the run's chains")
+    if learner:  # resume fits the prior if the checkpoint has none
+        model, _ = resume(config, in_checkpoint, path=path, strict=False)
+        generator, prior, chains, encoder = (model.generator, model.prior, model.chains,
+                                             model.encoder)
+        step = int(model.optimizer.iterations.numpy())
+    else:
+        model = None
+        generator, prior, chains, encoder, step = _restore_parts(config, path, in_checkpoint)
+        _for_inference(generator, config)
+    fitted = read_encoder(path)
+    if fitted is not None:
+        if (fitted.latent_dim, fitted.image_size) != (config.generator.latent_dim,
+                                                      config.generator.image_size):
             raise UserError(f"{encoder_path(path)} was fitted to another architecture; "
                             "delete it and fit it again with python -m "
                             "sparse_gen_tf.commands.fit_encoder")
-        model.encoder = encoder
-    if not model.prior.fitted:
-        # A checkpoint from before the prior was saved with the model: fit it now, from
-        # the restored chains, as the checkpoint callback would have.
+        encoder = fitted
+        if model is not None:
+            model.encoder = fitted
+    if unfitted and not learner:
+        # As the learner's fit_prior, from the restored chains.
+        prior.fit(generator, chains.numpy(), seed=config.seed)
+    return TrainedModel(config, generator, prior, chains, encoder, path, step, model)
+
+
+def resume(config, num_examples, *, strategy=None, path=None, strict=True):
+    """(learner, checkpoint): the AlternatingBackprop (or CooperativeLearning) model of
+    config, built for strategy (default: the one in scope; `build_model`), and the
+    tf.train.Checkpoint of all its state (`checkpoint_for`; its epoch counter is
+    `checkpoint.epoch`), restored from the checkpoint at path, or else from workdir's
+    latest; with neither, fresh.
+
+    Raises UserError, in one line, if that checkpoint holds chains for another number
+    of images than num_examples (a folder that gained or lost files), or does not fit
+    the architecture. strict: every piece of the learner must be in the checkpoint but
+    the prior of a run from before the prior was saved with the model, which is then
+    fitted from the restored chains.
+    """
+    path = path or latest_checkpoint(config.workdir)
+    if path is not None:
+        _read_checkpoint(path)
+        trained = chains_in_checkpoint(path)
+        if trained != num_examples:
+            raise UserError(f"--workdir={config.workdir} trained on {trained} images, but "
+                            f"the data now gives {num_examples}; restore the data as it "
+                            "was or use a new --workdir")
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_model(config, num_examples)
+    # Outside the scope: the epoch counter is host-side state, read as a Python int.
+    checkpoint, _ = checkpoint_for(model)
+    if path is None:
+        return model, checkpoint
+    has_prior = prior_in_checkpoint(path)
+    _restore(checkpoint, path, os.path.join(config.workdir, CONFIG_FILE),
+             strict=strict and has_prior)
+    if not has_prior and not model.prior.fitted:
         model.fit_prior()
-    return Run(config, model, path, in_checkpoint)
+    return model, checkpoint
 
 
-__all__ = ["Run", "build_model", "checkpoint_for", "chains_in_checkpoint", "encoder_path",
-           "latest_checkpoint", "load_run", "prior_in_checkpoint", "read_config",
-           "read_encoder", "read_saved", "write_config", "write_encoder"]
+__all__ = ["TrainedModel", "build_model", "checkpoint_for", "chains_in_checkpoint",
+           "encoder_path", "latest_checkpoint", "open_run", "prior_in_checkpoint",
+           "read_config", "read_encoder", "read_saved", "resume", "write_config",
+           "write_encoder"]

@@ -2,7 +2,7 @@
 
 workdir/
   config.json        the TrainConfig of the run and how many images it trained on
-                     (`run.load_run` reads it back for explain, evaluate and export)
+                     (`run.open_run` reads it back for explain, evaluate and export)
   flags.txt          the same as a flagfile: `python train.py --flagfile=workdir/flags.txt`
   checkpoints/       tf.train checkpoints: generator, chains, optimizer, epoch, RNG state
   tb/train/          scalars: batch_* every --log_every steps, epoch_* (callbacks.TrainScalars)
@@ -44,19 +44,6 @@ def check_resumable(config):
                         f"({'; '.join(changed)}); use a new --workdir or the old values")
 
 
-def check_same_examples(config, num_examples):
-    """Raises UserError if the workdir's checkpoint has chains for another number of
-    images than the data now gives (a folder that gained or lost files)."""
-    latest = run.latest_checkpoint(config.workdir)
-    if latest is None:
-        return
-    trained = run.chains_in_checkpoint(latest)
-    if trained != num_examples:
-        raise UserError(f"--workdir={config.workdir} trained on {trained} images, but the "
-                        f"data now gives {num_examples}; restore the data as it was or "
-                        "use a new --workdir")
-
-
 def train(config: TrainConfig):
     """Trains (or resumes) the run described by config; returns the Keras History."""
     check_resumable(config)
@@ -71,7 +58,6 @@ def train(config: TrainConfig):
     # start from other weights in every process, and two runs could not be compared.
     keras.utils.set_random_seed(config.seed)
     data = pipeline.load_for(config)
-    check_same_examples(config, data.num_examples)
     dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed)
     # Every worker runs the same seeded shuffle and keeps its own share of each batch.
     options = tf.data.Options()
@@ -81,23 +67,15 @@ def train(config: TrainConfig):
     steps_per_epoch = data.num_examples // config.batch_size
     epochs = math.ceil(config.train_steps / steps_per_epoch)
 
-    with strategy.scope():
-        model = run.build_model(config, data.num_examples)
-    # Outside the scope: the epoch counter is host-side state, read as a Python int.
-    checkpoint, epoch = run.checkpoint_for(model)
+    # Every worker resumes from the chief's latest checkpoint, if there is one.
+    latest = run.latest_checkpoint(config.workdir)
+    model, checkpoint = run.resume(config, data.num_examples, strategy=strategy, path=latest)
+    epoch = checkpoint.epoch
     chief = distribute.is_chief(strategy)
     save_dir = distribute.checkpoint_dir(config.workdir, strategy)
     manager = tf.train.CheckpointManager(checkpoint, save_dir,
                                          max_to_keep=config.keep_checkpoints)
-    # Every worker resumes from the chief's checkpoints.
-    latest = run.latest_checkpoint(config.workdir)
     if latest:
-        restored = checkpoint.restore(latest)
-        if run.prior_in_checkpoint(latest):
-            restored.assert_existing_objects_matched()
-        else:  # a run from before the prior was checkpointed: fit it from the chains
-            restored.expect_partial()
-            model.fit_prior()
         logging.info("Resumed from %s (epoch %d)", latest, int(epoch))
     else:
         model.generator.initialize_output_bias(
