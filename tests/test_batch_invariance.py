@@ -55,14 +55,13 @@ def test_matmul_gives_each_row_its_own_bits_and_the_same_product():
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("form", ["blocked", "unrolled", "windowed"])
+@pytest.mark.parametrize("form", ["blocked", "windowed"])
 def test_transposed_conv_gives_each_example_its_own_bits_in_every_kernel_form(form):
     keras.utils.set_random_seed(1)
     layer = TransposedConv(24, 4, 2)
     layer.build((None, 2, 2, 64))
     layer.batch_invariant = True
-    kernel = {"blocked": None, "unrolled": layer.unrolled_kernel((2, 2, 64)),
-              "windowed": layer.windowed_kernel((2, 2, 64))}[form]
+    kernel = {"blocked": None, "windowed": layer.windowed_kernel((2, 2, 64))}[form]
     x = tf.random.stateless_normal([25, 2, 2, 64], [1, 2])
     assert_rows_are_batch_invariant(with_gradient(lambda x: layer(x, kernel=kernel)), x)
     layer.batch_invariant = False
@@ -112,12 +111,10 @@ def test_encoder_gives_each_image_its_own_bits_and_computes_its_convolutions():
 def test_serving_graph_sets_the_served_settings_and_restores_the_training_ones():
     generator = random_generator()
     encoder = Encoder(EncoderConfig(channels=(8,)), latent_dim=32, image_size=32)
-    generator.sparse_path = True
     for topk in generator.topks:
         topk.bisection = True
     with serving_graph(generator, encoder):
         assert generator.batch_invariant and encoder.batch_invariant
-        assert not generator.sparse_path
         assert not any(topk.bisection for topk in generator.topks)
     assert not generator.batch_invariant and not encoder.batch_invariant
-    assert generator.sparse_path and all(topk.bisection for topk in generator.topks)
+    assert all(topk.bisection for topk in generator.topks)
