@@ -49,10 +49,8 @@ NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized infe
               "fit one with python -m sparse_gen_tf.commands.fit_encoder --workdir=RUN (or train "
               "with --encoder), or use the search")
 # The amortized inference's refinement: noise-free steps from the network's guess, and
-# their δ_r. On a parts run, δ_r = 0.1 beat 0.05, and Langevin's noise at δ = 0.3 lost
-# 2-3 dB; 30 steps gained 0.3 dB over 10 and lost 0.1 dB to 100
-# (benchmarks/encoder_objectives.py), at a cost linear in the steps
-# (benchmarks/export_latency.py).
+# their δ_r: noise costs the guess's precision, and past 30 steps the held-out PSNR no
+# longer rises while the cost grows linearly (docs/experiments.md).
 AMORTIZED_STEPS = 30
 AMORTIZED_STEP_SIZE = 0.1
 

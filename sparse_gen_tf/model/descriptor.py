@@ -170,8 +170,8 @@ def descriptor_langevin(descriptor, images, seed, *, steps, step_size, reference
         grad = tape.gradient(total, y)
         y = y + 0.5 * step_size ** 2 * (grad - y / reference ** 2)
         if noise:
-            # Philox explicitly: XLA's CPU auto_select generator is much slower on
-            # image-sized draws like these (BENCHMARKS.md, "One noise draw per chain").
+            # Philox explicitly: XLA's CPU auto_select generator is far slower on
+            # image-sized draws like these.
             e = tf.random.stateless_normal(
                 tf.shape(y), tf.random.experimental.stateless_fold_in(seed, t), dtype=y.dtype,
                 alg="philox")
