@@ -24,8 +24,8 @@ rest open. Each `train_step` on a batch (example ids, images Y_obs) does exactly
 Steps 4 and 5 only read Ỹ, Y_obs and z, which are fixed by then, so their order does not
 matter; both use the parameters from before the step (CoopNets updates D, then G, the same).
 
-Choices the paper leaves open, and why (the measurements behind them are in README.md,
-"Cooperative learning with a descriptor"):
+Choices the paper leaves open, and why (the measurements behind them are in
+docs/descriptor.md):
   - z is inferred from Y_obs, not re-inferred from Ỹ: Ỹ starts at g(z_i) and the
     descriptor's small steps (δ = 0.002) move it a little, so z_i is already a posterior
     sample for Ỹ_i; re-inferring would double the cost for nothing the generator can use.

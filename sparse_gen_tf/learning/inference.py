@@ -27,10 +27,8 @@ it. `InferenceSettings.method` chooses.
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
 the training step size. Refinement with its own smaller step (refine_step_size) does pay
-on faces, and benchmarks/paper_experiments.py uses it. The figures: README.md, "What the
-model learns" (plain Langevin, i.e. one chain from N(0, I) for 200 steps, against these
-defaults) and "Real images" (refinement), and docs/explanation.md, "Why these inference
-settings".
+on faces, and benchmarks/paper_experiments.py uses it. The figures: docs/explanation.md,
+"Why these inference settings", and docs/faces_and_bricks.md (refinement).
 """
 
 import dataclasses
