@@ -55,13 +55,14 @@ def test_matmul_gives_each_row_its_own_bits_and_the_same_product():
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("form", ["blocked", "windowed"])
+@pytest.mark.parametrize("form", ["blocked", "unrolled", "windowed"])
 def test_transposed_conv_gives_each_example_its_own_bits_in_every_kernel_form(form):
     keras.utils.set_random_seed(1)
     layer = TransposedConv(24, 4, 2)
     layer.build((None, 2, 2, 64))
     layer.batch_invariant = True
-    kernel = {"blocked": None, "windowed": layer.windowed_kernel((2, 2, 64))}[form]
+    kernel = {"blocked": None, "unrolled": layer.unrolled_kernel((2, 2, 64)),
+              "windowed": layer.windowed_kernel((2, 2, 64))}[form]
     x = tf.random.stateless_normal([25, 2, 2, 64], [1, 2])
     assert_rows_are_batch_invariant(with_gradient(lambda x: layer(x, kernel=kernel)), x)
     layer.batch_invariant = False

@@ -1,11 +1,11 @@
 """The dense Langevin path's two speed-ups compute the same function.
 
-`TransposedConv.windowed_kernel` makes a layer with a small input map a few matmuls, the
-whole layer as one matrix (`unrolled_kernel`) without its zero blocks and without the
-overlap-add of the shifted blocks; `Generator.langevin_kernels` picks it where the
-whole-layer matrix does no more multiply-adds. `kth_largest_and_count` hands TopK the
-count of entries at or above its threshold, so the mask knows about surplus ties without
-another pass.
+`TransposedConv.unrolled_kernel` makes a layer with a small input map one matmul (the
+served graph's form), without the overlap-add of its shifted blocks; `windowed_kernel` is
+that matmul without its zero blocks (the training loop's); `Generator.langevin_kernels`
+picks them where the whole-layer matrix does no more multiply-adds.
+`kth_largest_and_count` hands TopK the count of entries at or above its threshold, so the
+mask knows about surplus ties without another pass.
 """
 
 import numpy as np
@@ -33,7 +33,8 @@ SHAPES = [(2, 2, 5, 3, 4, 2), (2, 3, 4, 2, 5, 2), (1, 1, 3, 2, 4, 2), (2, 2, 3, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("compiled", [False, True])
-def test_windowed_kernel_is_the_same_layer_and_gradients(shape, compiled):
+@pytest.mark.parametrize("form", ["unrolled_kernel", "windowed_kernel"])
+def test_whole_layer_kernels_are_the_same_layer_and_gradients(shape, compiled, form):
     h, w, c_in, filters, k, s = shape
     layer = TransposedConv(filters, k, s)
     layer.build((None, h, w, c_in))
@@ -44,7 +45,7 @@ def test_windowed_kernel_is_the_same_layer_and_gradients(shape, compiled):
     def both(x):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
-            whole = layer(x, kernel=layer.windowed_kernel((h, w, c_in)))
+            whole = layer(x, kernel=getattr(layer, form)((h, w, c_in)))
             blocked = layer(x, kernel=layer.matmul_kernel())
             losses = [tf.reduce_sum(tf.sin(out) * weights) for out in (whole, blocked)]
         return whole, blocked, [tape.gradient(loss, [x, layer.kernel, layer.bias])
@@ -112,6 +113,8 @@ def test_langevin_kernels_window_the_top_layer_only():
     top, bottom = generator.langevin_kernels()
     assert isinstance(top, tuple) and len(top) == 3 and all(len(r) == 3 for r in top)
     assert bottom.shape.rank == 2
+    generator.batch_invariant = True  # the served graph: the whole-layer matrix
+    assert [k.shape.rank for k in generator.langevin_kernels()] == [3, 2]
 
 
 @pytest.mark.parametrize("compiled", [False, True])

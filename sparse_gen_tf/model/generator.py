@@ -176,9 +176,9 @@ class Generator(keras.Model):
           z: [batch, latent_dim].
           masks: optional list, one per sparse layer, of (mask_T, mask_R) [batch, h, w, c]
             to use instead of computing them: the frozen, linear generator of Eq. (2).
-          kernels: optional list of each deconv's `matmul_kernel()` or
-            `windowed_kernel()` (see `langevin_kernels`), computed once by a caller that
-            runs g many times with fixed weights.
+          kernels: optional list of each deconv's `matmul_kernel()`,
+            `unrolled_kernel()` or `windowed_kernel()` (see `langevin_kernels`), computed
+            once by a caller that runs g many times with fixed weights.
           blocked: return "logits" and "image" as `tf.nn.space_to_depth(·, s)` of the
             image, [batch, H/s, W/s, s*s*3] (needs `blocked_output`); see
             `squared_error_fn`.
@@ -225,10 +225,20 @@ class Generator(keras.Model):
         matmul (`TransposedConv.unrolls`, the paper's top layer), that matrix without
         its zero blocks (`TransposedConv.windowed_kernel`), which saves the overlap-add
         of the shifted blocks; elsewhere `matmul_kernel`. Pass them as
-        `parse(kernels=...)`."""
-        return [deconv.windowed_kernel(shape, self.compute_dtype) if deconv.unrolls(shape)
-                else deconv.matmul_kernel(self.compute_dtype)
-                for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes())]
+        `parse(kernels=...)`.
+
+        When `batch_invariant` (the served graph, without XLA), the whole-layer matrix
+        itself (`unrolled_kernel`): one product instead of one per window, where every
+        op costs its dispatch and a Langevin step of one image is all dispatch."""
+        kernels = []
+        for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes()):
+            if not deconv.unrolls(shape):
+                kernels.append(deconv.matmul_kernel(self.compute_dtype))
+            elif self.batch_invariant:
+                kernels.append(deconv.unrolled_kernel(shape, self.compute_dtype))
+            else:
+                kernels.append(deconv.windowed_kernel(shape, self.compute_dtype))
+        return kernels
 
     def sparse_kernels_problem(self):
         """None when `langevin_gradient_fn` can run this generator here, else why not: g

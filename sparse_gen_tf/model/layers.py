@@ -302,8 +302,10 @@ class TransposedConv(keras.layers.Layer):
     def unrolled_kernel(self, input_shape, dtype=None):
         """The layer without its bias as one matrix, [h*w*c_in, h*s*w*s, filters]: row j
         is the output (pixels in row-major order, then filters) of input unit j alone,
-        i.e. unit j's basis patch where it lands, cropped by the 'same' padding: what
-        `windowed_kernel` cuts into its blocks. A pure function of the kernel variable."""
+        i.e. unit j's basis patch where it lands, cropped by the 'same' padding; what
+        `windowed_kernel` cuts into its blocks. Like `matmul_kernel`, a pure function of
+        the kernel variable; `call(kernel=...)` takes either, and the two differ only in
+        the order of the sums."""
         h, w, c_in = (int(v) for v in input_shape)
         k, s = self.kernel_size, self.strides
         pad = (k - s) // 2
@@ -354,8 +356,9 @@ class TransposedConv(keras.layers.Layer):
     def call(self, x, include_bias=True, kernel=None, blocked=False):
         """x [batch, h, w, c_in] -> [batch, h*s, w*s, filters].
 
-        kernel: optional, precomputed: `matmul_kernel()` (rank 2) or
-        `windowed_kernel((h, w, c_in))`, the whole layer as matrices without zero blocks.
+        kernel: optional, precomputed: `matmul_kernel()` (rank 2),
+        `unrolled_kernel((h, w, c_in))` (rank 3), which makes the layer one matmul, or
+        `windowed_kernel((h, w, c_in))`, that matmul without its zero blocks.
         blocked=True (only when `paints_disjoint_cells`) returns the output before its
         depth_to_space, [batch, h, w, s*s*filters], i.e. `tf.nn.space_to_depth(output, s)`.
         """
@@ -376,6 +379,16 @@ class TransposedConv(keras.layers.Layer):
                     [batch, b.rows[1] - b.rows[0], b.cols[1] - b.cols[0], c_out])
                     for b in row], axis=2)
                 for row in kernel], axis=1)
+            if self.use_bias and include_bias:
+                out = out + tf.cast(self.bias, out.dtype)
+            return out
+        if kernel.shape.rank == 3:
+            if blocked:
+                raise ValueError("blocked output needs the blocked kernel of matmul_kernel()")
+            out = tf.reshape(matmul(tf.reshape(x, [-1, h * w * c_in]),
+                                    tf.reshape(kernel, [h * w * c_in, -1]),
+                                    self.batch_invariant),
+                             [batch, h * s, w * s, c_out])
             if self.use_bias and include_bias:
                 out = out + tf.cast(self.bias, out.dtype)
             return out
