@@ -12,11 +12,11 @@ its backward to the input (for ∂/∂z, Eq. 11); this script times that pair, 3
 nothing is loop-invariant), in each form TensorFlow offers:
 
 - dense matmul under XLA (the dense path of the train step) and without XLA (oneDNN);
-- the sparse path under XLA (`TransposedConv.paint`: a gather of kernel rows per unit and
-  one segment sum per cell; ∂/∂value by autodiff), the only sparse form XLA compiles;
-- without XLA, `tf.sparse.sparse_dense_matmul` (TensorFlow's SpMM kernel) and an
-  embedding-bag of `tf.gather` + `tf.math.unsorted_segment_sum`, their gradients by
-  autodiff;
+- an embedding-bag of `tf.gather` + `tf.math.unsorted_segment_sum` (a gather of kernel
+  rows per unit and one segment sum per cell; ∂/∂value by autodiff), under XLA, the only
+  sparse form XLA compiles, and without it;
+- without XLA, `tf.sparse.sparse_dense_matmul` (TensorFlow's SpMM kernel), its gradient
+  by autodiff;
 - this package's compiled kernels (`model/sparse_kernels.py`: `sparse_rows_matmul`, then
   `masked_matmul_t` of the likelihood's gradient), when they build.
 
@@ -70,10 +70,9 @@ def forms(batch, k, seed=0):
     deconv.build((None, H, H, C_IN))
     fm = tf.constant(rng.standard_normal([batch, H, H, C_IN]).astype(np.float32))
     # The kept set of the paper's TopK; ReLU then zeroes about half of it, but the sparse
-    # forms keep all K slots (static shapes), as `Generator.paint` does.
-    topk = TopK(k)
-    mask = topk.mask(fm)
-    values, indices = topk.units(fm)
+    # forms keep all K slots (static shapes).
+    mask = TopK(k).mask(fm)
+    values, indices = tf.math.top_k(tf.reshape(fm, [batch, -1]), k)  # no ties: normal draws
     target = tf.constant(rng.uniform(-1, 1, [batch, H, H, CELL * CELL * 3]).astype(np.float32))
     kernel = deconv.matmul_kernel()  # [c_in, s*s*3], the matmul layout of the dense path
     n = H * H * C_IN
@@ -86,14 +85,6 @@ def forms(batch, k, seed=0):
             out = deconv(x * mask, kernel=kernel, blocked=True, include_bias=False)
             loss = squared_error(out, target)
         return out, tape.gradient(loss, x)
-
-    def paint_pair(v):
-        with tf.GradientTape() as tape:
-            tape.watch(v)
-            out = deconv.paint(v, indices, (H, H, C_IN), kernel=kernel, blocked=True,
-                               include_bias=False)
-            loss = squared_error(out, target)
-        return out, tape.gradient(loss, v)
 
     # Row (example, cell) and column (channel) of every kept unit, for SpMM.
     rows = tf.reshape(indices // C_IN + H * H * tf.range(batch)[:, None], [-1])
@@ -130,8 +121,8 @@ def forms(batch, k, seed=0):
         "dense matmul, XLA (the train step's dense path)": (
             *loop(dense_pair, fm, FLAGS.steps, True), dense_flops),
         "dense matmul, no XLA (oneDNN)": (*loop(dense_pair, fm, FLAGS.steps, False), dense_flops),
-        "sparse paint, XLA (Generator.sparse_path)": (
-            *loop(paint_pair, values, FLAGS.steps, True), sparse_flops),
+        "gather + unsorted_segment_sum, XLA": (
+            *loop(bag_pair, values, FLAGS.steps, True), sparse_flops),
         "tf.sparse.sparse_dense_matmul, no XLA": (
             *loop(spmm_pair, values, FLAGS.steps, False), sparse_flops),
         "gather + unsorted_segment_sum, no XLA": (

@@ -93,8 +93,7 @@ def step_path(model):
     """Which formulation of the train step `compile` chose, in words."""
     if model.uses_sparse_kernels:
         return "sparse kernels for the Langevin gradient, the θ step under XLA"
-    return ("XLA" if model.jit_compile else "no XLA") + (
-        ", sparse Langevin path" if model.generator.sparse_path else ", dense") + (
+    return ("XLA" if model.jit_compile else "no XLA") + ", dense" + (
         ", TopK by bisection" if model.generator.topks[0].bisection else ", TopK by top_k")
 
 

@@ -112,12 +112,10 @@ def test_encoder_gives_each_image_its_own_bits_and_computes_its_convolutions():
 def test_serving_graph_sets_the_served_settings_and_restores_the_training_ones():
     generator = random_generator()
     encoder = Encoder(EncoderConfig(channels=(8,)), latent_dim=32, image_size=32)
-    generator.sparse_path = True
     for topk in generator.topks:
         topk.bisection = True
     with serving_graph(generator, encoder):
         assert generator.batch_invariant and encoder.batch_invariant
-        assert not generator.sparse_path
         assert not any(topk.bisection for topk in generator.topks)
     assert not generator.batch_invariant and not encoder.batch_invariant
-    assert generator.sparse_path and all(topk.bisection for topk in generator.topks)
+    assert all(topk.bisection for topk in generator.topks)

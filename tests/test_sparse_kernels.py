@@ -201,7 +201,7 @@ def test_unsupported_setups_keep_the_dense_xla_step_and_say_why(host_gpus, caplo
     host_gpus(True)
     model = make_model(True)
     assert not model.uses_sparse_kernels and model.jit_compile
-    assert "GPU" in model.sparse_kernels_problem()
+    assert "GPU" in model.gradient_path.reason
     host_gpus(False)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -209,7 +209,7 @@ def test_unsupported_setups_keep_the_dense_xla_step_and_say_why(host_gpus, caplo
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert not model.uses_sparse_kernels
-    assert "float32" in model.sparse_kernels_problem()
+    assert "float32" in model.gradient_path.reason
 
 
 @pytest.mark.parametrize("broken", ["no compiler", "cache not writable"])

@@ -129,8 +129,7 @@ def psnr(images, reconstructions):
 
 
 # A cell is clean when one part (or the bare background) explains it to this PSNR, a
-# threshold well between the data's own cells and blends of two parts (README.md, "Are
-# the samples legal images of the grammar?").
+# threshold well between the data's own cells and blends of two parts (docs/grammar_prior.md).
 CLEAN_CELL_PSNR = 20.0
 # Intensities a clean part may have: the grammar's COEFFICIENT_RANGE (0.6, 1.0) with a
 # margin of 0.05 for the model's smooth output.

@@ -3,8 +3,8 @@
 // A TopK-sparse feature map keeps K of its h*w*c units, so the transposed conv's matmul
 // x [M, K_in] * w [K_in, N] multiplies mostly zeros, and the backward product
 // g [M, N] * w^T is only needed where the TopK mask is 1. Neither TensorFlow's
-// SparseTensorDenseMatMul nor XLA:CPU's gathers beat the dense matmul at the paper's 6.25%
-// (BENCHMARKS.md, 2026-12-04); these two loops do, because each kept unit's basis row of
+// SparseTensorDenseMatMul nor XLA:CPU's gathers beat the dense matmul at the paper's 6.25%;
+// these two loops do, because each kept unit's basis row of
 // w is read once, contiguously, from cache:
 //
 //   SparseRowsMatmul(x, w)        y[m, :] = sum over k with x[m, k] != 0 of x[m, k] * w[k, :]

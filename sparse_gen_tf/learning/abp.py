@@ -13,13 +13,12 @@ Everything runs inside Keras' compiled train function (XLA when `jit_compile`), 
 `fit`, callbacks, the progress bar and `tf.distribute` work as usual.
 """
 
-import math
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from sparse_gen_tf.learning import amortized, cross_replica
+from sparse_gen_tf.learning import amortized, cross_replica, gradient_path
 from sparse_gen_tf.learning.langevin import LangevinConfig, langevin
 from sparse_gen_tf.model import prior as prior_lib
 
@@ -52,19 +51,6 @@ class DeadChannels(keras.metrics.Metric):
         return {**super().get_config(), "num_channels": self.num_channels}
 
 
-# The largest K / (h*w*c) of any sparse layer at which `compile` picks the sparse
-# Langevin path under XLA on CPU: the densest point of the K sweep of
-# benchmarks/sparse_path.py where it still beat the dense path (BENCHMARKS.md,
-# "2026-12-01: the sparse Langevin path").
-SPARSE_PATH_MAX_DENSITY = 0.015
-
-# The largest K / (h*w*c) of any sparse layer at which `compile` picks the compiled
-# sparse kernels on its own (sparse_kernels=None). In the K sweep of
-# benchmarks/sparse_path.py they beat the dense XLA step up to 6.25% in every run and at
-# 12.5% in one of two (1.15x, and 0.94x with their first version), and lose at 25%
-# (BENCHMARKS.md, "2026-12-04, later: compiled sparse kernels").
-SPARSE_KERNELS_MAX_DENSITY = 0.1
-
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
 _compiled_langevin = tf.function(langevin, jit_compile=True)
 
@@ -82,11 +68,9 @@ class AlternatingBackprop(keras.Model):
         prior's state is fitted from the chains by `fit_prior`, at every checkpoint.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
         cannot be (several replicas; `distribute.compile_options`).
-      sparse_kernels: whether the Langevin gradient comes from the compiled sparse
-        kernels (`Generator.langevin_gradient_fn`; the loop then runs as a TensorFlow
-        graph with XLA between the kernels, and the θ step under XLA): None (auto) where
-        `compile` finds them faster by BENCHMARKS.md's measurements
-        (SPARSE_KERNELS_MAX_DENSITY) and supported, True wherever supported, False never.
+      sparse_kernels: whether the Langevin gradient may come from the compiled sparse
+        kernels (`Generator.langevin_gradient_fn`): None where they pay, True wherever
+        they run, False never; `compile` decides (`gradient_path.choose`).
       encoder: an `Encoder`, the inference network q(z | Y), trained in every step on the
         batch's images (`learn_encoder`, with its own Adam); None trains none.
         `encoder` may also hold a network fitted after training (run.open_run sets it),
@@ -100,7 +84,7 @@ class AlternatingBackprop(keras.Model):
         super().__init__(**kwargs)
         self.jit_langevin = bool(jit_langevin)
         self.sparse_kernels = None if sparse_kernels is None else bool(sparse_kernels)
-        self.uses_sparse_kernels = False  # what compile chose
+        self.gradient_path = gradient_path.PLAIN  # compile chooses
         self.generator = generator
         self.num_examples = int(num_examples)
         self.langevin = langevin or LangevinConfig()
@@ -134,73 +118,33 @@ class AlternatingBackprop(keras.Model):
         return list(self.trackers.values())
 
     def compile(self, *args, **kwargs):
-        """keras.Model.compile; also picks how the TopK layers find their thresholds,
-        and whether the Langevin loop runs the dense or the sparse path.
-
-        Where XLA compiles for a CPU (`jit_compile`, or `jit_langevin` for the Langevin
-        loop under a strategy), TopK uses the exact bisection of `layers.kth_largest`:
-        XLA:CPU's own top_k is a serial sort (BENCHMARKS.md, "TopK threshold by
-        bisection").
-        There the Langevin loop also takes the sparse path (`Generator.paint`, the same
-        function) when every sparse layer keeps at most SPARSE_PATH_MAX_DENSITY of its
-        units; at the paper's 6.25% the dense matmuls are faster. Set
-        `generator.sparse_path` after compile to override.
-
-        Faster still, where they apply, are the compiled sparse kernels
-        (`sparse_kernels`): with sparse_kernels=None they are chosen where XLA was asked
-        for on a CPU and every sparse layer keeps at most SPARSE_KERNELS_MAX_DENSITY of
-        its units, if `sparse_kernels_problem` finds nothing against them (a GPU,
-        another precision, the cooperative step, or no C++ compiler or cache to build
-        them in). The step then runs as a TensorFlow graph with XLA inside
-        (`uses_sparse_kernels`).
-        """
+        """keras.Model.compile; also sets the Langevin loop's gradient path for this
+        host (`gradient_path.choose`, kept as `gradient_path`): the compiled sparse
+        kernels or the dense step, and how TopK finds its thresholds."""
         super().compile(*args, **kwargs)
-        xla = self.jit_compile is True or self.jit_langevin
-        bisection = xla and not tf.config.list_logical_devices("GPU")
-        for topk in self.generator.topks:
-            topk.bisection = bisection
-        # The sparse Langevin path (Generator.paint) gathers and scatters where the dense
-        # one multiplies; under XLA on CPU it pays only for very sparse maps
-        # (BENCHMARKS.md, 2026-12-01), and was not measured on a GPU.
-        self.generator.sparse_path = bisection and (
-            self.max_density() <= SPARSE_PATH_MAX_DENSITY)
-        self.uses_sparse_kernels = False
-        if self.sparse_kernels is False or (self.sparse_kernels is None and not (
-                xla and self.max_density() <= SPARSE_KERNELS_MAX_DENSITY)):
-            return
-        problem = self.sparse_kernels_problem()
-        if problem:
-            log = logging.warning if self.sparse_kernels else logging.info
-            log("Sparse kernels: %s; the dense path runs instead.", problem)
+        dense_only = (None if type(self).train_step is AlternatingBackprop.train_step
+                      else f"{type(self).__name__} keeps the dense XLA step")
+        self.gradient_path = gradient_path.choose(
+            self.generator, xla=self.jit_compile is True or self.jit_langevin,
+            sparse_kernels=self.sparse_kernels, dense_only=dense_only)
+        self.gradient_path.apply(self.generator)
+        log = (logging.warning if self.sparse_kernels and not self.uses_sparse_kernels
+               else logging.info)
+        log("Langevin gradient: %s.", self.gradient_path.reason)
+        if not self.uses_sparse_kernels:
             return
         # The kernels are TensorFlow ops, which XLA cannot compile: the step runs as a
         # graph, its Langevin loop calls small XLA functions between the kernels, and its
         # θ step with the metrics is one XLA function (`_learn`).
-        logging.info("Sparse kernels: the Langevin gradient runs through them (%s).",
-                     "asked for" if self.sparse_kernels else
-                     f"auto: every layer keeps <= {SPARSE_KERNELS_MAX_DENSITY:.0%} of its units")
-        self.uses_sparse_kernels = True
-        self.generator.sparse_path = False
         self.jit_compile = False
-        for topk in self.generator.topks:
-            topk.bisection = True
         # Its variables must exist before the XLA function that updates them is traced.
         self.optimizer.build(self.generator.trainable_weights)
         self._compiled_learn = tf.function(self._learn, jit_compile=True)
 
-    def max_density(self):
-        """The largest K / (h*w*c) of the generator's sparse layers."""
-        config = self.generator.config
-        return max(k / math.prod(shape)
-                   for k, shape in zip(config.topk, config.feature_map_shapes()))
-
-    def sparse_kernels_problem(self):
-        """None when the sparse kernels can run this model's Langevin loop, else why not."""
-        if tf.config.list_logical_devices("GPU"):
-            return "the sparse kernels are CPU kernels and a GPU is visible"
-        if type(self).train_step is not AlternatingBackprop.train_step:
-            return f"{type(self).__name__} keeps the dense XLA step"
-        return self.generator.sparse_kernels_problem()
+    @property
+    def uses_sparse_kernels(self):
+        """Whether the Langevin gradient runs through the compiled sparse kernels."""
+        return self.gradient_path.sparse_kernels
 
     def call(self, z):
         return self.generator(z)
@@ -272,40 +216,53 @@ class AlternatingBackprop(keras.Model):
         return self.step_logs()
 
     def _learn(self, z, images):
-        """The θ step and the metrics at the inferred z: `_learning`, the optimizer's
-        update, the trackers' update. With the sparse kernels on one device it is one XLA
-        function (`_compiled_learn`), as the rest of the dense step is."""
-        grads, reconstruction, squared_error, loss, activations = self._learning(z, images)
-        self.optimizer.apply(grads, self.generator.trainable_weights)
+        """The θ step and the metrics at the inferred z: `generator_step`, the inference
+        network's step, `update_metrics`. With the sparse kernels on one device it is one
+        XLA function (`_compiled_learn`), as the rest of the dense step is."""
+        reconstruction, loss, activations = self.generator_step(z, images)
         self.learn_encoder(images)
+        self.update_metrics(z, images, reconstruction, loss, activations)
+
+    def generator_step(self, z, target):
+        """Learning back-propagation (Eq. 12): one optimizer step of θ down
+        mean ‖T - g(z)‖² / (2σ²) for z [n, d] and the target T [n, H, W, 3] (the images
+        Y in ABP; cooperative learning's revised images).
+
+        Returns:
+          (g(z) [n, H, W, 3] in T's dtype, as it was before the step; the loss; each
+          sparse layer's activations fm^i_s [n, h, w, c], top first).
+        """
+        with tf.GradientTape() as tape:
+            parse = self.generator.parse(z)
+            # Under a mixed policy g computes in 16 bits; the loss is summed in float32.
+            image = tf.cast(parse["image"], target.dtype)
+            squared_error = tf.reduce_sum(tf.square(target - image), axis=[1, 2, 3])
+            loss = tf.reduce_mean(squared_error) / (2.0 * self.langevin.sigma ** 2)
+            # Keras sums gradients across replicas, so each replica's share is 1/n.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+        weights = self.generator.trainable_weights
+        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+        return image, loss, parse["activations"]
+
+    def update_metrics(self, z, images, reconstruction, loss, activations, **more):
+        """Updates the trackers for the batch's examples: z [batch, d], their images and
+        their reconstructions g(z) [batch, H, W, 3], the loss, and each sparse layer's
+        activations [batch, h, w, c]. `more` gives {tracker name: value} of the trackers
+        a subclass adds."""
+        squared_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
         mse = tf.reduce_mean(tf.square(images - reconstruction))
-        log_prior = -0.5 * tf.reduce_sum(tf.square(z), axis=-1)
         values = {"loss": loss, "mse": mse, "psnr": psnr(mse),
                   "log_likelihood": -squared_error / (2.0 * self.langevin.sigma ** 2),
-                  "log_prior": log_prior, "z_norm": tf.norm(z, axis=-1)}
+                  "log_prior": -0.5 * tf.reduce_sum(tf.square(z), axis=-1),
+                  "z_norm": tf.norm(z, axis=-1), **more}
         for i, activation in enumerate(activations, 1):
             active = tf.cast(activation != 0, "float32")
             values[f"nonzero_{i}"] = tf.reduce_mean(active)
             values[f"dead_channels_{i}"] = active
         for name, value in values.items():
             self.trackers[name].update_state(value)
-
-    def _learning(self, z, images):
-        """Learning back-propagation (Eq. 12) at the inferred z: (gradients of the
-        weights, g(z) [batch, H, W, 3], ‖Y - g(z)‖² [batch], the loss, each sparse
-        layer's activations)."""
-        with tf.GradientTape() as tape:
-            parse = self.generator.parse(z)
-            # Under a mixed policy g computes in 16 bits; the loss is summed in float32.
-            reconstruction = tf.cast(parse["image"], images.dtype)
-            squared_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
-            loss = tf.reduce_mean(squared_error) / (2.0 * self.langevin.sigma ** 2)
-            # Keras sums gradients across replicas, so each replica's share is 1/n.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        grads = tape.gradient(scaled_loss, self.generator.trainable_weights)
-        return grads, reconstruction, squared_error, loss, parse["activations"]
 
     def step_logs(self):
         """The trackers' results: what a train step returns to Keras."""

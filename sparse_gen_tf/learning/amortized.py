@@ -15,7 +15,7 @@ guess (`inference.amortized`) climb the same log joint. It learns this either
 
 On a parts run this gave better held-out reconstructions after the same refinement than
 regressing the persistent chains (‖E(Y_i) - z_i‖²), than the ELBO of a Gaussian q, and
-than both of those together (benchmarks/encoder_objectives.py). The chains are posterior
+than both of those together (docs/experiments.md). The chains are posterior
 samples, noisy in the directions the image does not determine, and a regression onto
 them averages those directions instead of finding a mode.
 """

@@ -24,8 +24,8 @@ rest open. Each `train_step` on a batch (example ids, images Y_obs) does exactly
 Steps 4 and 5 only read Ỹ, Y_obs and z, which are fixed by then, so their order does not
 matter; both use the parameters from before the step (CoopNets updates D, then G, the same).
 
-Choices the paper leaves open, and why (the measurements behind them are in README.md,
-"Cooperative learning with a descriptor"):
+Choices the paper leaves open, and why (the measurements behind them are in
+docs/descriptor.md):
   - z is inferred from Y_obs, not re-inferred from Ỹ: Ỹ starts at g(z_i) and the
     descriptor's small steps (δ = 0.002) move it a little, so z_i is already a posterior
     sample for Ỹ_i; re-inferring would double the cost for nothing the generator can use.
@@ -58,7 +58,7 @@ import math
 import keras
 import tensorflow as tf
 
-from sparse_gen_tf.learning.abp import AlternatingBackprop, psnr
+from sparse_gen_tf.learning.abp import AlternatingBackprop
 from sparse_gen_tf.model.descriptor import descriptor_langevin, energy
 from sparse_gen_tf.errors import DivergenceError
 
@@ -164,44 +164,24 @@ class CooperativeLearning(AlternatingBackprop):
         self.descriptor_optimizer.apply(tape.gradient(scaled_loss, weights), weights)
 
         # 5. Generator: Eq. (12) with Ỹ for Y, each Ỹ regressed on the z it came from.
-        with tf.GradientTape() as tape:
-            parse = self.generator.parse(z)
-            image = tf.cast(parse["image"], images.dtype)
-            target = revised
-            if settings.data_weight:
-                # Step 5's T_i = (1 - w) Ỹ_i + w Y_i for the examples; fresh samples have
-                # no data and keep Ỹ.
-                examples = (1.0 - settings.data_weight) * revised[:batch] + \
-                    settings.data_weight * images
-                target = tf.concat([examples, revised[batch:]], axis=0)
-            squared_error = tf.reduce_sum(tf.square(target - image), axis=[1, 2, 3])
-            loss = tf.reduce_mean(squared_error) / (2.0 * self.langevin.sigma ** 2)
-            # scale_loss is the identity except under mixed_float16's LossScaleOptimizer.
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        weights = self.generator.trainable_weights
-        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+        target = revised
+        if settings.data_weight:
+            # Step 5's T_i = (1 - w) Ỹ_i + w Y_i for the examples; fresh samples have no
+            # data and keep Ỹ.
+            examples = (1.0 - settings.data_weight) * revised[:batch] + \
+                settings.data_weight * images
+            target = tf.concat([examples, revised[batch:]], axis=0)
+        image, loss, activations = self.generator_step(z, target)
 
-        # Reconstruction of the data by g(z_i), as ABP reports it.
-        reconstruction = image[:batch]
-        data_error = tf.reduce_sum(tf.square(images - reconstruction), axis=[1, 2, 3])
-        mse = tf.reduce_mean(tf.square(images - reconstruction))
-        values = {
-            "loss": loss, "mse": mse, "psnr": psnr(mse),
-            "log_likelihood": -data_error / (2.0 * self.langevin.sigma ** 2),
-            "log_prior": -0.5 * tf.reduce_sum(tf.square(z_examples), axis=-1),
-            "z_norm": tf.norm(z_examples, axis=-1),
-            "descriptor_loss": descriptor_loss, "f_observed": f_observed,
-            "f_revised": f_revised,
-            "revision": tf.norm(tf.reshape(revised - generated, [tf.shape(z)[0], -1]),
-                                axis=-1),
-            "energy_before": energy_before, "energy_after": energy_after,
-        }
-        for i, activation in enumerate(parse["activations"], 1):
-            active = tf.cast(activation[:batch] != 0, "float32")
-            values[f"nonzero_{i}"] = tf.reduce_mean(active)
-            values[f"dead_channels_{i}"] = active
-        for name, value in values.items():
-            self.trackers[name].update_state(value)
+        # ABP's metrics for the examples (g(z_i) as the reconstruction of the data), and
+        # the descriptor's.
+        self.update_metrics(
+            z_examples, images, image[:batch], loss,
+            [activation[:batch] for activation in activations],
+            descriptor_loss=descriptor_loss, f_observed=f_observed, f_revised=f_revised,
+            revision=tf.norm(tf.reshape(revised - generated, [tf.shape(z)[0], -1]),
+                             axis=-1),
+            energy_before=energy_before, energy_after=energy_after)
         return self.step_logs()  # shaped for Keras' reduction over workers (cross_replica.py)
 
 

@@ -27,10 +27,8 @@ it. `InferenceSettings.method` chooses.
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
 the training step size. Refinement with its own smaller step (refine_step_size) does pay
-on faces, and benchmarks/paper_experiments.py uses it. The figures: README.md, "What the
-model learns" (plain Langevin, i.e. one chain from N(0, I) for 200 steps, against these
-defaults) and "Real images" (refinement), and docs/explanation.md, "Why these inference
-settings".
+on faces, and benchmarks/paper_experiments.py uses it. The figures: docs/explanation.md,
+"Why these inference settings", and docs/faces_and_bricks.md (refinement).
 """
 
 import dataclasses
@@ -49,10 +47,8 @@ NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized infe
               "fit one with python -m sparse_gen_tf.commands.fit_encoder --workdir=RUN (or train "
               "with --encoder), or use the search")
 # The amortized inference's refinement: noise-free steps from the network's guess, and
-# their δ_r. On a parts run, δ_r = 0.1 beat 0.05, and Langevin's noise at δ = 0.3 lost
-# 2-3 dB; 30 steps gained 0.3 dB over 10 and lost 0.1 dB to 100
-# (benchmarks/encoder_objectives.py), at a cost linear in the steps
-# (benchmarks/export_latency.py).
+# their δ_r: noise costs the guess's precision, and past 30 steps the held-out PSNR no
+# longer rises while the cost grows linearly (docs/experiments.md).
 AMORTIZED_STEPS = 30
 AMORTIZED_STEP_SIZE = 0.1
 

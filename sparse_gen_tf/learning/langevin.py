@@ -99,8 +99,7 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
     if noise:
         # All steps' noise in one draw, [steps, batch, d]: under XLA on CPU a draw inside
         # the loop has a fixed cost per step whatever its size, one draw of all of it is
-        # paid once (BENCHMARKS.md, "One noise draw per chain"). It is the only memory
-        # that grows with L, by 4·L·batch·d bytes.
+        # paid once. It is the only memory that grows with L, by 4·L·batch·d bytes.
         all_noise = tf.random.stateless_normal(
             tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype, alg="philox")
 

@@ -35,8 +35,8 @@ class DescriptorConfig:
     The defaults are train.py's. Kernels, strides, T and δ are the CoopNets descriptor's;
     its channels (64, 128, 256) are cut to a quarter so that the 15 revision steps do not
     dominate a CPU train step on the 32x32 parts data. s, w and the learning rate differ
-    from CoopNets' where a measurement on parts said so (README, "Cooperative learning
-    with a descriptor"). Field metadata as in `GeneratorConfig`.
+    from CoopNets' where a measurement on parts said so (docs/descriptor.md). Field
+    metadata as in `GeneratorConfig`.
     """
     channels: tuple = dataclasses.field(default=(16, 32, 64), metadata={
         "help": "Channels of each descriptor conv, image side first (CoopNets: "
@@ -54,7 +54,7 @@ class DescriptorConfig:
     # CoopNets' s = 0.016 pulls every revision towards grey until f learns to cancel it.
     reference: float = dataclasses.field(default=1.0, metadata={
         "help": "Standard deviation s of the descriptor's Gaussian reference q (Eq. 13)."})
-    # CoopNets' 0.007 made the revision diverge on parts (README, Cooperative learning).
+    # CoopNets' 0.007 made the revision diverge on parts (docs/descriptor.md).
     learning_rate: float = dataclasses.field(default=1e-3, metadata={
         "help": "The descriptor's Adam learning rate (constant, β1 = 0.5)."})
     fresh_samples: bool = dataclasses.field(default=False, metadata={
@@ -170,8 +170,8 @@ def descriptor_langevin(descriptor, images, seed, *, steps, step_size, reference
         grad = tape.gradient(total, y)
         y = y + 0.5 * step_size ** 2 * (grad - y / reference ** 2)
         if noise:
-            # Philox explicitly: XLA's CPU auto_select generator is much slower on
-            # image-sized draws like these (BENCHMARKS.md, "One noise draw per chain").
+            # Philox explicitly: XLA's CPU auto_select generator is far slower on
+            # image-sized draws like these.
             e = tf.random.stateless_normal(
                 tf.shape(y), tf.random.experimental.stateless_fold_in(seed, t), dtype=y.dtype,
                 alg="philox")

@@ -119,11 +119,6 @@ class Generator(keras.Model):
         self.deconvs = [
             TransposedConv(c, k, st, name=f"deconv_{i}")
             for i, (c, k, st) in enumerate(zip(out_channels, cfg.kernel_sizes, cfg.strides), 1)]
-        # How the Langevin loop computes g(z) (`squared_error_fn`): False runs the dense
-        # matmuls of `parse`, True `paint`, which touches only the K surviving units. Not
-        # part of the config: it depends on where the model runs, like TopK.bisection;
-        # `AlternatingBackprop.compile` sets it from BENCHMARKS.md's measurements.
-        self.sparse_path = False
         self.build((None, cfg.latent_dim))
 
     def build(self, input_shape):
@@ -154,7 +149,7 @@ class Generator(keras.Model):
     def batch_invariant(self):
         """Whether every example's forward and backward pass is computed alone (FC and
         deconvs through `layers.matmul(batch_invariant=True)`), so that its bits do not
-        depend on the rest of the batch. Like `sparse_path`, not part of the config: the
+        depend on the rest of the batch. Not part of the config: the
         served graph sets it (serving/signatures.py), training leaves it off."""
         return all(deconv.batch_invariant for deconv in self.deconvs)
 
@@ -217,29 +212,6 @@ class Generator(keras.Model):
         record["image"] = tf.tanh(fm)
         return record
 
-    def paint(self, z, kernels=None, blocked=False):
-        """g(z) before tanh, [batch, H, W, 3], through the sparse path.
-
-        The same function as `parse(z)["logits"]`: the FC map is dense, then each sparse
-        layer's TopK (Eq. 1) becomes its K surviving units (`TopK.units`), the ReLU
-        zeroes the negative ones (mask_R), and the transposed conv paints only those
-        units' basis patches (`TransposedConv.paint`), so every layer below the top does
-        work in K instead of h*w*c. ∂/∂z and ∂/∂θ follow by autodiff, reading back the
-        gradient only under the painted patches.
-
-        Args: z [batch, latent_dim]; kernels and blocked as in `parse`.
-        """
-        cfg = self.config
-        s, c1 = cfg.top_size, cfg.channels[0]
-        fm = tf.reshape(self.fc(z), [-1, s, s, c1])
-        for i, (topk, deconv) in enumerate(zip(self.topks, self.deconvs)):
-            values, indices = topk.units(fm)
-            values = values * tf.cast(values > 0, values.dtype)
-            fm = deconv.paint(values, indices, fm.shape[1:],
-                              kernel=None if kernels is None else kernels[i],
-                              blocked=blocked and i == len(self.topks) - 1)
-        return fm
-
     @property
     def blocked_output(self):
         """True when the image layer's kernel equals its stride (the paper's bottom layer,
@@ -249,17 +221,18 @@ class Generator(keras.Model):
 
     def langevin_kernels(self):
         """Each deconv's kernel in the form that a loop with fixed weights runs fastest:
-        the matrix of the whole layer without its zero blocks
-        (`TransposedConv.windowed_kernel`) where the whole-layer matrix does no more
-        multiply-adds than the blocked matmul (`unrolls`) and the dense path runs, else
-        `matmul_kernel` (which `paint` needs). Pass them as `parse(kernels=...)`.
+        where the whole layer as one matrix does no more multiply-adds than the blocked
+        matmul (`TransposedConv.unrolls`, the paper's top layer), that matrix without
+        its zero blocks (`TransposedConv.windowed_kernel`), which saves the overlap-add
+        of the shifted blocks; elsewhere `matmul_kernel`. Pass them as
+        `parse(kernels=...)`.
 
         When `batch_invariant` (the served graph, without XLA), the whole-layer matrix
         itself (`unrolled_kernel`): one product instead of one per window, where every
         op costs its dispatch and a Langevin step of one image is all dispatch."""
         kernels = []
         for deconv, shape in zip(self.deconvs, self.config.feature_map_shapes()):
-            if self.sparse_path or not deconv.unrolls(shape):
+            if not deconv.unrolls(shape):
                 kernels.append(deconv.matmul_kernel(self.compute_dtype))
             elif self.batch_invariant:
                 kernels.append(deconv.unrolled_kernel(shape, self.compute_dtype))
@@ -398,7 +371,7 @@ class Generator(keras.Model):
         (and mask) rearranged by space_to_depth, so that the residual is taken on the
         matmul's own layout. The sum of squares does not depend on the order of the
         pixels, and XLA would otherwise redo the kernels' transposes and read the image
-        with a stride of 3 floats in every Langevin step (BENCHMARKS.md).
+        with a stride of 3 floats in every Langevin step.
 
         Args:
           images: [batch, H, W, 3]; observed: optional [batch, H, W, 1 or 3] 0/1 mask.
@@ -415,10 +388,7 @@ class Generator(keras.Model):
                 observed = tf.nn.space_to_depth(observed, cell)
 
         def squared_error(z):
-            if self.sparse_path:
-                image = tf.tanh(self.paint(z, kernels=kernels, blocked=blocked))
-            else:
-                image = self.parse(z, kernels=kernels, blocked=blocked)["image"]
+            image = self.parse(z, kernels=kernels, blocked=blocked)["image"]
             # Under a mixed precision policy g(z) is 16-bit; the residual stays float32.
             residual = images - tf.cast(image, images.dtype)
             if observed is not None:

@@ -1,29 +1,22 @@
 """Keras layers of the sparse generator: the TopK sparse operation and a transposed conv.
 
-Both are written so that XLA compiles them well on CPU and GPU (see BENCHMARKS.md):
+Both are written so that XLA compiles them well on CPU and GPU:
 
 * `TopK` finds each example's K-th largest value and keeps everything at or above it. The
   value comes from `tf.math.top_k`, or under XLA on CPU, where top_k is a serial partial
   sort, from an exact bisection on the float bits whose counts are matmuls.
 * `TransposedConv` is one matmul followed by an overlap-add, instead of the stock
-  `Conv2DTranspose`, whose XLA lowering on CPU is several times slower (BENCHMARKS.md,
-  "Layer choices").
+  `Conv2DTranspose`, whose XLA lowering on CPU multiplies far more slowly.
 
 Every product of a row of activations with a weight matrix goes through `matmul`, which
 can make it batch-invariant: a row's result the same bits whatever else is in the batch
 (the served graph needs that, `serving/signatures.py`).
-
-The sparse path is the same two operations on a sparse code: `TopK.units`
-lists the K kept entries (values and indices, static shape), and `TransposedConv.paint`
-adds only those units' basis patches. It pays on CPU only for very sparse maps
-(BENCHMARKS.md, 2026-12-01).
 """
 
 import dataclasses
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 
@@ -34,9 +27,8 @@ def kth_largest(values, k, bisection=False):
     `tf.math.top_k(values, k).values`, whichever way it is computed: `top_k`, or with
     bisection=True and inside a traced function, `kth_largest_by_bisection`. The two
     agree bit for bit. Bisection is for XLA on CPU, whose top_k is a std::partial_sort of
-    one row after another on one core (xla/service/cpu/runtime_topk.cc), slower than the
-    bisection there, while without XLA (TensorFlow's multi-threaded TopK kernel) and on
-    GPU top_k is the faster one (BENCHMARKS.md, "Layer choices").
+    one row after another on one core (xla/service/cpu/runtime_topk.cc), while without
+    XLA (TensorFlow's multi-threaded TopK kernel) and on GPU top_k is the faster one.
     """
     if bisection and not tf.executing_eagerly():
         return kth_largest_by_bisection(values, k)
@@ -63,7 +55,7 @@ def kth_largest_by_bisection(values, k, with_count=False):
     keys are >= the answer with that bit. Exact, ties included; float16 and bfloat16 are
     searched as float32, which holds them exactly. Each count is a matmul of the 0/1
     comparison with a ones vector, which XLA runs as one vectorized GEMV on all cores,
-    about twice as fast as its integer reduce_sum. with_count=True also returns the count
+    where its integer reduce_sum runs element by element. with_count=True also returns the count
     of keys >= the answer ([batch, 1] float32), the count of the last bit taken.
     """
     flat = tf.cast(values, tf.float32)
@@ -91,7 +83,7 @@ def kth_largest_by_bisection(values, k, with_count=False):
         return (bit - 1, tf.where(take, candidate, answer),
                 tf.where(take, candidate_count, count))
 
-    # A loop, not 32 unrolled passes: same speed, a third less XLA compile time.
+    # A loop, not 32 unrolled passes: as fast, and quicker for XLA to compile.
     _, answer, count = tf.while_loop(lambda bit, *_: bit >= 0, step,
                                      (tf.constant(31), answer, count), maximum_iterations=32)
     threshold = tf.cast(tf.bitcast(flip(answer), tf.float32), values.dtype)
@@ -115,25 +107,6 @@ def matmul(x, kernel, batch_invariant=False):
     return tf.matmul(x[:, None, :], kernel)[:, 0, :]
 
 
-def running_count(mask, block=32):
-    """Inclusive cumulative sum along the last axis of a 0/1 float32 mask [batch, n].
-
-    Two small matmuls with triangular ones (within blocks of `block`, then over the
-    blocks' totals) instead of `tf.cumsum`, whose XLA:CPU lowering was about as slow as
-    the whole TopK threshold here. Exact: the counts are integers below 2^24.
-    """
-    n = mask.shape[-1]
-    if n % block:
-        block = n
-    blocks = n // block
-    within = tf.matmul(tf.reshape(mask, [-1, block]),
-                       tf.constant(np.triu(np.ones([block, block], np.float32))))
-    within = tf.reshape(within, [-1, blocks, block])
-    before = tf.matmul(within[:, :, -1],
-                       tf.constant(np.triu(np.ones([blocks, blocks], np.float32), 1)))
-    return tf.reshape(within + before[:, :, None], [-1, n])
-
-
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
 class TopK(keras.layers.Layer):
     """The paper's sparse operation fm_s = TopK(fm, K) (§2, Eq. 1).
@@ -149,7 +122,7 @@ class TopK(keras.layers.Layer):
 
     `bisection` (not part of the config: it depends on where the layer runs, not on the
     model) makes traced calls find the threshold with `kth_largest_by_bisection`, the
-    faster way under XLA on CPU; `AlternatingBackprop.compile` sets it.
+    faster way under XLA on CPU; `learning/gradient_path.py` sets it.
     """
 
     def __init__(self, k, **kwargs):
@@ -175,7 +148,7 @@ class TopK(keras.layers.Layer):
         # Exact ties are not rare here: positions that no active unit reaches all carry the
         # bare bias. Whether any row has a surplus comes with the threshold (its count of
         # entries >= it); the ranking of the tied entries sits behind a cond, because in
-        # the Langevin loop every extra pass over the map costs (BENCHMARKS.md).
+        # the Langevin loop every extra pass over the map costs.
         def break_ties():
             above = flat > threshold
             at = flat == threshold
@@ -187,31 +160,6 @@ class TopK(keras.layers.Layer):
         keep = tf.cond(tf.reduce_any(count > self.k), break_ties,
                        lambda: flat >= threshold)
         return tf.reshape(tf.cast(keep, x.dtype), tf.shape(x))
-
-    def units(self, x):
-        """The K kept entries of x [batch, h, w, c] as a sparse code:
-        (values [batch, K], flat indices [batch, K] int32 into the h*w*c entries of one
-        example, ascending). The set is exactly `mask(x)`'s, ties included, so
-        scattering values back to indices gives `call(x)`. Gradients flow to x through
-        the gathered values only.
-
-        K is fixed, so the shapes are static and XLA compiles the code. Entry i of the
-        mask goes to slot count(i) - 1, where count is the mask's running sum; a top_k of
-        the values would be the serial sort that `kth_largest` avoids.
-        """
-        n = math.prod(x.shape[1:])
-        flat = tf.reshape(x, [-1, n])
-        if self.is_dense(x.shape):
-            return flat, tf.broadcast_to(tf.range(n), tf.shape(flat))
-        keep = tf.reshape(tf.cast(tf.stop_gradient(self.mask(x)), tf.float32), [-1, n])
-        slot = tf.cast(running_count(keep), tf.int32) - 1
-        batch = tf.shape(flat)[0]
-        # Dropped entries all go to a spare slot K, which is cut off; they add 0 there.
-        slot = tf.where(keep > 0, slot, self.k) + (self.k + 1) * tf.range(batch)[:, None]
-        position = tf.range(n) * tf.cast(keep, tf.int32)
-        indices = tf.math.unsorted_segment_sum(position, slot, batch * (self.k + 1))
-        indices = tf.reshape(indices, [batch, self.k + 1])[:, :self.k]
-        return tf.gather(flat, indices, batch_dims=1), indices
 
     def call(self, x, return_mask=False):
         mask = tf.stop_gradient(self.mask(x))
@@ -344,9 +292,9 @@ class TransposedConv(keras.layers.Layer):
     def unrolls(self, input_shape):
         """True when, on an input map of input_shape (h, w, c_in), the whole layer as one
         matrix (`unrolled_kernel`) does no more multiply-adds than the blocked matmul of
-        `call`: h*w <= m*m, as for the paper's top layer (2x2 -> 4x4, k = 4, s = 2). It then
-        saves the overlap-add of the m*m shifted blocks and its gradient, which under XLA
-        on CPU cost as much as the layer's matmul (BENCHMARKS.md)."""
+        `call`: h*w <= m*m, as for the paper's top layer (2x2 -> 4x4, k = 4, s = 2). Its
+        `windowed_kernel` then saves the overlap-add of the m*m shifted blocks and its
+        gradient, which under XLA on CPU cost about as much as the layer's matmul."""
         h, w = (int(v) for v in input_shape[:2])
         m = self.blocks_per_side
         return m > 1 and h * w <= m * m
@@ -354,10 +302,10 @@ class TransposedConv(keras.layers.Layer):
     def unrolled_kernel(self, input_shape, dtype=None):
         """The layer without its bias as one matrix, [h*w*c_in, h*s*w*s, filters]: row j
         is the output (pixels in row-major order, then filters) of input unit j alone,
-        i.e. unit j's basis patch where it lands, cropped by the 'same' padding. Like
-        `matmul_kernel`, a pure function of the kernel (its entries and zeros), for a
-        caller that applies the layer many times with fixed weights; `call(kernel=...)`
-        takes either, and the two differ only in the order of the sums."""
+        i.e. unit j's basis patch where it lands, cropped by the 'same' padding; what
+        `windowed_kernel` cuts into its blocks. Like `matmul_kernel`, a pure function of
+        the kernel variable; `call(kernel=...)` takes either, and the two differ only in
+        the order of the sums."""
         h, w, c_in = (int(v) for v in input_shape)
         k, s = self.kernel_size, self.strides
         pad = (k - s) // 2
@@ -383,9 +331,10 @@ class TransposedConv(keras.layers.Layer):
         corner input cells paint only 3x3 of the 4x4 output cells. Grouping the output
         pixels by the input cells that paint them (`windows`) leaves one dense matrix per
         group with none of those zeros: 9 matmuls there, instead of one, that do 56% of
-        its multiply-adds. The same function as `unrolled_kernel`, summed in another order;
-        pass it as `call(kernel=...)`. A pure function of the kernel variable, like
-        `unrolled_kernel`.
+        its multiply-adds. The layer's function (without its bias), summed in another order
+        than `call`'s overlap-add; pass it as `call(kernel=...)`. A pure function of the
+        kernel variable, computed once by a caller that applies the layer many times with
+        fixed weights (the Langevin loop).
         """
         h, w, c_in = (int(v) for v in input_shape)
         k, s, c_out = self.kernel_size, self.strides, self.filters
@@ -455,46 +404,8 @@ class TransposedConv(keras.layers.Layer):
                                          [[0, 0], [a, m - 1 - a], [b, m - 1 - b], [0, 0]])
         return self._pixels(full, h, w, include_bias, blocked)
 
-    def paint(self, values, indices, input_shape, include_bias=True, kernel=None,
-              blocked=False):
-        """`call` on a sparse input: only the given units paint their basis patches.
-
-        The input is the sparse code of `TopK.units`: values [batch, K] at flat
-        indices [batch, K] into an [h, w, c_in] map (input_shape = (h, w, c_in)); the
-        result equals `call` on that map with zeros elsewhere, the deconvolution
-        fm_s ⊗ ker + bias of Eq. (3) with the sum over the K surviving units only. Unit
-        (y, x, ch) adds value * kernel[ch]'s block (a, b) into coarse cell (y + a, x + b),
-        for each of the m x m blocks (one cell when kernel == stride): K·m² rows of
-        s·s·filters, summed per cell, instead of a matmul over all h*w*c_in units. Its
-        gradient (autodiff) reads back only the output gradient under those patches:
-        ∂/∂value = <∂out[patch], kernel[ch]>, and ∂/∂kernel[ch] sums value·∂out[patch].
-
-        Returns [batch, h*s, w*s, filters], or with blocked=True (kernel == stride) the
-        [batch, h, w, s*s*filters] space_to_depth layout of `call(blocked=True)`.
-        """
-        s, c_out = self.strides, self.filters
-        m = self.blocks_per_side
-        h, w, c_in = (int(v) for v in input_shape)
-        if kernel is None:
-            kernel = self.matmul_kernel(values.dtype)
-        batch, num_units = tf.shape(values)[0], values.shape[-1]
-        rows = tf.reshape(tf.gather(kernel, indices % c_in),
-                          [batch, num_units, m * m, s * s * c_out])
-        y, x = indices // (w * c_in), (indices // c_in) % w
-        cells_w = w + m - 1
-        cells = (h + m - 1) * cells_w
-        # Block (a, b) of unit (y, x) lands in coarse cell (y + a, x + b) of the
-        # [h + m - 1, w + m - 1] map that `call` builds with shifted pads.
-        cell = tf.stack([(y + a) * cells_w + x + b for a in range(m) for b in range(m)], -1)
-        cell += cells * tf.range(batch)[:, None, None]
-        full = tf.math.unsorted_segment_sum(
-            tf.reshape(values[:, :, None, None] * rows, [-1, s * s * c_out]),
-            tf.reshape(cell, [-1]), batch * cells)
-        full = tf.reshape(full, [batch, h + m - 1, cells_w, s * s * c_out])
-        return self._pixels(full, h, w, include_bias, blocked)
-
     def _pixels(self, full, h, w, include_bias, blocked):
-        """The coarse cells [batch, h+m-1, w+m-1, s*s*filters] of `call` and `paint` ->
+        """The coarse cells [batch, h+m-1, w+m-1, s*s*filters] of `call` ->
         the output image [batch, h*s, w*s, filters] (or the blocked layout), plus bias."""
         k, s = self.kernel_size, self.strides
         bias = tf.cast(self.bias, full.dtype) if self.use_bias and include_bias else None

@@ -8,14 +8,13 @@
              map, TopK and ReLU included, so every sample is a sparse parse of every
              layer. The default: on the parts data its samples are legal images of the
              grammar about as often as the reconstructions of training images, where
-             N(0, I) almost never is (README, "Are the samples legal images of the
-             grammar?").
+             N(0, I) almost never is (docs/grammar_prior.md).
 
 Why the grammar is sampled at the top feature map and not in z. Each quadrant of a parts
 image picks its composite independently, but the FC map entangles the quadrants: the
 top-node codes of different training images, put together, are not the FC image of any z,
 and the least-squares z of such a map renders about half as many legal quadrants as the
-map itself (README, the method table). So a grammar sample has no z. Its parse starts at
+map itself (docs/grammar_prior.md). So a grammar sample has no z. Its parse starts at
 fm^1: layer 1's surviving OR nodes (activation_1) determine the image, and
 `Generator.parse_from_top` reproduces it from them. One layer further down (a centroid
 per quadrant's block of bottom AND nodes) scores a little higher, but has no top-layer
@@ -43,7 +42,7 @@ DEFAULT_PRIOR = "grammar"
 # OR configurations kept per top AND node. A parts quadrant has 8 composites, but the
 # model codes one composite with several top-node configurations: 8 or 16 clusters per
 # node lose a third or a tenth of the legal quadrants that 32 reach, and 64 add nothing
-# (README, the method table).
+# (docs/grammar_prior.md).
 GRAMMAR_CLUSTERS = 32
 
 

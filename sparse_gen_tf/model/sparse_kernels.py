@@ -13,12 +13,12 @@ Each pair is a transposed conv's forward product on a TopK-sparse map (only the 
 units paint their basis patches, Eq. 3) and its backward product for ∂/∂z (only the kept
 units read the residual back): the first for kernel == stride (disjoint cells, one
 matmul row per cell), the second for kernel > stride (overlapping patches). TensorFlow
-ships no kernel that does this faster than a dense matmul at the paper's 6.25%
-(BENCHMARKS.md, 2026-12-04), so these are compiled here, at first use, with the C++
-compiler ($CXX, else g++ or c++) and TensorFlow's own headers and flags (`tf.sysconfig`),
-into a cache directory ($SPARSE_GEN_TF_CACHE, else ~/.cache/sparse_gen_tf) keyed by the
-source, TensorFlow's version and the CPU. A build takes about 10 s once per machine.
-Without a compiler, `load()` says why, and the training step keeps the dense path.
+ships no kernel that does this faster than a dense matmul at the paper's 6.25%, so these
+are compiled here, at first use, with the C++ compiler ($CXX, else g++ or c++) and
+TensorFlow's own headers and flags (`tf.sysconfig`), into a cache directory
+($SPARSE_GEN_TF_CACHE, else ~/.cache/sparse_gen_tf) keyed by the source, TensorFlow's
+version and the CPU, once per machine. Without a compiler, `load()` says why, and
+`learning/gradient_path.py` keeps the dense path.
 
 The ops are not XLA ops: a Langevin loop that calls them runs as a TensorFlow graph, with
 the element-wise work between them compiled by XLA in small functions

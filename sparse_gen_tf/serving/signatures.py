@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.errors import UserError
-from sparse_gen_tf.learning import inference
+from sparse_gen_tf.learning import gradient_path, inference
 from sparse_gen_tf.model import clusters
 from sparse_gen_tf.model import prior as prior_lib
 
@@ -155,27 +155,22 @@ def serving_graph(generator, encoder=None):
     matmul kernels round differently at different batch sizes (the FC layer's output
     differed in the last bit between a batch of 2 and of 4), which would let TF Serving's
     batching change an answer; with every example's products its own, a batch runs as
-    one set of ops and each row still gets the bits it gets alone. TopK takes
-    TensorFlow's own top_k (no XLA in TF Serving, where it is the faster threshold,
-    `layers.kth_largest`), and the dense path (the one shown batch-invariant).
+    one set of ops and each row still gets the bits it gets alone. The Langevin gradient
+    takes the plain dense path with TensorFlow's own top_k (`gradient_path.PLAIN`,
+    whatever path training chose): TF Serving has no XLA and none of the sparse kernels.
     """
-    topks = generator.topks
-    saved = (generator.batch_invariant, generator.sparse_path,
-             [topk.bisection for topk in topks],
+    saved = (generator.batch_invariant,
              None if encoder is None else encoder.batch_invariant)
-    generator.batch_invariant, generator.sparse_path = True, False
-    for topk in topks:
-        topk.bisection = False
+    generator.batch_invariant = True
     if encoder is not None:
         encoder.batch_invariant = True
     try:
-        yield
+        with gradient_path.plain(generator):
+            yield
     finally:
-        generator.batch_invariant, generator.sparse_path = saved[:2]
-        for topk, bisection in zip(topks, saved[2]):
-            topk.bisection = bisection
+        generator.batch_invariant = saved[0]
         if encoder is not None:
-            encoder.batch_invariant = saved[3]
+            encoder.batch_invariant = saved[1]
 
 
 def each_row(fn, inputs, shapes):

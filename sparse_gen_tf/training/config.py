@@ -82,8 +82,8 @@ class TrainConfig:
     sparse_kernels: str = _setting(
         "auto", "Langevin gradient through the compiled sparse kernels (only the K kept "
         "units paint and read back; built with the C++ compiler at first use; CPU, plain "
-        "ABP, float32): auto, where measured faster (every layer's K / h*w*c <= 10%, XLA "
-        "on); on, wherever supported; off, never. Elsewhere the dense XLA step runs.",
+        "ABP, float32): auto, where they pay (every layer's K / h*w*c <= 10%, XLA on); "
+        "on, wherever supported; off, never. Elsewhere the dense XLA step runs.",
         choices=("auto", "on", "off"))
     seed: int = _setting(0, "Seeds data generation, the initial weights, chains and Langevin "
                     "noise.", state=True)

@@ -1,10 +1,11 @@
 """The dense Langevin path's two speed-ups compute the same function.
 
-`TransposedConv.unrolled_kernel` makes a layer with a small input map one matmul, without
-the overlap-add of its shifted blocks; `windowed_kernel` is that matmul without its zero
-blocks; `Generator.langevin_kernels` picks it where the whole-layer matrix does no more
-multiply-adds. `kth_largest_and_count` hands TopK the count of entries at or
-above its threshold, so the mask knows about surplus ties without another pass.
+`TransposedConv.unrolled_kernel` makes a layer with a small input map one matmul (the
+served graph's form), without the overlap-add of its shifted blocks; `windowed_kernel` is
+that matmul without its zero blocks (the training loop's); `Generator.langevin_kernels`
+picks them where the whole-layer matrix does no more multiply-adds.
+`kth_largest_and_count` hands TopK the count of entries at or above its threshold, so the
+mask knows about surplus ties without another pass.
 """
 
 import numpy as np
@@ -107,13 +108,13 @@ def test_windowed_kernel_drops_exactly_the_zero_blocks_of_the_unrolled_one():
     assert np.abs(unrolled.transpose(0, 1, 3, 4, 2, 5)[covered]).max() > 0
 
 
-def test_langevin_kernels_window_the_top_layer_on_the_dense_path_only():
+def test_langevin_kernels_window_the_top_layer_only():
     generator = Generator(PAPER_LIKE)
     top, bottom = generator.langevin_kernels()
     assert isinstance(top, tuple) and len(top) == 3 and all(len(r) == 3 for r in top)
     assert bottom.shape.rank == 2
-    generator.sparse_path = True  # `paint` takes the blocked kernels
-    assert [k.shape.rank for k in generator.langevin_kernels()] == [2, 2]
+    generator.batch_invariant = True  # the served graph: the whole-layer matrix
+    assert [k.shape.rank for k in generator.langevin_kernels()] == [3, 2]
 
 
 @pytest.mark.parametrize("compiled", [False, True])

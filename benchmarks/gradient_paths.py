@@ -1,18 +1,16 @@
-"""Dense against sparse Langevin path, against the machine's matmul peak.
+"""The two Langevin gradient paths (learning/gradient_path.py) against the matmul peak.
 
-    python benchmarks/sparse_path.py                  # paper point + K sweep, XLA
-    python benchmarks/sparse_path.py --fractions=0.0625 --repeats=10
+    python benchmarks/gradient_paths.py                  # paper point + K sweep
+    python benchmarks/gradient_paths.py --fractions=0.0625 --repeats=10
 
 For each K / size fraction (the same fraction in both sparse layers; 0.0625 is the
 paper's K = 64 of 1,024 and 128 of 2,048) it times the paper-size train step (64x64,
-batch 64, L = 30, celeba.flags' architecture) with `Generator.sparse_path` off and on,
-alternating the two, and a --peak_size float32 matmul after every step, so all three see
-the same load. It prints the best and median step, the dense-equivalent FLOP/s (the dense
-FLOP count of benchmarks/train_step.py, whichever path ran) as a fraction of the best
-matmul, and each path's speed-up over the dense one. At the paper point --blocked also
-times the dense path with the top layer in its blocked form (matmul + overlap-add, before
-`TransposedConv.unrolled_kernel`), and --unrolled with it as one whole-layer matrix (before
-`TransposedConv.windowed_kernel` dropped that matrix's zero blocks). With --torch (and
+batch 64, L = 30, celeba.flags' architecture) on the dense XLA path and through the
+compiled sparse kernels, alternating the two, and a --peak_size float32 matmul after
+every step, so all of them see the same load. It prints the best and median step, the
+dense-equivalent FLOP/s (the dense FLOP count of benchmarks/train_step.py, whichever path
+ran) as a fraction of the best matmul, and the kernels' speed-up over the dense step,
+the figure behind `gradient_path.SPARSE_KERNELS_MAX_DENSITY`. With --torch (and
 PyTorch installed) it also times a stock PyTorch version of the same dense step
 (ConvTranspose2d, torch.topk, autograd Langevin) at the paper point, the speed reference,
 in a fresh process right after the paper point's row. Last, the dense floor:
@@ -37,14 +35,6 @@ from sparse_gen_tf import Generator
 flags.DEFINE_list("fractions", ["0.01", "0.015", "0.02", "0.04", "0.0625", "0.125", "0.25", "0.5"],
                   "K / (h*w*c) of both sparse layers.")
 flags.DEFINE_boolean("torch", True, "Also time the PyTorch reference, if installed.")
-flags.DEFINE_boolean("blocked", True, "Also time the dense path with the top layer as "
-                     "blocked matmul + overlap-add (the formulation before "
-                     "TransposedConv.unrolled_kernel), at the paper point.")
-flags.DEFINE_boolean("unrolled", True, "Also time the dense path with the top layer as "
-                     "one whole-layer matmul, zero blocks included (the formulation "
-                     "before TransposedConv.windowed_kernel), at the paper point.")
-flags.DEFINE_boolean("kernels", True, "Also time the step with the compiled sparse "
-                     "kernels (AlternatingBackprop(sparse_kernels=True)).")
 flags.DEFINE_boolean("torch_probe", False, "Internal: time the PyTorch reference in this "
                      "(fresh) process, print its best seconds per step and exit.")
 FLAGS = flags.FLAGS
@@ -61,28 +51,21 @@ def with_fraction(config, fraction):
     return dataclasses.replace(config, topk=topk)
 
 
-# The formulations timed: (name, Generator.sparse_path, the dense path's top-layer kernel:
-# None for langevin_kernels' own choice, or the TransposedConv method that makes it).
-DENSE, SPARSE = ("dense", False, None), ("sparse", True, None)
-# The compiled sparse kernels (AlternatingBackprop(sparse_kernels=True)).
-KERNELS = ("sparse kernels", "kernels", None)
-BLOCKED = ("dense, blocked", False, "matmul_kernel")
-UNROLLED = ("dense, unrolled", False, "unrolled_kernel")
+# The paths timed: name -> AlternatingBackprop(sparse_kernels=...).
+DENSE, KERNELS = "dense", "sparse kernels"
+PATHS = {DENSE: False, KERNELS: True}
 
 
 def executed_forward_flops(generator):
     """Multiply-adds x 2 that one example's forward pass of the dense Langevin path really
     does, read off the kernels the loop runs (`Generator.langevin_kernels`): the FC layer,
-    each window of a windowed layer (its zero blocks are not multiplied), the whole matrix
-    of an unrolled one, and h*w blocked rows of a matmul kernel otherwise. Backward to the
-    input does as many again."""
+    each window of a windowed layer (its zero blocks are not multiplied), and h*w blocked
+    rows of a matmul kernel otherwise. Backward to the input does as many again."""
     cfg = generator.config
     flops = 2 * cfg.latent_dim * cfg.top_size ** 2 * cfg.channels[0]
     for kernel, (h, w, _) in zip(generator.langevin_kernels(), cfg.feature_map_shapes()):
         if isinstance(kernel, tuple):
             flops += sum(2 * math.prod(b.matrix.shape) for row in kernel for b in row)
-        elif kernel.shape.rank == 3:
-            flops += 2 * math.prod(kernel.shape)
         else:
             flops += 2 * h * w * math.prod(kernel.shape)
     return flops
@@ -99,25 +82,14 @@ def dense_floor(config, batch_size, steps):
     return executed * batch_size, (2 * steps + 3) * forward_flops(config) * batch_size
 
 
-def time_paths(config, batch_size, steps, repeats, matmul, paths=(DENSE, SPARSE)):
+def time_paths(config, batch_size, steps, repeats, matmul):
     """{path: (first call s, [step s])} and [matmul s], the paths interleaved."""
     runs, times, matmuls = {}, {}, []
-    for path in paths:
-        _, sparse, top_kernel = path
+    for path, sparse_kernels in PATHS.items():
         model, ids, images = step_setup(config, batch_size, steps, jit_compile=True,
-                                        sparse_kernels=sparse == "kernels")
-        if sparse != "kernels":
-            model.generator.sparse_path = sparse  # overrides compile's choice
-        elif not model.uses_sparse_kernels:
-            raise SystemExit("sparse kernels unavailable: "
-                             f"{model.sparse_kernels_problem()}")
-        if top_kernel:
-            generator = model.generator
-            generator.langevin_kernels = lambda g=generator, top=top_kernel: [
-                deconv.unrolled_kernel(shape, g.compute_dtype) if top == "unrolled_kernel"
-                and i == 0 else deconv.matmul_kernel(g.compute_dtype)
-                for i, (deconv, shape) in enumerate(
-                    zip(g.deconvs, g.config.feature_map_shapes()))]
+                                        sparse_kernels=sparse_kernels)
+        if model.uses_sparse_kernels != sparse_kernels:
+            raise SystemExit(f"{path}: compile chose {model.gradient_path.reason}")
         start = time.perf_counter()
         model.train_on_batch(ids, images)
         runs[path] = (model, ids, images)
@@ -213,16 +185,13 @@ def main(argv):
     for fraction in map(float, FLAGS.fractions):
         config = with_fraction(base, fraction)
         paper = config.topk == base.topk
-        paths = ((DENSE, SPARSE) + ((KERNELS,) if FLAGS.kernels else ())
-                 + ((BLOCKED,) if FLAGS.blocked and paper else ())
-                 + ((UNROLLED,) if FLAGS.unrolled and paper else ()))
-        times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul, paths)
+        times, matmuls = time_paths(config, batch, steps, FLAGS.repeats, matmul)
         flops = (2 * steps + 3) * forward_flops(config) * batch
         peak = 2 * FLAGS.peak_size ** 3 / min(matmuls)
         best = {path: min(t) for path, (_, t) in times.items()}
         for path, (first, t) in times.items():
             speedup = f"{best[DENSE] / best[path]:.2f}x" if path != DENSE else ""
-            print(f"| {fraction:.2%} | {','.join(map(str, config.topk))} | {path[0]} | "
+            print(f"| {fraction:.2%} | {','.join(map(str, config.topk))} | {path} | "
                   f"{first:.2f} | {best[path]:.4f} | {statistics.median(t):.4f} | "
                   f"{flops / best[path] / 1e9:.0f} | {peak / 1e9:.0f} | "
                   f"{flops / best[path] / peak:.0%} | {speedup} |", flush=True)
@@ -251,7 +220,7 @@ def torch_row(reference, paper_best):
         return "\nPyTorch not installed: no reference column."
     return (f"\nPyTorch reference (paper point, fresh process, timed right after it): "
             f"{reference:.3f} s per step; "
-            + ", ".join(f"{path[0]} {reference / t:.1f}x" for path, t in paper_best.items())
+            + ", ".join(f"{path} {reference / t:.1f}x" for path, t in paper_best.items())
             + " faster than it")
 
 
