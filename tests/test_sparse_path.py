@@ -210,6 +210,7 @@ np.savez(sys.argv[1], replicas=strategy.num_replicas_in_sync, dense_loss=logs[0]
 """
 
 
+@pytest.mark.slow
 def test_sparse_path_trains_like_the_dense_one_under_mirrored_strategy(tmp_path):
     run = run_mirrored(MIRRORED, str(tmp_path / "run.npz"))
     assert run["replicas"] == 2

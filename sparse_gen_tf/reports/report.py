@@ -128,7 +128,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
                                              "sample", parse=samples)
 
     if num_images:
-        say(f"inferring and parsing {num_images} images")
+        say(f"inferring z of {num_images} images and parsing them")
         images, _ = pipeline.heldout_images(config, num_images)
         summary["images_are"] = "heldout"
         if not len(images):  # an image run without --heldout: parse training images
