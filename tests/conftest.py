@@ -102,11 +102,12 @@ def last_line(text):
 
 
 def assert_flag_error(result, message, workdir=None):
-    """result is a command that stopped on its flags: no traceback, exactly one "Flags
-    parsing error" line, which says message; and it wrote nothing at workdir (if given)."""
+    """result is a command that stopped on its flags: no traceback, exactly one
+    "PROGRAM: error: ..." line (`cli.parse_flags`), which says message; and it wrote
+    nothing at workdir (if given)."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if "Flags parsing error" in line]
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     if workdir is not None:
         assert not os.path.exists(workdir)

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import tiny_generator
@@ -77,6 +78,7 @@ def test_a_steps_sparsity_metrics_are_those_of_its_parses():
     assert not used[..., 3].any() and logs["dead_channels_2"] >= 1
 
 
+@pytest.mark.slow
 def test_training_reduces_reconstruction_error():
     n = 32
     model = make_model(n, jit_compile=True, learning_rate=3e-3,

@@ -118,6 +118,7 @@ def workdir(tmp_path_factory):
                     "--encoder_channels=8,8", timeout=900)
 
 
+@pytest.mark.slow
 def test_train_with_encoder_trains_the_network_into_the_checkpoint(workdir):
     assert "epoch_encoder_loss" in tensorboard_tags(os.path.join(workdir, "tb", "train"))
     opened = run.open_run(workdir, learner=True)
@@ -131,6 +132,7 @@ def test_train_with_encoder_trains_the_network_into_the_checkpoint(workdir):
                                                         fresh.get_weights()))
 
 
+@pytest.mark.slow
 def test_reconstruct_amortized_uses_the_runs_network_and_needs_one(workdir, tmp_path):
     opened = run.open_run(workdir)
     images = opened.generator(tf.random.stateless_normal([3, 4], [6, 6]))
@@ -145,6 +147,7 @@ def test_reconstruct_amortized_uses_the_runs_network_and_needs_one(workdir, tmp_
         inference.reconstruct(opened, images, settings=settings)
 
 
+@pytest.mark.slow
 def test_a_network_fitted_after_training_is_stored_beside_its_checkpoint(workdir, tmp_path):
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
@@ -165,6 +168,7 @@ def test_a_network_fitted_after_training_is_stored_beside_its_checkpoint(workdir
         run.open_run(copy)
 
 
+@pytest.mark.slow
 def test_fit_encoder_command_writes_the_network_or_says_what_is_wrong(workdir, tmp_path):
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
@@ -182,6 +186,7 @@ def test_fit_encoder_command_writes_the_network_or_says_what_is_wrong(workdir, t
                       "--encoder_channels must be a comma list of positive integers")
 
 
+@pytest.mark.slow
 def test_encoder_flags_without_encoder_are_refused_before_anything_is_written(tmp_path):
     workdir = tmp_path / "run"
     result = run_train(f"--workdir={workdir}", *tiny_flags(), "--encoder_channels=8")
@@ -189,6 +194,7 @@ def test_encoder_flags_without_encoder_are_refused_before_anything_is_written(tm
                       str(workdir))
 
 
+@pytest.mark.slow
 def test_explain_infers_with_the_network_when_asked(workdir, tmp_path):
     out = str(tmp_path / "explain")
     result = run_command("-m", "sparse_gen_tf.commands.explain", f"--workdir={workdir}",

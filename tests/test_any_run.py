@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 NUM_FILES, HELDOUT = 37, 4  # 33 training images: not a multiple of the batch (16)
 
 

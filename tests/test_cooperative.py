@@ -133,6 +133,7 @@ def descriptor_tensors(workdir):
             if k.startswith("model/descriptor")}
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_them(
         tmp_path):
     from sparse_gen_tf.training import run
@@ -165,6 +166,7 @@ def test_checkpoints_hold_the_descriptor_and_its_optimizer_and_resume_restores_t
     assert "--descriptor was True, now False" in last_line(plain.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--descriptor_steps=5"], "add --descriptor"),
     (["--descriptor_fresh_samples"], "add --descriptor"),

@@ -25,6 +25,9 @@ import pytest
 
 from conftest import FAST_INFERENCE_FLAGS, run_command, tiny_flags, train_ok
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 TINY = tiny_flags(topk=None, train_steps=2)  # train.py's K
 EXPLAIN = ["--num_samples=1", "--num_images=1", *FAST_INFERENCE_FLAGS]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser",

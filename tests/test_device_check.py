@@ -37,11 +37,13 @@ def report(tmp_path_factory):
     return json.loads(output.read_text())
 
 
+@pytest.mark.slow
 def test_every_check_is_present_and_passes(report):
     assert report["checks"] == {name: True for name in CHECKS}
     assert report["passed"] is True
 
 
+@pytest.mark.slow
 def test_the_report_says_where_it_ran_and_with_what(report):
     assert report["device"]["type"] == "CPU" and report["device"]["name"] == "/CPU:0"
     assert report["tensorflow"] == tf.__version__
@@ -54,6 +56,7 @@ def test_the_report_says_where_it_ran_and_with_what(report):
     assert setup["generator"]["topk"] == list(TINY.generator.topk)
 
 
+@pytest.mark.slow
 def test_each_step_is_timed_under_xla_as_the_median_of_its_repeats(report):
     assert set(report["steps"]) == {"abp_float32", "abp_mixed_bfloat16",
                                     "cooperative_float32"}
@@ -64,6 +67,7 @@ def test_each_step_is_timed_under_xla_as_the_median_of_its_repeats(report):
         assert step["path"].startswith("XLA") and np.isfinite(step["loss"])
 
 
+@pytest.mark.slow
 def test_each_step_is_compared_with_the_cpus_part_by_part(report):
     assert report["cpu_reference"]["error"] is None
     generator = [f"generator_{i}" for i in range(6)]  # FC and two deconvs: kernel, bias
@@ -92,6 +96,7 @@ def test_each_step_is_compared_with_the_cpus_part_by_part(report):
     assert report["comparisons"]["abp_mixed_bfloat16"]["parts"]["chains"]["max_abs_diff"] > 0
 
 
+@pytest.mark.slow
 def test_every_signature_is_served_with_the_described_shapes(report):
     export = report["export"]
     assert export["passed"] and set(export["signatures"]) == set(serving.SIGNATURES)
@@ -104,6 +109,7 @@ def test_every_signature_is_served_with_the_described_shapes(report):
     assert report["export"]["signatures"]["reconstruct"]["shapes"]["z"] == [batch, 4]
 
 
+@pytest.mark.slow
 def test_without_a_gpu_it_stops_in_one_line_unless_allowed_the_cpu(tmp_path):
     output = tmp_path / "report.json"
     result = run_command(SCRIPT, f"--output={output}", timeout=300)

@@ -303,6 +303,7 @@ def evaluated(face_run):
     return workdir, result
 
 
+@pytest.mark.slow
 def test_evaluate_with_attributes_reports_each_layer_and_pca(evaluated):
     workdir, result = evaluated
     for name in ("layer 1", "layer 2", "pixel PCA of the code's size"):
@@ -327,6 +328,7 @@ def test_evaluate_with_attributes_reports_each_layer_and_pca(evaluated):
             assert 0 <= r["auc"]["channel"] < 8 and all(0 <= v < 4 for v in r["auc"]["cell"])
 
 
+@pytest.mark.slow
 def test_explain_labels_the_units_that_detect_attributes(evaluated):
     workdir, _ = evaluated
     with open(os.path.join(workdir, "evaluation.json")) as f:
@@ -346,12 +348,14 @@ def test_explain_labels_the_units_that_detect_attributes(evaluated):
         assert all(label in panel for label in labels[layer, channel])
 
 
+@pytest.mark.slow
 def test_a_missing_attribute_file_is_a_flag_error(tmp_path):
     for path in (tmp_path / "no_such_file.txt", tmp_path):
         assert_flag_error(evaluate(tmp_path / "run", f"--attributes={path}"),
                           "--attributes must name an existing file")
 
 
+@pytest.mark.slow
 def test_an_image_without_a_label_is_a_one_line_error(face_run, tmp_path):
     workdir, attributes = face_run
     with open(attributes) as f:

@@ -21,6 +21,9 @@ from sparse_gen_tf import Generator, LangevinConfig, langevin
 from sparse_gen_tf.training import distribute, run
 from sparse_gen_tf.training.config import TrainConfig
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 TINY = tiny_flags(log_every=1)
 

@@ -17,6 +17,9 @@ from sparse_gen_tf.explanation.parse_graph import ParseGraph
 from sparse_gen_tf.learning import inference
 from sparse_gen_tf.training import run as run_lib
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def png_shape(path):
     return tuple(tf.io.decode_png(tf.io.read_file(path)).shape)

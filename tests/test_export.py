@@ -34,6 +34,9 @@ from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.model.generator import Generator
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT_SCRIPT = os.path.join(ROOT, "export", "export_saved_model.py")
 TINY = tiny_train_config()
@@ -366,7 +369,10 @@ def test_chain_centroids_each_average_at_least_min_members_chains():
 @pytest.mark.parametrize("name,inputs,message", [
     ("serving_default", {"z": tf.zeros([2, 5])}, "not compatible with expected shape"),
     ("serving_default", {"z": tf.zeros([2, 4], tf.int32)}, "expected to be a float tensor"),
-    ("reconstruct", {"image": tf.zeros([1, 16, 16, 3])}, "not compatible with expected shape"),
+    ("reconstruct", {"image": tf.zeros([1, 16, 16, 3])},
+     r"image must be float32 \[batch, 32, 32, 3\]; got shape\] \[1 16 16 3\]"),
+    ("reconstruct", {"image": tf.fill([1, 32, 32, 3], 255.0)},
+     r"image must be float32 \[batch, 32, 32, 3\] with values in \[0, 1\]"),
     ("sample", {"seed": tf.constant(7, tf.int64)}, "not compatible with expected shape"),
     ("sample", {"seed": tf.constant([7.0])}, "expected to be a int64 tensor"),
 ])

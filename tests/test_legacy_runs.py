@@ -21,6 +21,9 @@ import tensorflow as tf
 from conftest import tiny_generator
 from sparse_gen_tf.model.descriptor import DescriptorConfig
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "legacy_runs")
 GENERATOR = tiny_generator()
 DESCRIPTORS = {"abp": None, "cooperative": DescriptorConfig(

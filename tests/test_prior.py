@@ -90,6 +90,7 @@ def test_every_stored_configuration_pools_at_least_min_members_training_parses(t
         assert nearest_code_distance(codes[:4], codes) == 0.0
 
 
+@pytest.mark.slow
 def test_the_export_stores_the_prior_and_no_row_per_training_image(tiny, tmp_path):
     path = serving.export_workdir(tiny.config.workdir, str(tmp_path))
     variables = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
@@ -124,6 +125,7 @@ def test_a_grammar_sample_is_a_sparse_parse_that_its_top_layer_determines(tiny):
     np.testing.assert_allclose(again["image"], sample["image"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_export_with_the_normal_prior_samples_z_and_serves_it(tmp_path):
     generator = Generator(tiny_generator())
     path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
@@ -149,6 +151,7 @@ def small(tmp_path_factory):
     return types.SimpleNamespace(model=opened, truth=opened.data().ground_truth)
 
 
+@pytest.mark.slow
 def test_grammar_samples_are_legal_images_far_more_often_than_normal_samples(small):
     generator, seeds = small.model.generator, prior_lib.sample_seeds(NUM_SAMPLES)
 

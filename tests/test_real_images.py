@@ -137,6 +137,7 @@ def experiment(tmp_path_factory, commands):
     return root, args, result
 
 
+@pytest.mark.slow
 def test_the_script_trains_sparse_and_dense_and_writes_the_figures(experiment):
     root, _, result = experiment
     names = {f"faces_{f}.png" for f in ("kernels_bottom", "kernels_bottom_raw",
@@ -174,6 +175,7 @@ def test_the_script_trains_sparse_and_dense_and_writes_the_figures(experiment):
     assert str(root / "images") not in table and str(root / "runs") not in table
 
 
+@pytest.mark.slow
 def test_a_second_call_reuses_the_runs(experiment, commands):
     root, args, _ = experiment
     checkpoint = root / "runs" / "faces_sparse" / "checkpoints" / "checkpoint"
@@ -183,6 +185,7 @@ def test_a_second_call_reuses_the_runs(experiment, commands):
     assert "reusing" in result.stdout and checkpoint.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_another_step_budget_is_refused_rather_than_resumed(experiment, commands):
     root, args, _ = experiment
     result = commands.run(*args, "--face_steps=5", timeout=600)
@@ -191,6 +194,7 @@ def test_another_step_budget_is_refused_rather_than_resumed(experiment, commands
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     ((), "nothing to do"),
     (("--faces=/no/such/folder",), "is not a folder"),

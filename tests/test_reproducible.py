@@ -3,7 +3,11 @@
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
+
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def final_variables(workdir):

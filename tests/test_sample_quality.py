@@ -197,6 +197,7 @@ def evaluate_with_attributes(commands, workdir, *flags):
                              "--nobaseline", *commands.fast_inference, *flags)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_samples_reconstructions_and_training_faces_with_one_classifier(
         labelled_run, commands):
     root, workdir, attributes = labelled_run
@@ -229,6 +230,7 @@ def test_evaluate_scores_samples_reconstructions_and_training_faces_with_one_cla
     assert again["classifier_heldout"] == scores["classifier_heldout"]
 
 
+@pytest.mark.slow
 def test_a_classifier_flag_that_is_not_a_keras_file_is_refused(labelled_run, commands):
     _, workdir, attributes = labelled_run
     result = evaluate_with_attributes(commands, workdir, f"--attributes={attributes}",
@@ -236,6 +238,7 @@ def test_a_classifier_flag_that_is_not_a_keras_file_is_refused(labelled_run, com
     assert_flag_error(result, "--classifier must be a .keras file")
 
 
+@pytest.mark.slow
 def test_a_classifier_of_other_attributes_is_refused_in_one_line(labelled_run, commands,
                                                                 tmp_path):
     _, workdir, attributes = labelled_run

@@ -259,6 +259,7 @@ np.savez(sys.argv[1], replicas=strategy.num_replicas_in_sync,
 """
 
 
+@pytest.mark.slow
 def test_two_mirrored_replicas_through_the_kernels_match_one_dense_device(tmp_path):
     run = run_mirrored(MIRRORED, str(tmp_path / "run.npz"))
     assert_mirrored_weights_match(run)
@@ -266,6 +267,7 @@ def test_two_mirrored_replicas_through_the_kernels_match_one_dense_device(tmp_pa
         np.testing.assert_allclose(replica, run["single_chains"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_py_trains_with_sparse_kernels(tmp_path):
     result = run_train(f"--workdir={tmp_path / 'run'}", "--sparse_kernels=on",
                        *tiny_flags(train_steps=2), timeout=300)
@@ -275,6 +277,7 @@ def test_train_py_trains_with_sparse_kernels(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
 
 
+@pytest.mark.slow
 def test_an_export_of_a_model_trained_on_the_kernels_holds_none_of_them(tmp_path):
     # TF Serving has no such ops: the SavedModel's reconstruct runs the dense Langevin loop.
     model = make_model(True)

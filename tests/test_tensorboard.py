@@ -11,6 +11,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import summary_values, tiny_flags, train_ok
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

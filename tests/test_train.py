@@ -9,6 +9,9 @@ import tensorflow as tf
 from conftest import (assert_flag_error, last_line, run_train, summary_events, tensorboard_tags,
                       tiny_flags)
 
+# Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 TINY = tiny_flags(log_every=1)
 
 

@@ -1,24 +1,68 @@
-"""What the commands (train.py, explain, evaluate, the export scripts) share: their start,
-and the inference flags of explain and evaluate."""
+"""What the commands (train.py, explain, evaluate, the export scripts) share: their start
+and end, and the inference flags of explain and evaluate."""
 
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
+from sparse_gen_tf import console
 from sparse_gen_tf.learning import inference
+
+# The console scripts of setup.cfg, named where a command says what to run next.
+SCRIPTS = {"train": "sparse-gen-train", "explain": "sparse-gen-explain",
+           "evaluate": "sparse-gen-evaluate", "export": "sparse-gen-export",
+           "fit_encoder": "sparse-gen-fit-encoder"}
+
+
+def run(program, main):
+    """app.run(main), with a bad flag refused in one line: "PROGRAM: error: MESSAGE"."""
+    app.run(main, flags_parser=lambda argv: parse_flags(program, argv))
+
+
+def parse_flags(program, argv):
+    """flags.FLAGS(argv); a bad flag exits with one line naming it, without absl's dump of
+    every flag a validator looked at ("flags image_size=32, latent_dim=32, ...: ...") or
+    its "Pass --helpshort" line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"{program}: error: {flag_error(e)}")
+
+
+def flag_error(error):
+    """The first message of an absl flag error, without the flag values its validator
+    prefixes ("flag --sigma=-1.0: " or "flags a=1, b=2: ") when the message names a flag
+    itself."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    for name in flags.FLAGS:
+        for validator in flags.FLAGS[name].validators:
+            try:
+                prefix = validator.print_flags_with_values(flags.FLAGS) + ": "
+            except Exception:  # a validator of a flag that did not parse
+                continue
+            if message.startswith(prefix):
+                rest = message[len(prefix):]
+                return rest if "--" in rest or prefix.startswith("flags ") else message
+    return message
 
 
 def start(program, argv, quiet=True):
-    """Refuses stray positional arguments in one line; optionally quiets absl logging.
+    """Refuses stray positional arguments in one line; sets the log lines shown.
 
-    quiet: unless --verbosity was given, show only errors, since TensorFlow's INFO and
-    retracing WARNING lines are noise in a command whose output is its result.
+    The package's own log lines are shown (from WARNING if quiet, from INFO if not), and
+    other libraries' only from ERROR (`console.quiet_logging`), unless --verbose or
+    --verbosity was given: TensorFlow's INFO and retracing WARNING lines are noise in a
+    command whose output is its result.
     """
     if len(argv) > 1:
         sys.exit(f"{program}: unexpected arguments {' '.join(argv[1:])}; flags look like "
                  "--name=value")
-    if quiet and not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
+    console.quiet_logging(logging.WARNING if quiet else logging.INFO)
+
+
+def progress(program, message):
+    """A line of progress on stderr, where it does not mix with a result on stdout."""
+    print(f"{program}: {message}", file=sys.stderr, flush=True)
 
 
 def define_inference_flags():

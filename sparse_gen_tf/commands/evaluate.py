@@ -7,10 +7,12 @@ The rows are defined in `reports/evaluation.py`; each run's scores also go to
 WORKDIR/evaluation.json.
 """
 
+from sparse_gen_tf import console  # noqa: F401  (first: quiets TensorFlow as it loads)
+
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
@@ -58,21 +60,25 @@ def main(argv):
         # One classifier scores every run, so that their distances compare.
         classifier = values.classifier or os.path.join(values.workdir[0],
                                                        "attribute_classifier.keras")
-        all_results = [evaluation.evaluate(w, num_heldout=values.num_heldout,
-                                           num_fit=values.num_fit, settings=settings,
-                                           baseline=values.baseline, served=values.served,
-                                           seed=values.seed, attributes=values.attributes,
-                                           classifier=classifier)
-                       for w in values.workdir]
+        all_results = []
+        for i, w in enumerate(values.workdir, 1):
+            runs = f" ({i}/{len(values.workdir)})" if len(values.workdir) > 1 else ""
+            all_results.append(evaluation.evaluate(
+                w, num_heldout=values.num_heldout, num_fit=values.num_fit,
+                settings=settings, baseline=values.baseline, served=values.served,
+                seed=values.seed, attributes=values.attributes, classifier=classifier,
+                progress=lambda message: cli.progress("evaluate", f"{w}{runs}: {message}")))
     except UserError as e:
         sys.exit(f"evaluate: error: {e}")
     print(evaluation.markdown_table(all_results))
+    for w in values.workdir:
+        print(f"Wrote {os.path.join(w, 'evaluation.json')}")
 
 
 def run():
     """The console script `sparse-gen-evaluate`."""
     define_flags()
-    app.run(main)
+    cli.run("evaluate", main)
 
 
 if __name__ == "__main__":

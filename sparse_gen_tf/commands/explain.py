@@ -6,9 +6,12 @@
 The files it writes are listed in `reports/report.py`.
 """
 
+from sparse_gen_tf import console  # noqa: F401  (first: quiets TensorFlow as it loads)
+
+import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
@@ -33,16 +36,20 @@ def main(argv):
         path = report.explain(values.workdir, values.output_dir,
                               num_samples=values.num_samples, num_images=values.num_images,
                               seed=values.seed, settings=cli.inference_settings(values),
-                              html=values.html)
+                              html=values.html,
+                              progress=lambda message: cli.progress("explain", message))
     except UserError as e:
         sys.exit(f"explain: error: {e}")
-    print(f"Wrote the explanation to {path}")
+    files = sorted(os.listdir(path))
+    print(f"Wrote the explanation to {path} ({len(files)} files"
+          + (f"; open {os.path.join(path, 'index.html')} in a browser)"
+             if "index.html" in files else ")"))
 
 
 def run():
     """The console script `sparse-gen-explain`."""
     define_flags()
-    app.run(main)
+    cli.run("explain", main)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ the run has one (train.py --encoder, or python -m sparse_gen_tf.commands.fit_enc
 search of Langevin chains; --reconstruct chooses.
 """
 
+from sparse_gen_tf import console  # noqa: F401  (first: quiets TensorFlow as it loads)
+
 import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from sparse_gen_tf import serving
 from sparse_gen_tf.commands import cli
@@ -82,6 +84,8 @@ def main(argv):
         centroids=values.reconstruct_centroids, training_codes=values.export_training_codes,
         refine_steps=values.reconstruct_refine_steps,
         refine_step_size=values.reconstruct_refine_step_size)
+    cli.progress("export_saved_model.py", f"tracing and writing the signatures of "
+                 f"{values.workdir}")
     try:
         path = serving.export_workdir(values.workdir, values.export_base, settings=settings,
                                       version=values.version, fit_prior=values.fit_prior)
@@ -104,7 +108,7 @@ def main(argv):
 def run():
     """`python export/export_saved_model.py` and the console script `sparse-gen-export`."""
     define_flags()
-    app.run(main)
+    cli.run("export_saved_model.py", main)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ holds the network's architecture and weights only (model/encoder.py). A run trai
 --encoder has a network already; fitting one here replaces it for that checkpoint.
 """
 
+from sparse_gen_tf import console  # noqa: F401  (first: quiets TensorFlow as it loads)
+
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from sparse_gen_tf.commands import cli
 from sparse_gen_tf.errors import UserError
@@ -45,6 +47,8 @@ def define_flags():
 def main(argv):
     cli.start("fit_encoder", argv)
     values = flags.FLAGS
+    cli.progress("fit_encoder", f"fitting the inference network of {values.workdir} "
+                 f"({values.steps} steps)")
     try:
         path, loss = encoder.fit_workdir(
             values.workdir, steps=values.steps, batch_size=values.batch_size,
@@ -60,7 +64,7 @@ def main(argv):
 def run():
     """The console script `sparse-gen-fit-encoder`."""
     define_flags()
-    app.run(main)
+    cli.run("fit_encoder", main)
 
 
 if __name__ == "__main__":

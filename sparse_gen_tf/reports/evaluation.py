@@ -188,12 +188,16 @@ def sparsity(generator, z, batch=256):
 
 
 def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAULT_SETTINGS,
-             baseline=True, served=True, seed=0, attributes=None, classifier=None):
+             baseline=True, served=True, seed=0, attributes=None, classifier=None,
+             progress=None):
     """Computes the scores of workdir's latest checkpoint; writes evaluation.json.
 
     attributes: the path of an attribute file, to dissect the held-out parses and score
     the samples (sample_quality); classifier: the attribute classifier's .keras file
-    (default WORKDIR/attribute_classifier.keras), trained there if missing."""
+    (default WORKDIR/attribute_classifier.keras), trained there if missing. progress:
+    called with a short sentence before each long stage (the inferences)."""
+    say = progress or (lambda message: None)
+    say("opening the run")
     opened = open_run(workdir)
     config, model = opened.config, opened
     # Read first, so that a bad file or a run without labels fails before any inference.
@@ -232,19 +236,22 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         amortized_steps=settings.amortized_steps,
         amortized_step_size=settings.amortized_step_size)
 
-    def infer(images, how=settings):
+    def infer(images, how=settings, what="images"):
+        say(f"inferring z of {len(images)} {what}")
         return inference.reconstruct(model, images, settings=how, seed=seed).numpy()
 
     if config.dataset != "parts":
         num_train = min(num_fit, len(train))
         results["psnr_train_infer"] = parts_scores.psnr(
-            train[:num_train], generator(infer(train[:num_train])).numpy())
+            train[:num_train], generator(infer(train[:num_train],
+                                             what="training images")).numpy())
         if len(heldout):
-            z = infer(heldout)
+            z = infer(heldout, what="held-out images")
             reconstructions = generator(z).numpy()
             results["psnr_heldout"] = parts_scores.psnr(heldout, reconstructions)
             results["sharpness_heldout"] = unit_scores.sharpness(reconstructions, heldout)
             if served:
+                say("exporting the reconstruct signature and running it")
                 results["psnr_heldout_served"] = parts_scores.psnr(
                     heldout, generator(served_latents(opened, heldout,
                                                      settings=served_settings)).numpy())
@@ -285,19 +292,24 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
 
     heldout_labels = heldout_truth.part_labels
     results["psnr_heldout"], results["parse_accuracy"] = score(
-        infer(heldout), heldout, heldout_labels)
+        infer(heldout, what="held-out images"), heldout, heldout_labels)
     if served:
+        say("exporting the reconstruct signature and running it")
         results["psnr_heldout_served"], results["parse_accuracy_served"] = score(
             served_latents(opened, heldout, settings=served_settings), heldout,
             heldout_labels)
     num_train = min(num_heldout, num_fit)
     results["psnr_train_infer"], results["parse_accuracy_train_infer"] = score(
-        infer(train[:num_train]), train[:num_train], labels[:num_train])
+        infer(train[:num_train], what="training images"), train[:num_train],
+        labels[:num_train])
+    say(f"inferring z of {len(heldout)} occluded held-out images")
     results["psnr_occluded"], results["parse_accuracy_occluded"] = occlusion_scores(
         model, heldout, heldout_labels, channel_parts, settings, seed)
     if baseline:
         results["psnr_heldout_plain"], results["parse_accuracy_plain"] = score(
-            infer(heldout, inference.PLAIN_SETTINGS), heldout, heldout_labels)
+            infer(heldout, inference.PLAIN_SETTINGS, "held-out images (plain Langevin)"),
+            heldout, heldout_labels)
+    say("scoring samples of the prior")
     results.update(sample_scores(model, train, truth, num_heldout, seed))
     return write_results(workdir, results)
 

@@ -92,8 +92,12 @@ def explain_latents(generator, z, output_dir, prefix, normalised=False, parse=No
 
 
 def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
-            settings=inference.DEFAULT_SETTINGS, seed=0, html=True):
-    """Writes the explanation files of workdir's latest checkpoint; returns output_dir."""
+            settings=inference.DEFAULT_SETTINGS, seed=0, html=True, progress=None):
+    """Writes the explanation files of workdir's latest checkpoint; returns output_dir.
+
+    progress: called with a short sentence before each long stage."""
+    say = progress or (lambda message: None)
+    say("opening the run")
     opened = open_run(workdir)
     config, model = opened.config, opened
     generator = model.generator
@@ -104,6 +108,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
         raise UserError(f"cannot create --output_dir={output_dir} ({e.strerror}); choose "
                         "a writable directory") from None
 
+    say("drawing the kernels")
     latents = visualize.sample_latents(generator, max(128, num_samples), seed)
     figures = visualize.kernel_figures(generator, latents)
     write_png(os.path.join(output_dir, "kernels_bottom.png"), figures["bottom"])
@@ -123,6 +128,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
                                              "sample", parse=samples)
 
     if num_images:
+        say(f"inferring z of {num_images} images and parsing them")
         images, _ = pipeline.heldout_images(config, num_images)
         summary["images_are"] = "heldout"
         if not len(images):  # an image run without --heldout: parse training images
@@ -146,6 +152,7 @@ def explain(workdir, output_dir=None, *, num_samples=4, num_images=4,
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     if html:
+        say("writing the dashboard")
         dashboard.write_dashboard(
             model, config, output_dir, summary,
             unit_labels=dissection.read_unit_labels(workdir, opened.checkpoint))

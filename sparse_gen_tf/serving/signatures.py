@@ -77,6 +77,32 @@ def from_unit_range(images):
     return images * 2.0 - 1.0
 
 
+def checked_images(images, size):
+    """images [batch, size, size, 3], refused unless that shape and in the served range.
+
+    A signature does not check the shape of what it is sent, and a 0-255 image would be
+    inferred as if it were very bright and answered wrongly without a word: each is
+    refused with one InvalidArgumentError naming what is expected, "assertion failed:
+    [image must be float32 [batch, 32, 32, 3] ...; got shape] [1 16 16 3]". Non-finite
+    values are outside [0, 1] too.
+    """
+    expected = f"image must be float32 [batch, {size}, {size}, 3]"
+    shape = tf.shape(images)
+    # Padded, so that an image of another rank compares instead of failing to.
+    right_shape = tf.logical_and(
+        tf.equal(tf.size(shape), 4),
+        tf.reduce_all(tf.equal(tf.pad(shape, [[0, 4]])[1:4], [size, size, 3])))
+    check_shape = tf.debugging.Assert(right_shape, [f"{expected}; got shape", shape],
+                                      summarize=8)
+    with tf.control_dependencies([check_shape]):
+        in_range = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
+        check_range = tf.debugging.Assert(
+            in_range, [f"{expected} with values in [0, 1] (8-bit pixels divided by 255); "
+                       "got values from", tf.reduce_min(images), "to", tf.reduce_max(images)])
+    with tf.control_dependencies([check_range]):
+        return tf.ensure_shape(tf.identity(images), [None, size, size, 3])
+
+
 def explanation(parse):
     """{"mask_i", "activation_i"} for each sparse layer i = 1..n of `Generator.parse`.
 
@@ -228,8 +254,9 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=Non
     d, size = cfg.latent_dim, cfg.image_size
 
     # ensure_shape turns a wrongly shaped request into one clear error ("Shape of tensor
-    # image [1,16,16,3] is not compatible with expected shape [?,32,32,3]"): a called
-    # signature, unlike a called tf.function, does not check shapes itself.
+    # z [2,5] is not compatible with expected shape [?,4]"): a called signature, unlike a
+    # called tf.function, does not check shapes itself. Images are checked for their
+    # range as well (`checked_images`).
     explained = {}
     for i, shape in enumerate(cfg.feature_map_shapes(), 1):
         explained[f"mask_{i}"] = explained[f"activation_{i}"] = shape
@@ -240,7 +267,7 @@ def build_archive(generator, *, settings, step_size, sigma, bank=None, prior=Non
         return {"image": to_unit_range(parse["image"]), **explanation(parse)}
 
     def reconstruct(image):
-        image = tf.ensure_shape(image, [None, size, size, 3])
+        image = checked_images(image, size)
         z = infer_latent(generator, from_unit_range(image), settings=settings,
                          step_size=step_size, sigma=sigma, bank=bank, encoder=encoder)
         parse = generator.parse(z)

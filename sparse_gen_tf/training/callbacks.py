@@ -1,7 +1,9 @@
 """Keras callbacks of a training run: atomic checkpoints, divergence guard, TensorBoard,
-and the HParams record that lets TensorBoard compare runs."""
+the HParams record that lets TensorBoard compare runs, and the progress line."""
 
 import math
+import sys
+import time
 
 import keras
 import tensorflow as tf
@@ -158,3 +160,46 @@ class TrainScalars(keras.callbacks.Callback):
         with self.writer.as_default(step=step), tf.summary.record_if(True):
             for name, value in (logs or {}).items():
                 tf.summary.scalar(f"{prefix}_{name}", float(value))
+
+
+class Progress(keras.callbacks.Callback):
+    """The progress line of training, shorter than `WIDTH` characters so that it does not
+    wrap: epoch, optimizer step, and the metrics of `SHOWN` that the model logs, with the
+    time per step. Keras' own progress bar prints every metric (near 300 characters); all
+    of them still go to TensorBoard (`TrainScalars`).
+
+    One line per epoch; on a terminal the line is also rewritten after every step.
+    """
+
+    WIDTH = 120
+    SHOWN = ("loss", "psnr", "z_norm")
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = stream or sys.stdout
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started, self.steps = epoch, time.monotonic(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps = batch + 1
+        if self.live:
+            self.stream.write("\r" + self.line(logs).ljust(self.WIDTH - 1)[:self.WIDTH - 1])
+            self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.stream.write(("\r" if self.live else "") + self.line(logs) + "\n")
+        self.stream.flush()
+
+    def line(self, logs):
+        """"epoch 3/1500  step 6/3000  loss 4632.4  psnr 11.684  z_norm 1.47  2.6 s/step"."""
+        epochs, per_epoch = self.params.get("epochs"), self.params.get("steps")
+        step = int(self.model.optimizer.iterations.numpy())
+        parts = [f"epoch {self.epoch + 1}/{epochs}",
+                 f"step {step}" + (f"/{epochs * per_epoch}" if epochs and per_epoch else "")]
+        parts += [f"{name} {float(logs[name]):.5g}" for name in self.SHOWN
+                  if logs and name in logs]
+        if self.steps:
+            parts.append(f"{(time.monotonic() - self.started) / self.steps:.2g} s/step")
+        return "  ".join(parts)[:self.WIDTH - 1]

@@ -2,7 +2,7 @@
 
 The flags are defined from `config.settings()`: each TrainConfig field gives its flag's
 name, type, default, help and bounds. Validators run while absl parses the command line,
-so a bad value stops the program with one line (absl's "Flags parsing error: ...")
+so a bad value stops the program with one line ("train.py: error: ...", commands/cli.py)
 before anything is written.
 """
 

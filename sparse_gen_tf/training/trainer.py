@@ -13,7 +13,6 @@ With several workers (--strategy=multi_worker) only the chief writes here (distr
 
 import math
 import os
-import sys
 
 import keras
 import tensorflow as tf
@@ -21,7 +20,7 @@ from absl import logging
 
 from sparse_gen_tf.training import distribute, run
 from sparse_gen_tf.training.callbacks import (Checkpointing, DivergenceGuard,
-                                              HParamsSummary, TrainScalars)
+                                              HParamsSummary, Progress, TrainScalars)
 from sparse_gen_tf.training.summaries import (ImageSummaries, explanation_summaries,
                                               grammar_summaries)
 from sparse_gen_tf.training.config import TrainConfig, flag_values, state_settings
@@ -98,13 +97,16 @@ def train(config: TrainConfig):
             TrainScalars(os.path.join(config.workdir, "tb", "train"), config.log_every),
             Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
             HParamsSummary(config, os.path.join(config.workdir, "tb")),
+            Progress(),
         ]
     try:
         if initial_epoch >= epochs:
             logging.info("Already trained for %d epochs; nothing to do", initial_epoch)
             return None
+        # verbose=0: `Progress` prints a short line instead of Keras' bar of every
+        # metric; shuffle=False: the dataset is shuffled already (pipeline.train_dataset).
         return model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                         callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+                         callbacks=callbacks, verbose=0, shuffle=False)
     finally:
         distribute.cleanup(save_dir, strategy)
 
