@@ -41,7 +41,8 @@ TINY = tiny_train_config()
 RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3, refine_steps=4,
                                           refine_step_size=0.05)
 AMORTIZED = serving.ReconstructSettings(method="amortized", amortized_steps=4,
-                                        amortized_step_size=0.05, amortized_starts=3)
+                                        amortized_step_size=0.05, amortized_starts=3,
+                                        amortized_langevin_steps=3)
 
 
 def run_export(*flags, timeout=300):
@@ -106,7 +107,9 @@ def amortized(tmp_path_factory):
                         "--reconstruct=amortized",
                         f"--reconstruct_amortized_steps={AMORTIZED.amortized_steps}",
                         f"--reconstruct_amortized_step_size={AMORTIZED.amortized_step_size}",
-                        f"--reconstruct_amortized_starts={AMORTIZED.amortized_starts}")
+                        f"--reconstruct_amortized_starts={AMORTIZED.amortized_starts}",
+                        "--reconstruct_amortized_langevin_steps="
+                        f"{AMORTIZED.amortized_langevin_steps}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reconstruct (amortized)" in result.stdout
     model = run.load_run(config.workdir).model
@@ -280,7 +283,9 @@ def test_the_amortized_reconstruct_is_the_librarys_amortized_inference(amortized
                             step_size=AMORTIZED.amortized_step_size,
                             sigma=model.langevin.sigma,
                             bank=AMORTIZED.bank(model.chains.numpy()),
-                            starts=AMORTIZED.amortized_starts)
+                            starts=AMORTIZED.amortized_starts,
+                            langevin_steps=AMORTIZED.amortized_langevin_steps,
+                            langevin_step_size=model.langevin.step_size)
     np.testing.assert_allclose(served["z"], z, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(served["reconstruction"], (model.generator(z) + 1) / 2,
                                rtol=1e-4, atol=1e-4)
@@ -292,7 +297,7 @@ def test_signatures_json_records_the_amortized_reconstruct(amortized):
     assert reconstruct["method"] == "amortized"
     langevin = reconstruct["langevin"]
     assert (langevin["steps"], langevin["restarts"], langevin["noise"]) == (
-        0, AMORTIZED.amortized_starts, False)
+        AMORTIZED.amortized_langevin_steps, AMORTIZED.amortized_starts, True)
     assert langevin["refine_steps"] == AMORTIZED.amortized_steps
     assert langevin["refine_step_size"] == AMORTIZED.amortized_step_size
     assert "inference network" in langevin["start"] and "inference network" in (

@@ -47,6 +47,11 @@ def define_flags():
                          "--reconstruct_centroids with the highest log joint are all "
                          "refined, the best kept; 1 refines the guess alone.",
                          lower_bound=1)
+    flags.DEFINE_integer("reconstruct_amortized_langevin_steps",
+                         defaults.amortized_langevin_steps,
+                         "Amortized reconstruct: Langevin steps (the run's δ, a fixed noise "
+                         "draw per start) from every start before the noise-free ones.",
+                         lower_bound=0)
     flags.DEFINE_integer("reconstruct_steps", defaults.steps,
                          "Search: Langevin steps per chain baked into the reconstruct "
                          "signature.", lower_bound=1)
@@ -80,6 +85,7 @@ def main(argv):
         method=values.reconstruct, amortized_steps=values.reconstruct_amortized_steps,
         amortized_step_size=values.reconstruct_amortized_step_size,
         amortized_starts=values.reconstruct_amortized_starts,
+        amortized_langevin_steps=values.reconstruct_amortized_langevin_steps,
         steps=values.reconstruct_steps, restarts=values.reconstruct_restarts,
         centroids=values.reconstruct_centroids, training_codes=values.export_training_codes,
         refine_steps=values.reconstruct_refine_steps,

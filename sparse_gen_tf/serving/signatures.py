@@ -115,6 +115,7 @@ class ReconstructSettings:
     amortized_steps: int = inference.AMORTIZED_STEPS
     amortized_step_size: float = inference.AMORTIZED_STEP_SIZE
     amortized_starts: int = inference.AMORTIZED_STARTS
+    amortized_langevin_steps: int = inference.AMORTIZED_LANGEVIN_STEPS
     steps: int = inference.DEFAULT_SETTINGS.steps
     restarts: int = inference.DEFAULT_SETTINGS.restarts
     centroids: int = 64
@@ -210,7 +211,9 @@ def infer_latent(generator, images, *, settings, step_size, sigma, bank, encoder
         return inference.amortized(generator, encoder, images,
                                    steps=settings.amortized_steps,
                                    step_size=settings.amortized_step_size, sigma=sigma,
-                                   bank=bank, starts=settings.amortized_starts)
+                                   bank=bank, starts=settings.amortized_starts,
+                                   langevin_steps=settings.amortized_langevin_steps,
+                                   langevin_step_size=step_size)
     return inference.infer_each(generator, images, steps=settings.steps,
                                 step_size=step_size, sigma=sigma,
                                 restarts=settings.restarts, seed=RECONSTRUCT_SEED,
@@ -316,12 +319,17 @@ def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, so
             start += (f" and the {starts - 1} (of {len(bank)}) k-means centroids of the "
                       f"training chains (each the mean of at least {MIN_MEMBERS} chains) "
                       "with the highest log joint (Eq. 11)")
-        langevin = {"steps": 0, "restarts": starts, "step_size": step_size,
-                    "sigma": sigma, "noise": False, "start": start,
+        langevin = {"steps": settings.amortized_langevin_steps, "restarts": starts,
+                    "step_size": step_size, "sigma": sigma,
+                    "noise": settings.amortized_langevin_steps > 0, "start": start,
                     "training_codes": False, "refine_steps": settings.amortized_steps,
                     "refine_step_size": settings.amortized_step_size}
         doc = ("Infers z for each image: the inference network q(z | Y) guesses it in one "
-               f"pass, then {settings.amortized_steps} noise-free steps of Eq. (10) "
+               "pass"
+               + (f", {settings.amortized_langevin_steps} Langevin steps (Eq. 10, δ = "
+                  f"{step_size}, a fixed noise draw per start)"
+                  if settings.amortized_langevin_steps else "") +
+               f", then {settings.amortized_steps} noise-free steps of Eq. (10) "
                f"(gradient ascent on the log joint, Eq. 11, δ = "
                f"{settings.amortized_step_size}) refine it"
                + (f" and {starts - 1} other starts, keeping the one of highest log joint"
