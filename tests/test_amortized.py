@@ -155,7 +155,8 @@ def test_reconstruct_amortized_uses_the_runs_network_and_needs_one(workdir, tmp_
     opened = run.load_run(workdir)
     images = opened.model.generator(tf.random.stateless_normal([3, 4], [6, 6]))
     settings = inference.InferenceSettings(method="amortized", amortized_steps=3,
-                                           amortized_step_size=0.05)
+                                           amortized_step_size=0.05, amortized_starts=1,
+                                           amortized_langevin_steps=0)
     z = inference.reconstruct(opened.model, images, settings=settings).numpy()
     expected = inference.amortized(opened.model.generator, opened.model.encoder, images,
                                    steps=3, step_size=0.05, sigma=opened.model.langevin.sigma)

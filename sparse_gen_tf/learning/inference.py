@@ -70,7 +70,8 @@ class InferenceSettings:
     method: "search", `infer` with the fields below; "amortized", `amortized`: the
       model's inference network (`model.encoder`), then amortized_steps refinement steps
       of step amortized_step_size, from the guess and amortized_starts - 1 of the
-      persistent chains (the best kept).
+      persistent chains, each after amortized_langevin_steps Langevin steps at the
+      model's δ (the best kept).
     use_bank: start from the persistent chains of the training images (the model's
     `chains`), in addition to N(0, I) draws.
     refine_step_size: δ_r of the refinement; None takes the model's δ.
