@@ -17,6 +17,15 @@ disturbed. The first call (trace + compile) is timed separately.
 the XLA operations that take the most time (ms per train step, summed over threads): the
 six matmuls of each Langevin step, the two TopK custom calls, the fusions around them.
 
+--whole_run=parts.flags times `python train.py --flagfile=parts.flags` itself against its
+own train step alone, alternating the two in one window (--rounds of each): train.py runs in
+a fresh process, and the seconds from the start of epoch 2 to the start of epoch
+2 + --whole_run_epochs (so the first epoch, with its tracing and compiling, is left out,
+and the checkpoints, TensorBoard summaries and prior fits of those epochs are in) are
+divided by their steps; the step alone is the same model (`run.build_model` of the run's
+config.json) on the run's batches through `train_on_batch`, mean seconds per step over
+--repeats steps after two warm-up steps. Prints both and their ratio.
+
 --sweep varies one of batch, L and image size around the paper's point (batch 64, L = 30,
 64x64), XLA only. --memory runs a few steps at L = 10 and L = 60, each in a fresh
 process, and reports the peak resident memory (and the GPU's peak allocation when there
@@ -26,6 +35,8 @@ markdown tables.
 
 import collections
 import glob
+import os
+import re
 import resource
 import statistics
 import tempfile
@@ -39,6 +50,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
+from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.training import run as run_lib
 
 flags.DEFINE_list("batch_sizes", ["64"], "Batch sizes to time.")
 flags.DEFINE_list("langevin_steps", ["30"], "Langevin step counts L to time.")
@@ -50,6 +63,13 @@ flags.DEFINE_enum("sweep", "none", ["none", "batch", "langevin_steps", "image_si
                   "Vary one setting around the paper's point instead of the lists above.")
 flags.DEFINE_boolean("memory", False, "Also measure peak memory at L = 10 and L = 60.")
 flags.DEFINE_boolean("profile", False, "Print where the XLA step spends its time and exit.")
+flags.DEFINE_string("whole_run", None, "A flagfile: time python train.py with it against "
+                    "its train step alone (module doc).")
+flags.DEFINE_integer("whole_run_epochs", 10, "Epochs of train.py timed after the first "
+                     "(a multiple of the flagfile's --checkpoint_every counts its "
+                     "checkpoints in proportion).")
+flags.DEFINE_integer("rounds", 2, "--whole_run: train.py runs, each followed by --repeats "
+                     "steps alone.")
 flags.DEFINE_integer("memory_probe", None, "Internal: run a few steps at this L, print "
                      "the peak memory and exit (a fresh process per L).")
 FLAGS = flags.FLAGS
@@ -200,8 +220,78 @@ def profile(config, batch_size, langevin_steps, steps=3, top=16):
         print(f"| {name} | {ms:.1f} | {counts[name] // steps} |")
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def time_whole_run(flagfile, workdir, epochs):
+    """Seconds per train step of `python train.py --flagfile=flagfile` over epochs 2 to
+    1 + epochs, from when Keras announces each epoch; the process is ended once epoch
+    2 + epochs starts. Returns (seconds per step, steps per epoch)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    # Far more steps than timed, so that no epoch of the window is the run's last.
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"), f"--flagfile={flagfile}",
+         f"--workdir={workdir}", "--train_steps=1000000"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    starts, tail = {}, collections.deque(maxlen=20)
+    try:
+        for line in process.stdout:
+            tail.append(line)
+            found = re.match(r"Epoch (\d+)/", line)
+            if found:
+                starts[int(found.group(1))] = time.perf_counter()
+                if int(found.group(1)) == 2 + epochs:
+                    break
+    finally:
+        process.kill()
+        process.wait()
+    if 2 + epochs not in starts:
+        sys.exit("train.py ended before the timed epochs:\n" + "".join(tail))
+    config, num_examples = run_lib.read_saved(workdir)
+    steps_per_epoch = num_examples // config.batch_size
+    return (starts[2 + epochs] - starts[2]) / (epochs * steps_per_epoch), steps_per_epoch
+
+
+def whole_run_table(flagfile):
+    """Alternates --rounds runs of train.py with --repeats steps of its step alone."""
+    tmp = tempfile.mkdtemp()
+    whole, alone, model, batches = [], [], None, None
+    for round_ in range(FLAGS.rounds):
+        workdir = os.path.join(tmp, f"run_{round_}")
+        per_step, steps_per_epoch = time_whole_run(flagfile, workdir, FLAGS.whole_run_epochs)
+        whole.append(per_step)
+        if model is None:  # the run's own model and batches, built once
+            config, num_examples = run_lib.read_saved(workdir)
+            model = run_lib.build_model(config, num_examples)
+            data = pipeline.load_for(config)
+            batches = iter(pipeline.train_dataset(data, config.batch_size,
+                                                  seed=config.seed).repeat())
+            for _ in range(2):
+                model.train_on_batch(*next(batches))
+        times = []
+        for _ in range(FLAGS.repeats):
+            ids, images = next(batches)
+            start = time.perf_counter()
+            model.train_on_batch(ids, images)
+            times.append(time.perf_counter() - start)
+        alone.append(statistics.mean(times))
+        print(f"round {round_ + 1}: train.py {per_step:.4f} s/step, the step alone "
+              f"{alone[-1]:.4f} s/step", flush=True)
+    ratio = statistics.median(w / a for w, a in zip(whole, alone))
+    print(f"\npython train.py --flagfile={flagfile}: epochs 2-{1 + FLAGS.whole_run_epochs} "
+          f"({steps_per_epoch} steps each), {FLAGS.rounds} rounds alternated with "
+          f"{FLAGS.repeats} steps alone\n\n| | s per step (median of rounds) |\n|---|---|\n"
+          f"| train.py, whole epochs | {statistics.median(whole):.4f} |\n"
+          f"| the step alone | {statistics.median(alone):.4f} |\n"
+          f"| train.py / step alone (median of rounds) | {ratio:.3f} |")
+
+
 def main(argv):
     del argv
+    if FLAGS.whole_run:
+        whole_run_table(FLAGS.whole_run)
+        return
     if FLAGS.profile:
         profile(paper_config(int(FLAGS.image_sizes[0])), int(FLAGS.batch_sizes[0]),
                 int(FLAGS.langevin_steps[0]))

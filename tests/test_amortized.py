@@ -92,6 +92,26 @@ def test_the_guess_is_the_first_start_before_the_bank_and_the_draws():
     np.testing.assert_array_equal(start[1], truth)  # the best bank entry comes next
 
 
+def test_more_starts_keep_the_refined_start_of_highest_log_joint():
+    generator = sharp_generator()
+    truth = tf.random.stateless_normal([3, 8], [6, 6])
+    bank = tf.concat([tf.random.stateless_normal([20, 8], [7, 7]), truth], 0)
+    images = generator(truth)
+    encoder = tiny_encoder()
+
+    def infer(starts, steps):
+        return inference.amortized(generator, encoder, images, steps=steps,
+                                   step_size=0.02, sigma=SIGMA, bank=bank, starts=starts)
+
+    # Unrefined, the bank entry that painted each image beats the untrained guess.
+    np.testing.assert_array_equal(infer(3, 0), truth)
+    np.testing.assert_array_equal(infer(1, 0), encoder(images))
+    # Refined, the kept start is at least as good as the guess refined alone.
+    one, three = infer(1, 10), infer(3, 10)
+    assert (energy(generator, three, images) <= energy(generator, one, images)).all()
+    assert (energy(generator, three, images) < energy(generator, one, images)).any()
+
+
 def test_hidden_pixels_inform_neither_the_guess_nor_the_refinement():
     generator = sharp_generator()
     images = generator(tf.random.stateless_normal([2, 8], [5, 5])).numpy()
@@ -137,7 +157,8 @@ def test_reconstruct_amortized_uses_the_runs_network_and_needs_one(workdir, tmp_
     opened = run.open_run(workdir)
     images = opened.generator(tf.random.stateless_normal([3, 4], [6, 6]))
     settings = inference.InferenceSettings(method="amortized", amortized_steps=3,
-                                           amortized_step_size=0.05)
+                                           amortized_step_size=0.05, amortized_starts=1,
+                                           amortized_langevin_steps=0)
     z = inference.reconstruct(opened, images, settings=settings).numpy()
     expected = inference.amortized(opened.generator, opened.encoder, images,
                                    steps=3, step_size=0.05, sigma=opened.langevin.sigma)

@@ -44,7 +44,8 @@ TINY = tiny_train_config()
 RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3, refine_steps=4,
                                           refine_step_size=0.05)
 AMORTIZED = serving.ReconstructSettings(method="amortized", amortized_steps=4,
-                                        amortized_step_size=0.05)
+                                        amortized_step_size=0.05, amortized_starts=3,
+                                        amortized_langevin_steps=3)
 
 
 def run_export(*flags, timeout=300):
@@ -108,7 +109,10 @@ def amortized(tmp_path_factory):
     result = run_export(f"--workdir={config.workdir}", f"--export_base={base}",
                         "--reconstruct=amortized",
                         f"--reconstruct_amortized_steps={AMORTIZED.amortized_steps}",
-                        f"--reconstruct_amortized_step_size={AMORTIZED.amortized_step_size}")
+                        f"--reconstruct_amortized_step_size={AMORTIZED.amortized_step_size}",
+                        f"--reconstruct_amortized_starts={AMORTIZED.amortized_starts}",
+                        "--reconstruct_amortized_langevin_steps="
+                        f"{AMORTIZED.amortized_langevin_steps}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reconstruct (amortized)" in result.stdout
     model = run.open_run(config.workdir)
@@ -280,7 +284,11 @@ def test_the_amortized_reconstruct_is_the_librarys_amortized_inference(amortized
     z = inference.amortized(model.generator, model.encoder, images * 2 - 1,
                             steps=AMORTIZED.amortized_steps,
                             step_size=AMORTIZED.amortized_step_size,
-                            sigma=model.langevin.sigma)
+                            sigma=model.langevin.sigma,
+                            bank=AMORTIZED.bank(model.chains.numpy()),
+                            starts=AMORTIZED.amortized_starts,
+                            langevin_steps=AMORTIZED.amortized_langevin_steps,
+                            langevin_step_size=model.langevin.step_size)
     np.testing.assert_allclose(served["z"], z, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(served["reconstruction"], (model.generator(z) + 1) / 2,
                                rtol=1e-4, atol=1e-4)
@@ -291,23 +299,26 @@ def test_signatures_json_records_the_amortized_reconstruct(amortized):
         reconstruct = json.load(f)["signatures"]["reconstruct"]
     assert reconstruct["method"] == "amortized"
     langevin = reconstruct["langevin"]
-    assert (langevin["steps"], langevin["restarts"], langevin["noise"]) == (0, 1, False)
+    assert (langevin["steps"], langevin["restarts"], langevin["noise"]) == (
+        AMORTIZED.amortized_langevin_steps, AMORTIZED.amortized_starts, True)
     assert langevin["refine_steps"] == AMORTIZED.amortized_steps
     assert langevin["refine_step_size"] == AMORTIZED.amortized_step_size
     assert "inference network" in langevin["start"] and "inference network" in (
         reconstruct["doc"])
+    assert "k-means centroids" in langevin["start"]
 
 
-def test_an_amortized_export_holds_the_networks_weights_and_no_chains(amortized, exported):
+def test_an_amortized_export_holds_the_networks_weights_centroids_and_no_chains(amortized):
     shapes = saved_tensor_shapes(amortized.path)
     num_examples, d = amortized.model.chains.shape
     assert not [s for s in shapes if s and s[0] == num_examples], shapes
     encoder_shapes = [tuple(w.shape) for w in amortized.model.encoder.weights]
     assert set(encoder_shapes) <= set(shapes)
-    # The search's starting points (centroids of the chains) are not in it either.
-    bank = RECONSTRUCT.bank(exported.model.chains.numpy())
-    assert bank.shape in saved_tensor_shapes(exported.path)
-    assert bank.shape not in shapes
+    # Its other starts are k-means centroids of the chains, as the search's are.
+    bank = AMORTIZED.bank(amortized.model.chains.numpy())
+    assert bank.shape in shapes and bank.shape[0] < num_examples
+    one_start = dataclasses.replace(AMORTIZED, amortized_starts=1)
+    assert one_start.bank(amortized.model.chains.numpy()) is None
 
 
 def test_auto_reconstruct_is_amortized_with_a_network_and_the_search_without(

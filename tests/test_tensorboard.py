@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import summary_values, tiny_flags, train_ok
+from conftest import summary_events, summary_values, tiny_flags, train_ok
 
 # Trains, exports or runs the commands end to end: left out of `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -58,3 +58,15 @@ def test_hyperparameters_and_final_metrics_are_in_the_hparams_plugin(workdir):
     for tag in columns:
         assert tag in found, tag
         assert math.isfinite(float(tf.make_ndarray(found[tag].tensor))), tag
+
+
+def test_kernel_and_parse_figures_come_every_figures_every_epochs_and_at_the_end(
+        tmp_path):
+    # 2 steps per epoch, a checkpoint (and image grids) every epoch, figures every 4.
+    workdir = train_ok(tmp_path / "run", *tiny_flags(train_steps=12, figures_every=4))
+    steps = {}
+    for event in summary_events(os.path.join(workdir, "tb", "images"), recursive=False):
+        for value in event.summary.value:
+            steps.setdefault(value.tag, set()).add(event.step)
+    assert steps["samples"] == {2, 4, 6, 8, 10, 12}
+    assert steps["kernels/bottom"] == steps["parse/train_0"] == {2, 10, 12}

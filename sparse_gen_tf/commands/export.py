@@ -44,6 +44,16 @@ def define_flags():
                          "network's guess.", lower_bound=0)
     flags.DEFINE_float("reconstruct_amortized_step_size", defaults.amortized_step_size,
                        "Amortized reconstruct: δ of those steps.", lower_bound=0.0)
+    flags.DEFINE_integer("reconstruct_amortized_starts", defaults.amortized_starts,
+                         "Amortized reconstruct: the guess and this many - 1 of the "
+                         "--reconstruct_centroids with the highest log joint are all "
+                         "refined, the best kept; 1 refines the guess alone.",
+                         lower_bound=1)
+    flags.DEFINE_integer("reconstruct_amortized_langevin_steps",
+                         defaults.amortized_langevin_steps,
+                         "Amortized reconstruct: Langevin steps (the run's δ, a fixed noise "
+                         "draw per start) from every start before the noise-free ones.",
+                         lower_bound=0)
     flags.DEFINE_integer("reconstruct_steps", defaults.steps,
                          "Search: Langevin steps per chain baked into the reconstruct "
                          "signature.", lower_bound=1)
@@ -80,6 +90,8 @@ def main(argv):
     settings = serving.ReconstructSettings(
         method=values.reconstruct, amortized_steps=values.reconstruct_amortized_steps,
         amortized_step_size=values.reconstruct_amortized_step_size,
+        amortized_starts=values.reconstruct_amortized_starts,
+        amortized_langevin_steps=values.reconstruct_amortized_langevin_steps,
         steps=values.reconstruct_steps, restarts=values.reconstruct_restarts,
         centroids=values.reconstruct_centroids, training_codes=values.export_training_codes,
         refine_steps=values.reconstruct_refine_steps,
@@ -94,7 +106,9 @@ def main(argv):
     with open(os.path.join(path, serving.INFO_FILE)) as f:
         method = json.load(f)["signatures"]["reconstruct"]["method"]
     if method == "amortized":
-        how = (f"the inference network's guess, then {settings.amortized_steps} "
+        starts = (f" and {settings.amortized_starts - 1} other starts"
+                  if settings.amortized_starts > 1 else "")
+        how = (f"the inference network's guess{starts}, then {settings.amortized_steps} "
                "noise-free steps")
     else:
         codes = " from the training codes" if values.export_training_codes else ""

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model import clusters
+from sparse_gen_tf.model.layers import matmul
 from sparse_gen_tf.learning.langevin import langevin, log_joint
 
 
@@ -51,6 +52,11 @@ NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized infe
 # longer rises while the cost grows linearly (docs/experiments.md).
 AMORTIZED_STEPS = 30
 AMORTIZED_STEP_SIZE = 0.1
+# Starts of the amortized inference: the guess and the best starts - 1 bank entries, each
+# given AMORTIZED_LANGEVIN_STEPS Langevin steps at the run's δ, then refined, the best
+# kept (`amortized`).
+AMORTIZED_STARTS = 4
+AMORTIZED_LANGEVIN_STEPS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +65,9 @@ class InferenceSettings:
 
     method: "search", `infer` with the fields below; "amortized", `amortized`: the
       model's inference network (`model.encoder`), then amortized_steps refinement steps
-      of step amortized_step_size.
+      of step amortized_step_size, from the guess and amortized_starts - 1 of the
+      persistent chains, each after amortized_langevin_steps Langevin steps at the
+      model's δ (the best kept).
     use_bank: start from the persistent chains of the training images (the model's
     `chains`), in addition to N(0, I) draws.
     refine_step_size: δ_r of the refinement; None takes the model's δ.
@@ -67,6 +75,8 @@ class InferenceSettings:
     method: str = "search"
     amortized_steps: int = AMORTIZED_STEPS
     amortized_step_size: float = AMORTIZED_STEP_SIZE
+    amortized_starts: int = AMORTIZED_STARTS
+    amortized_langevin_steps: int = AMORTIZED_LANGEVIN_STEPS
     steps: int = 100
     restarts: int = 16
     anneal_sigma: float = 1.0
@@ -85,11 +95,13 @@ AMORTIZED_SETTINGS = InferenceSettings(method="amortized")
 PLAIN_SETTINGS = InferenceSettings(steps=200, restarts=1, use_bank=False)
 
 
-def _energies_against_bank(generator, images, bank, sigma, observed):
+def _energies_against_bank(generator, images, bank, sigma, observed,
+                           batch_invariant=False):
     """-log p(z_m, Y_b) of Eq. (11) for every image b and bank entry m: [batch, M].
 
     ‖o ⊙ (Y - g)‖² expands into three terms so that the whole [batch, M] table is one
-    matmul, not a [batch, M, H, W, 3] tensor.
+    matmul, not a [batch, M, H, W, 3] tensor; with batch_invariant each image's row is
+    its own product (`layers.matmul`), the same bits in any batch.
     """
     rendered = tf.reshape(generator(bank), [tf.shape(bank)[0], -1])  # [M, D]
     flat = tf.reshape(images, [tf.shape(images)[0], -1])  # [B, D]
@@ -98,9 +110,10 @@ def _energies_against_bank(generator, images, bank, sigma, observed):
     else:
         weight = tf.reshape(tf.broadcast_to(tf.cast(observed, images.dtype),
                                             tf.shape(images)), tf.shape(flat))
+    rendered_t = tf.transpose(rendered)  # [D, M]
     squared = (tf.reduce_sum(weight * tf.square(flat), -1, keepdims=True)
-               - 2.0 * tf.matmul(weight * flat, rendered, transpose_b=True)
-               + tf.matmul(weight, tf.square(rendered), transpose_b=True))
+               - 2.0 * matmul(weight * flat, rendered_t, batch_invariant)
+               + matmul(weight, tf.square(rendered_t), batch_invariant))
     prior = 0.5 * tf.reduce_sum(tf.square(bank), -1)
     return squared / (2.0 * sigma ** 2) + prior[None, :]
 
@@ -194,19 +207,57 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
     return z
 
 
-def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=None):
+def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=None,
+              bank=None, starts=1, langevin_steps=0, langevin_step_size=None):
     """The amortized inference of z [batch, d] for images [batch, H, W, 3] in [-1, 1]:
     the inference network's guess E(Y) (`guess`), then `steps` noise-free steps of
     Eq. (10) at δ = step_size (gradient ascent on Eq. 11), as `infer` refines its best
-    chain. One pass of the network and `steps` gradients, against `infer`'s restarts x
-    steps; no random draw, so a row's z is a function of its image alone.
+    chain. One pass of the network and `steps` gradients per start, against `infer`'s
+    restarts x steps; no random draw, so a row's z is a function of its image alone.
+
+    starts > 1 (with a bank [M, d], e.g. k-means centroids of the training chains): the
+    guess and the starts - 1 bank entries of highest log joint (Eq. 11) for the image
+    are all refined, as one batch of starts x batch rows, and each image keeps the one
+    of highest log joint. The guess alone sometimes settles on a parse with a wrong part
+    in a cell, a neighbouring linear piece that the noise-free steps cannot leave; a
+    start from another parse can.
+
+    langevin_steps > 0: before the refinement, that many Langevin steps (Eq. 10, with
+    noise, δ = langevin_step_size) from every start, as the search's chains take, so that
+    a start can cross into a better piece. The noise is a fixed draw per start, the same
+    for every image (`langevin(noise_groups=...)`): a row's z still depends on its image
+    alone. On a parts run 20 of them with 4 starts took the held-out PSNR from 1.1 dB
+    below the search's to 0.2 dB below (BENCHMARKS.md, "Amortized reconstruct").
 
     observed: optional [batch, H, W, 1 or 3] 0/1 mask; the network sees and the
     likelihood counts the observed pixels only.
     """
-    return infer(generator, images, steps=0, step_size=step_size, sigma=sigma, restarts=1,
-                 observed=observed, refine_steps=steps, refine_step_size=step_size,
-                 encoder=encoder)
+    images = tf.convert_to_tensor(images, tf.float32)
+    batch_invariant = bool(getattr(generator, "batch_invariant", False))
+    z = guess(encoder, images, observed)[None]  # [1, batch, d]
+    if starts > 1 and bank is not None:
+        bank = tf.convert_to_tensor(bank, images.dtype)
+        from_bank = min(int(starts) - 1, int(bank.shape[0]))
+        energies = _energies_against_bank(generator, images, bank, sigma, observed,
+                                          batch_invariant)
+        _, nearest = tf.math.top_k(-energies, k=from_bank)  # [batch, from_bank]
+        z = tf.concat([z, tf.transpose(tf.gather(bank, nearest), [1, 0, 2])], axis=0)
+    count, batch, d = z.shape[0], tf.shape(images)[0], generator.config.latent_dim
+    z = tf.reshape(z, [-1, d])  # [count * batch, d], start-major
+    tiled = tf.tile(images, [count, 1, 1, 1])
+    tiled_observed = None if observed is None else tf.tile(observed, [count, 1, 1, 1])
+    z = langevin(generator, z, tiled, tf.constant([0, 1]), steps=langevin_steps,
+                 step_size=langevin_step_size, sigma=sigma, observed=tiled_observed,
+                 noise_groups=count)
+    z = langevin(generator, z, tiled, tf.constant([0, 0]), steps=steps,
+                 step_size=step_size, sigma=sigma, noise=False, observed=tiled_observed)
+    if count == 1:
+        return z
+    log_likelihood, log_prior = log_joint(generator, z, tiled, sigma, tiled_observed)
+    score = tf.reshape(log_likelihood + log_prior, [count, batch])
+    best = tf.argmax(score, axis=0, output_type=tf.int32)  # [batch]
+    return tf.gather_nd(tf.reshape(z, [count, batch, d]),
+                        tf.stack([best, tf.range(batch)], axis=-1))
 
 
 def infer_each(generator, images, **kwargs):
@@ -270,7 +321,10 @@ def _compiled(model, settings, seed, masked):
         return tf.function(lambda images, observed: amortized(
             model.generator, model.encoder, images, steps=settings.amortized_steps,
             step_size=settings.amortized_step_size, sigma=model.langevin.sigma,
-            observed=observed), jit_compile=True)
+            observed=observed, bank=model.chains.value,
+            starts=settings.amortized_starts,
+            langevin_steps=settings.amortized_langevin_steps,
+            langevin_step_size=model.langevin.step_size), jit_compile=True)
     return tf.function(lambda images, observed: infer(
         model.generator, images, steps=settings.steps, step_size=model.langevin.step_size,
         sigma=model.langevin.sigma, restarts=settings.restarts, seed=seed, observed=observed,

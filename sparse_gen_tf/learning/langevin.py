@@ -70,7 +70,7 @@ def _squared_error(generator, z, images, observed):
 
 
 def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
-             observed=None, sparse_kernels=False):
+             observed=None, sparse_kernels=False, noise_groups=None):
     """Runs `steps` Langevin transitions (Eq. 10) on z for fixed generator weights.
 
     Args:
@@ -82,6 +82,10 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
       steps, step_size (δ), sigma (σ): Python numbers.
       noise: False gives gradient ascent on log p (no δ·E term).
       observed: optional 0/1 mask of observed pixels, see `log_joint`.
+      noise_groups: None, or n (Python int): z's rows are n contiguous groups of equal
+        size, and every row of a group gets the same noise, drawn for n rows whatever
+        the group size, so that a row's chain does not depend on how many rows there
+        are (the served amortized inference, `inference.amortized`).
       sparse_kernels: compute ∂/∂z with the compiled sparse kernels
         (`Generator.langevin_gradient_fn`, the same gradient). They are TensorFlow ops,
         not XLA ones: the caller must not be XLA-compiled.
@@ -99,9 +103,18 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
     if noise:
         # All steps' noise in one draw, [steps, batch, d]: under XLA on CPU a draw inside
         # the loop has a fixed cost per step whatever its size, one draw of all of it is
-        # paid once. It is the only memory that grows with L, by 4·L·batch·d bytes.
-        all_noise = tf.random.stateless_normal(
-            tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype, alg="philox")
+        # paid once. It is the only memory that grows
+        # with L, by 4·L·batch·d bytes.
+        if noise_groups is None:
+            all_noise = tf.random.stateless_normal(
+                tf.concat([[steps], tf.shape(z)], 0), seed, dtype=z.dtype, alg="philox")
+        else:
+            per_group = tf.random.stateless_normal(
+                [steps, noise_groups, 1, z.shape[-1]], seed, dtype=z.dtype, alg="philox")
+            all_noise = tf.reshape(
+                tf.broadcast_to(per_group, [steps, noise_groups,
+                                            tf.shape(z)[0] // noise_groups, z.shape[-1]]),
+                tf.concat([[steps], tf.shape(z)], 0))
 
     def step(t, z):
         if gradient_fn is not None:

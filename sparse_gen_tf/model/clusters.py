@@ -16,9 +16,11 @@ MIN_MEMBERS = 8
 def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
     """k-means clusters of points [N, D] that each hold at least min_members points.
 
-    Lloyd's algorithm from a k-means++ start, at most min(num, N // min_members) clusters;
-    the clusters of the last assignment with fewer than min_members points are then
-    dropped, so there can be fewer than asked, and none when N < min_members.
+    Lloyd's algorithm from a k-means++ start, at most min(num, N // min_members) clusters,
+    for at most `iterations` assignments, stopping as soon as an assignment repeats the
+    last (every later one would too); the clusters of the last assignment with fewer
+    than min_members points are then dropped, so there can be fewer than asked, and none
+    when N < min_members.
 
     Returns:
       (centroids float32 [C, D], members int64 [C]): centroid c is exactly the mean of the
@@ -34,15 +36,22 @@ def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
         return d2.argmin(1)
 
     rng = np.random.RandomState(seed)
-    centroids = points[[rng.randint(len(points))]]
-    for _ in range(count - 1):  # k-means++: a new centroid far from the others, by D²
-        d2 = ((points[:, None] - centroids[None]) ** 2).sum(-1).min(1)
+    centroids = [points[rng.randint(len(points))]]
+    # k-means++: a new centroid far from the others, drawn by D², the squared distance to
+    # the nearest centroid so far, kept up to date one centroid at a time ([N] floats,
+    # not an [N, C, D] table per draw).
+    d2 = ((points - centroids[0]) ** 2).sum(-1)
+    for _ in range(count - 1):
         if not d2.sum():  # fewer distinct points than clusters
             break
-        centroids = np.concatenate([centroids, points[[rng.choice(len(points),
-                                                                  p=d2 / d2.sum())]]])
+        centroids.append(points[rng.choice(len(points), p=d2 / d2.sum())])
+        d2 = np.minimum(d2, ((points - centroids[-1]) ** 2).sum(-1))
+    centroids, labels = np.stack(centroids), None
     for _ in range(iterations):
-        labels = nearest(centroids)
+        new = nearest(centroids)
+        if labels is not None and np.array_equal(new, labels):
+            break  # converged: the centroids are already the means of this assignment
+        labels = new
         clusters = np.unique(labels)
         centroids = np.stack([points[labels == c].mean(0) for c in clusters])
     # The centroids are the means of the last assignment's clusters: keep the big ones.

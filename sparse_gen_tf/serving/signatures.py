@@ -122,7 +122,9 @@ class ReconstructSettings:
     """How the `reconstruct` signature infers z; δ and σ are the trained model's.
 
     method: "amortized", the run's inference network, then amortized_steps noise-free
-      steps of δ = amortized_step_size (`inference.amortized`), all rows at once;
+      steps of δ = amortized_step_size (`inference.amortized`), all rows at once, from
+      the guess and the amortized_starts - 1 best of the `centroids` k-means centroids
+      of the training chains, the best refined start kept;
       "search", `inference.infer` with the fields below, one image at a time
       (`inference.infer_each`); "auto", amortized when the run has an inference
       network, else search (`resolve`).
@@ -138,6 +140,8 @@ class ReconstructSettings:
     method: str = "auto"
     amortized_steps: int = inference.AMORTIZED_STEPS
     amortized_step_size: float = inference.AMORTIZED_STEP_SIZE
+    amortized_starts: int = inference.AMORTIZED_STARTS
+    amortized_langevin_steps: int = inference.AMORTIZED_LANGEVIN_STEPS
     steps: int = inference.DEFAULT_SETTINGS.steps
     restarts: int = inference.DEFAULT_SETTINGS.restarts
     centroids: int = 64
@@ -161,8 +165,9 @@ class ReconstructSettings:
 
     def bank(self, chains):
         """The starting points [M, d] stored in the export, or None, for chains [N, d]
-        (none for the amortized inference, which starts from its network's guess)."""
-        if self.method == "amortized":
+        (for the amortized inference only with amortized_starts > 1: its starts beside
+        the network's guess)."""
+        if self.method == "amortized" and self.amortized_starts <= 1:
             return None
         if chains is None or (not self.training_codes and not self.centroids):
             return None
@@ -226,7 +231,10 @@ def infer_latent(generator, images, *, settings, step_size, sigma, bank, encoder
     if settings.method == "amortized":
         return inference.amortized(generator, encoder, images,
                                    steps=settings.amortized_steps,
-                                   step_size=settings.amortized_step_size, sigma=sigma)
+                                   step_size=settings.amortized_step_size, sigma=sigma,
+                                   bank=bank, starts=settings.amortized_starts,
+                                   langevin_steps=settings.amortized_langevin_steps,
+                                   langevin_step_size=step_size)
     return inference.infer_each(generator, images, steps=settings.steps,
                                 step_size=step_size, sigma=sigma,
                                 restarts=settings.restarts, seed=RECONSTRUCT_SEED,
@@ -326,15 +334,29 @@ def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, so
     if settings.method == "amortized":
         # `inference.amortized` is `infer` from the network's guess, with one chain, no
         # Langevin steps and the refinement: recorded in the same fields.
-        langevin = {"steps": 0, "restarts": 1, "step_size": step_size, "sigma": sigma,
-                    "noise": False, "start": "the inference network's guess E(Y) "
-                    f"({'-'.join(map(str, encoder.config.channels))} conv channels)",
+        starts = 1 if bank is None else 1 + min(settings.amortized_starts - 1, len(bank))
+        start = ("the inference network's guess E(Y) "
+                 f"({'-'.join(map(str, encoder.config.channels))} conv channels)")
+        if starts > 1:
+            start += (f" and the {starts - 1} (of {len(bank)}) k-means centroids of the "
+                      f"training chains (each the mean of at least {MIN_MEMBERS} chains) "
+                      "with the highest log joint (Eq. 11)")
+        langevin = {"steps": settings.amortized_langevin_steps, "restarts": starts,
+                    "step_size": step_size, "sigma": sigma,
+                    "noise": settings.amortized_langevin_steps > 0, "start": start,
                     "training_codes": False, "refine_steps": settings.amortized_steps,
                     "refine_step_size": settings.amortized_step_size}
         doc = ("Infers z for each image: the inference network q(z | Y) guesses it in one "
-               f"pass, then {settings.amortized_steps} noise-free steps of Eq. (10) "
+               "pass"
+               + (f", {settings.amortized_langevin_steps} Langevin steps (Eq. 10, δ = "
+                  f"{step_size}, a fixed noise draw per start)"
+                  if settings.amortized_langevin_steps else "") +
+               f", then {settings.amortized_steps} noise-free steps of Eq. (10) "
                f"(gradient ascent on the log joint, Eq. 11, δ = "
-               f"{settings.amortized_step_size}) refine it; returns g(z) with its parse. "
+               f"{settings.amortized_step_size}) refine it"
+               + (f" and {starts - 1} other starts, keeping the one of highest log joint"
+                  if starts > 1 else "") +
+               "; returns g(z) with its parse. "
                "Deterministic; every row's products are its own, so a row's answer does "
                "not depend on the other rows, and a batch is answered at once.")
     else:

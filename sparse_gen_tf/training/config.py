@@ -93,6 +93,10 @@ class TrainConfig:
                                      lower_bound=1)
     log_every: int = _setting(10, "Train steps between TensorBoard scalar summaries.",
                               lower_bound=1)
+    figures_every: int = _setting(
+        25, "Epochs between the kernel and parse figures in TensorBoard (they are "
+        "drawn at the first checkpoint after each such interval and at the last; the "
+        "image grids come at every checkpoint).", lower_bound=1)
     num_summary_images: int = _setting(16, "Images in each TensorBoard image grid.",
                                        lower_bound=1)
     # Not state: each prior's variables are fitted from the chains at every checkpoint,

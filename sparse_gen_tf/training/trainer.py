@@ -88,7 +88,9 @@ def train(config: TrainConfig):
 
         images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
                                 num_images=config.num_summary_images, seed=config.seed)
-        images.extra.append(explanation_summaries(model, seed=config.seed))
+        images.extra.append(explanation_summaries(
+            model, seed=config.seed, every=config.figures_every * steps_per_epoch,
+            last=epochs * steps_per_epoch))
         if data.ground_truth is not None:  # parts: score samples against the grammar
             images.extra.append(grammar_summaries(model, data.ground_truth,
                                                   seed=config.seed))
