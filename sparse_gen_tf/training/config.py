@@ -106,7 +106,8 @@ class TrainConfig:
     prior: str = _setting(
         DEFAULT_PRIOR, "Where samples come from (sample signature, TensorBoard, explain, "
         "evaluate): grammar, the induced And-Or grammar's OR configurations per top AND "
-        "node, fitted from the training parses at every checkpoint; normal, z ~ N(0, I).",
+        "node, fitted from the training parses at every checkpoint; joint, whole top-layer "
+        "configurations of the training parses, fitted likewise; normal, z ~ N(0, I).",
         choices=PRIORS)
     # None trains by plain ABP; a config adds cooperative learning (cooperative.py).
     descriptor: typing.Optional[DescriptorConfig] = dataclasses.field(default=None, metadata={
