@@ -79,6 +79,7 @@ flags.DEFINE_string("geometry_dir", None, "Compare the priors on every parts geo
                     "with runs in (or trained into) this folder; replaces --workdir.")
 flags.DEFINE_list("geometries", list(parts.GEOMETRIES), "The geometries to compare.")
 flags.DEFINE_integer("geometry_steps", 400, "Train steps of each geometry's runs.")
+flags.DEFINE_list("geometry_models", ["sparse", "dense"], "The models to compare.")
 FLAGS = flags.FLAGS
 
 
@@ -183,30 +184,16 @@ def node_dependence(prior, top, rng):
     return (min(found), max(found)), (min(shuffled), max(shuffled))
 
 
-def dense_topk(flags):
-    """--topk=... of the dense generator (K = h*w*c of every feature map) for model flags."""
-    values = dict(flag[2:].split("=", 1) for flag in flags)
-    size = int(values["image_size"])
-    channels = [int(c) for c in values["channels"].split(",")]
-    strides = [int(s) for s in values["strides"].split(",")]
-    side, topk = size // int(np.prod(strides)), []
-    for c, stride in zip(channels, [1] + strides[:-1]):
-        side *= stride
-        topk.append(side * side * c)
-    return "--topk=" + ",".join(map(str, topk))
-
-
 def geometry_run(name, model):
     """The workdir of geometry `name`'s `model` ("sparse" or "dense") run, trained for
     --geometry_steps steps with the geometry's flags unless it is there already."""
     workdir = os.path.join(FLAGS.geometry_dir, f"{name}_{model}")
     if not os.path.exists(os.path.join(workdir, "checkpoints")):
-        geometry = parts.GEOMETRIES[name]
-        extra = [dense_topk(geometry.model_flags)] if model == "dense" else []
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         subprocess.run([sys.executable, os.path.join(root, "train.py"),
                         "--flagfile=" + os.path.join(root, "parts.flags"),
-                        *geometry.flags(name), *extra, f"--workdir={workdir}",
+                        *parts.GEOMETRIES[name].flags(name, dense=model == "dense"),
+                        f"--workdir={workdir}",
                         f"--train_steps={FLAGS.geometry_steps}", f"--seed={FLAGS.seed}"],
                        check=True)
     return workdir
@@ -224,7 +211,7 @@ def geometry_table():
           + " | joint, cluster means only | joint / reconstructions |\n|---|---|---|---|"
           + "---|" * len(prior_lib.PRIORS) + "---|---|")
     for name in FLAGS.geometries:
-        for model in ("sparse", "dense"):
+        for model in FLAGS.geometry_models:
             opened = load_run(geometry_run(name, model))
             generator, chains = opened.model.generator, opened.model.chains.numpy()
             truth = opened.data().ground_truth
@@ -254,6 +241,8 @@ def main(argv):
         if unknown:
             sys.exit(f"unknown geometries {', '.join(unknown)}; use some of "
                      f"{', '.join(parts.GEOMETRIES)}")
+        if set(FLAGS.geometry_models) - {"sparse", "dense"}:
+            sys.exit("--geometry_models takes sparse, dense or both")
         geometry_table()
         return
     opened = load_run(FLAGS.workdir)

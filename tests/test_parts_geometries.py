@@ -59,6 +59,15 @@ def test_a_geometrys_generator_flags_fit_its_images(name):
     assert config.kernel_sizes[-1] == config.strides[-1] == geometry.image_size // parts.GRID
 
 
+@pytest.mark.parametrize("name", sorted(parts.GEOMETRIES))
+def test_a_geometrys_dense_flags_keep_every_unit(name):
+    flags = parts.GEOMETRIES[name].flags(name, dense=True)
+    assert flags[0] == f"--parts_geometry={name}"
+    config = _generator_config(flags[1:])
+    assert config.topk == tuple(h * w * c for h, w, c in config.feature_map_shapes())
+    assert config.topk != _generator_config(parts.GEOMETRIES[name].model_flags).topk
+
+
 def test_only_overlap_has_top_kernels_that_reach_every_quadrant():
     for name, geometry in parts.GEOMETRIES.items():
         config = _generator_config(geometry.model_flags)

@@ -138,9 +138,20 @@ class Geometry:
     num_composites: int
     model_flags: tuple
 
-    def flags(self, name):
-        """train.py's data and generator flags for this geometry, called name."""
-        return (f"--parts_geometry={name}",) + self.model_flags
+    def flags(self, name, dense=False):
+        """train.py's data and generator flags for this geometry, called name; dense: with
+        K = h*w*c of every feature map (the dense generator) instead of its --topk."""
+        flags = (f"--parts_geometry={name}",) + self.model_flags
+        if not dense:
+            return flags
+        values = dict(flag[2:].split("=", 1) for flag in self.model_flags)
+        strides = [int(v) for v in values["strides"].split(",")]
+        side, topk = self.image_size // int(np.prod(strides)), []
+        for c, stride in zip(values["channels"].split(","), [1] + strides[:-1]):
+            side *= stride
+            topk.append(side * side * int(c))
+        return tuple(f for f in flags if not f.startswith("--topk=")) + (
+            "--topk=" + ",".join(map(str, topk)),)
 
 
 GEOMETRIES = {
