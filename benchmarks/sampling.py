@@ -37,7 +37,20 @@ are marked [prior]:
 Prints a markdown table; the latent EBM takes a few minutes (--ebm_iterations).
 --figure=PATH also writes a PNG, rows of 16 images scaled up 3x: training images, their
 reconstructions g(z_i), samples of the grammar prior, samples of N(0, I).
+
+Every geometry of the grammar (data/parts.py GEOMETRIES), each prior:
+
+    python benchmarks/sampling.py --geometry_dir=runs/geometries [--geometry_steps=400]
+
+trains, where DIR/<geometry>_sparse or DIR/<geometry>_dense is missing, the geometry's
+generator (`parts.GEOMETRIES[name].flags`) for --geometry_steps steps, sparse and dense
+(K = the feature map's size), and prints one table: for each geometry and model, the
+legal quadrants of its reconstructions g(z_i), and of the samples of each prior
+(`prior.PRIORS`: grammar, joint, normal) fitted to its chains, the joint prior's clusters
+sampled as their means alone, and the joint prior's share of the reconstructions' score.
 """
+
+import subprocess
 
 import os
 import sys
@@ -49,7 +62,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.data import parts, pipeline
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.explanation.figures import image_grid, write_png
 from sparse_gen_tf.explanation.visualize import upscale
@@ -62,6 +75,11 @@ flags.DEFINE_integer("num_samples", 512, "Images per row.")
 flags.DEFINE_integer("seed", 0, "Seeds every draw.")
 flags.DEFINE_integer("ebm_iterations", 2000, "Updates of the latent EBM; 0 skips it.")
 flags.DEFINE_string("figure", None, "Also write the sample figure (module doc) here.")
+flags.DEFINE_string("geometry_dir", None, "Compare the priors on every parts geometry, "
+                    "with runs in (or trained into) this folder; replaces --workdir.")
+flags.DEFINE_list("geometries", list(parts.GEOMETRIES), "The geometries to compare.")
+flags.DEFINE_integer("geometry_steps", 400, "Train steps of each geometry's runs.")
+flags.DEFINE_list("geometry_models", ["sparse", "dense"], "The models to compare.")
 FLAGS = flags.FLAGS
 
 
@@ -166,8 +184,67 @@ def node_dependence(prior, top, rng):
     return (min(found), max(found)), (min(shuffled), max(shuffled))
 
 
+def geometry_run(name, model):
+    """The workdir of geometry `name`'s `model` ("sparse" or "dense") run, trained for
+    --geometry_steps steps with the geometry's flags unless it is there already."""
+    workdir = os.path.join(FLAGS.geometry_dir, f"{name}_{model}")
+    if not os.path.exists(os.path.join(workdir, "checkpoints")):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        subprocess.run([sys.executable, os.path.join(root, "train.py"),
+                        "--flagfile=" + os.path.join(root, "parts.flags"),
+                        *parts.GEOMETRIES[name].flags(name, dense=model == "dense"),
+                        f"--workdir={workdir}",
+                        f"--train_steps={FLAGS.geometry_steps}", f"--seed={FLAGS.seed}"],
+                       check=True)
+    return workdir
+
+
+def geometry_table():
+    """Prints, per geometry and model, the legal quadrants of the reconstructions and of
+    each prior's samples (module doc)."""
+    n = FLAGS.num_samples
+    seeds = prior_lib.sample_seeds(n, FLAGS.seed)
+    print(f"{n} images per cell, seed {FLAGS.seed}; legal quadrants "
+          "(`parts_scores.grammar_validity`).\n")
+    print("| geometry | model | steps | reconstructions | "
+          + " | ".join(f"`{kind}`" for kind in prior_lib.PRIORS)
+          + " | joint, cluster means only | joint / reconstructions |\n|---|---|---|---|"
+          + "---|" * len(prior_lib.PRIORS) + "---|---|")
+    for name in FLAGS.geometries:
+        for model in FLAGS.geometry_models:
+            opened = open_run(geometry_run(name, model))
+            generator, chains = opened.generator, opened.chains.numpy()
+            truth = opened.data().ground_truth
+
+            def legal(images):
+                return parts_scores.grammar_validity(np.asarray(images), truth)[0]
+
+            reconstructions = legal(generator(chains[:n]))
+            scores = {}
+            for kind in prior_lib.PRIORS:
+                prior = prior_lib.make(kind, generator.config)
+                prior.fit(generator, chains, seed=opened.config.seed)
+                scores[kind] = legal(prior.sample(generator, seeds)["image"])
+                if kind == "joint":  # the same clusters, each sampled as its mean only
+                    prior.scales.assign(tf.zeros_like(prior.scales))
+                    scores["means"] = legal(prior.sample(generator, seeds)["image"])
+            print(f"| {name} | {model} | {opened.step} | {reconstructions:.3f} | "
+                  + " | ".join(f"{scores[kind]:.3f}" for kind in prior_lib.PRIORS)
+                  + f" | {scores['means']:.3f}"
+                  + f" | {scores['joint'] / max(reconstructions, 1e-9):.2f} |", flush=True)
+
+
 def main(argv):
     del argv
+    if FLAGS.geometry_dir:
+        unknown = sorted(set(FLAGS.geometries) - set(parts.GEOMETRIES))
+        if unknown:
+            sys.exit(f"unknown geometries {', '.join(unknown)}; use some of "
+                     f"{', '.join(parts.GEOMETRIES)}")
+        if set(FLAGS.geometry_models) - {"sparse", "dense"}:
+            sys.exit("--geometry_models takes sparse, dense or both")
+        geometry_table()
+        return
     opened = open_run(FLAGS.workdir)
     generator, chains = opened.generator, opened.chains.numpy()
     data = opened.data()

@@ -94,7 +94,8 @@ def test_a_flat_config_json_of_an_earlier_version_reads_as_the_nested_config(tmp
 def test_what_a_resumed_run_must_keep_is_what_shapes_its_checkpoint_and_data():
     from sparse_gen_tf.training.config import state_settings
     assert {s.flag for s in state_settings()} == {
-        "dataset", "num_images", "heldout", "flip", "crop", "seed", "image_size", "latent_dim",
+        "dataset", "parts_geometry", "num_images", "heldout", "flip", "crop", "seed",
+        "image_size", "latent_dim",
         "channels", "kernel_sizes", "strides", "descriptor", "descriptor_channels",
         "descriptor_kernel_sizes", "descriptor_strides", "encoder", "encoder_channels",
         "mixed_precision"}

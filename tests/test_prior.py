@@ -138,7 +138,8 @@ def test_an_export_with_the_normal_prior_samples_z_and_serves_it(tmp_path):
 
 
 def test_unknown_priors_are_refused_in_one_line():
-    with pytest.raises(ValueError, match="unknown prior 'gaussian'; use one of grammar, normal"):
+    with pytest.raises(ValueError,
+                       match="unknown prior 'gaussian'; use one of grammar, joint, normal"):
         prior_lib.make("gaussian", GeneratorConfig())
 
 
@@ -163,3 +164,86 @@ def test_grammar_samples_are_legal_images_far_more_often_than_normal_samples(sma
     chains = validity(generator(small.model.chains.numpy()[:NUM_SAMPLES]))
     assert grammar > normal + 0.2, (grammar, normal, chains)
     assert grammar > 0.7 * chains, (grammar, normal, chains)
+
+
+def top_maps(model):
+    """Every training image's whole top feature map fm^1, flattened: [N, s*s*c_1]."""
+    top = model.generator.top_feature_map(model.chains.numpy()).numpy()
+    return top.reshape(len(top), -1)
+
+
+@pytest.fixture(scope="module")
+def joint(tiny):
+    """The joint prior fitted to the tiny run's chains, asked for more clusters than the
+    privacy rule allows, so that it must drop some."""
+    prior = prior_lib.make("joint", tiny.model.generator.config, clusters=40)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=0)
+    return prior
+
+
+def test_every_joint_configuration_pools_at_least_min_members_parses_and_none_is_one(tiny, joint):
+    members = joint.members.numpy()
+    num_examples = tiny.opened.num_examples
+    assert members.max() >= serving.MIN_MEMBERS and members.sum() <= num_examples
+    assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all()
+    # At most N / MIN_MEMBERS clusters can each pool MIN_MEMBERS parses.
+    assert (members > 0).sum() <= num_examples // serving.MIN_MEMBERS
+    codes = top_maps(tiny.model)
+    kept = members > 0
+    centroids = joint.centroids.numpy()[kept].reshape(kept.sum(), -1)
+    scale = np.linalg.norm(codes - codes.mean(0), axis=1).mean()
+    assert nearest_code_distance(centroids, codes) > 1e-3 * scale
+    # Each stored mean is the mean of its cluster's codes: clustering the same parses again
+    # reproduces every one of them from >= MIN_MEMBERS codes.
+    active = tiny.model.generator.parse(tiny.model.chains.numpy())["activations"][0]
+    labels = prior_lib.configuration_clusters(active.numpy().reshape(len(codes), -1), 40)
+    means = np.stack([codes[labels == c].mean(0) for c in np.unique(labels[labels >= 0])])
+    np.testing.assert_allclose(means, centroids, rtol=1e-4, atol=1e-4)
+    # The spreads are shrunk standard deviations of the same members, never a code.
+    assert (joint.scales.numpy()[~kept] == 0).all()
+    assert (joint.scales.numpy()[kept] >= 0).all()
+
+
+def test_configuration_clusters_drop_clusters_below_min_members():
+    rng = np.random.RandomState(1)
+    rows = np.concatenate([rng.normal(c, 0.1, [n, 6]) for c, n in ((0, 30), (5, 20), (40, 3))])
+    labels = prior_lib.configuration_clusters(rows, 5, components=3)
+    sizes = np.bincount(labels[labels >= 0])
+    assert (sizes[sizes > 0] >= clusters.MIN_MEMBERS).all()
+    # The three far rows are too few for a cluster of their own: they join the nearest
+    # kept one, so two clusters remain.
+    assert len(np.unique(labels[labels >= 0])) == 2
+    assert (labels[-3:] == labels[30]).all()
+    assert (prior_lib.configuration_clusters(rows[:5], 2) == -1).all()
+
+
+def test_a_joint_sample_is_a_sparse_parse_whose_seed_fixes_it(tiny, joint):
+    generator = tiny.model.generator
+    sample = joint.sample(generator, prior_lib.sample_seeds(8))
+    assert "z" not in sample
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
+        kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
+        assert (kept <= k).all() and (kept > 0).all()
+    both = joint.sample(generator, tf.constant([7, 8], tf.int64))["image"]
+    alone = joint.sample(generator, tf.constant([8], tf.int64))["image"]
+    np.testing.assert_array_equal(alone[0], both[1])
+    assert not np.array_equal(both[0], both[1])
+
+
+def test_an_export_with_the_joint_prior_serves_samples_and_no_training_code(tiny, joint,
+                                                                            tmp_path):
+    generator = tiny.model.generator
+    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
+                                    prior=joint)
+    loaded = tf.saved_model.load(path)
+    variables = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    np.testing.assert_array_equal(variables["prior/centroids"], joint.centroids.numpy())
+    assert not [name for name, v in variables.items()
+                if v.shape and v.shape[0] == tiny.opened.num_examples]
+    used = variables["prior/centroids"][variables["prior/members"] > 0]
+    assert nearest_code_distance(used.reshape(len(used), -1), top_maps(tiny.model)) > 1e-4
+    served = loaded.signatures["sample"](seed=tf.constant([3, 4], tf.int64))
+    expected = joint.sample(generator, tf.constant([3, 4], tf.int64))["image"]
+    np.testing.assert_allclose(served["image"], (expected + 1) / 2, atol=1e-5)
+    assert "z" not in served

@@ -41,6 +41,16 @@ coefficient scales a basis function added to a bias. Stored images are uint8 in
 The part dictionary and composite tables depend on `seed` only; `image_seed` changes
 only the per-image choices, so held-out images share the grammar of the training
 images.
+
+Geometries (`GEOMETRIES`, train.py's --parts_geometry): the same grammar drawn at another
+size, with the generator it is meant for:
+
+    default  32x32, 8-pixel cells, 16 parts, 8 composites per quadrant; top kernels 4
+             (stride 2), so a top AND node reaches one bottom cell into its neighbours
+    large    64x64, 16-pixel cells, 12 parts, 6 composites per quadrant; d = 100 and 256
+             top channels
+    overlap  the default's images, but top kernels 6 (stride 2): every top AND node
+             reaches all four quadrants, so a quadrant is no longer one node's alone
 """
 
 import colorsys
@@ -109,6 +119,90 @@ _CATALOGUE = (
 )
 MAX_PARTS = len(_CATALOGUE)
 PART_NAMES = tuple(shape for shape, _ in _CATALOGUE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """One size of the grammar and the generator flags it is meant for.
+
+    Attributes:
+        image_size: image side in pixels (cells are image_size / 4).
+        num_parts: size of the part dictionary.
+        num_composites: composites per quadrant (the OR node's branching).
+        model_flags: train.py's generator flags for it (--image_size ... --topk), with
+            --parts_geometry; the benchmarks train with these.
+    """
+
+    image_size: int
+    num_parts: int
+    num_composites: int
+    model_flags: tuple
+
+    def flags(self, name, dense=False):
+        """train.py's data and generator flags for this geometry, called name; dense: with
+        K = h*w*c of every feature map (the dense generator) instead of its --topk."""
+        flags = (f"--parts_geometry={name}",) + self.model_flags
+        if not dense:
+            return flags
+        values = dict(flag[2:].split("=", 1) for flag in self.model_flags)
+        strides = [int(v) for v in values["strides"].split(",")]
+        side, topk = self.image_size // int(np.prod(strides)), []
+        for c, stride in zip(values["channels"].split(","), [1] + strides[:-1]):
+            side *= stride
+            topk.append(side * side * int(c))
+        return tuple(f for f in flags if not f.startswith("--topk=")) + (
+            "--topk=" + ",".join(map(str, topk)),)
+
+
+GEOMETRIES = {
+    "default": Geometry(32, 16, 8, (
+        "--image_size=32", "--latent_dim=32", "--channels=64,64", "--kernel_sizes=4,8",
+        "--strides=2,8", "--topk=8,24")),
+    "large": Geometry(64, 12, 6, (
+        "--image_size=64", "--latent_dim=100", "--channels=256,64", "--kernel_sizes=4,16",
+        "--strides=2,16", "--topk=8,24")),
+    # A transposed conv of kernel 6 and stride 2 crops (6 - 2) // 2 = 2 pixels, so top
+    # unit i paints bottom rows 2i - 2 .. 2i + 3: on the 2x2 top map, all four rows.
+    "overlap": Geometry(32, 16, 8, (
+        "--image_size=32", "--latent_dim=32", "--channels=64,64", "--kernel_sizes=6,8",
+        "--strides=2,8", "--topk=8,24")),
+}
+DEFAULT_GEOMETRY = "default"
+
+
+def geometry(name: str) -> Geometry:
+    """The geometry called name (a key of GEOMETRIES).
+
+    Raises:
+        ValueError: if there is no such geometry.
+    """
+    if name not in GEOMETRIES:
+        raise ValueError(f"unknown parts geometry {name!r}; use one of "
+                         f"{', '.join(GEOMETRIES)}")
+    return GEOMETRIES[name]
+
+
+def generate_geometry(name: str, num_images: int, image_size: int | None = None,
+                      seed: int = 0,
+                      image_seed: int | None = None) -> "tuple[np.ndarray, GroundTruth]":
+    """`generate` with the image size, parts and composites of GEOMETRIES[name].
+
+    image_size: None for the geometry's own; else a run's --image_size, which the
+        default geometry takes as it is (any size `generate` takes) and the others check.
+
+    Raises:
+        ValueError: if name is unknown or image_size is not the geometry's.
+    """
+    found = geometry(name)
+    if image_size is None:
+        image_size = found.image_size
+    elif name != DEFAULT_GEOMETRY and image_size != found.image_size:
+        raise ValueError(f"--parts_geometry={name} draws {found.image_size}x"
+                         f"{found.image_size} images, but --image_size={image_size}; use "
+                         f"{' '.join(found.flags(name))}")
+    return generate(num_images, image_size=image_size, seed=seed,
+                    num_parts=found.num_parts, num_composites=found.num_composites,
+                    image_seed=image_seed)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

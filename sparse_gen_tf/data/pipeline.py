@@ -35,10 +35,11 @@ class TrainingData:
 
 
 def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0,
-         flip=False, crop=1.0):
+         flip=False, crop=1.0, parts_geometry="default"):
     """Loads `dataset` ("parts", "celeb_a" or "folder") as `TrainingData`.
 
-    parts: the embedded And-Or grammar dataset (no download), seeded by `seed`.
+    parts: the embedded And-Or grammar dataset (no download), seeded by `seed`, at
+      `parts_geometry` (`parts.GEOMETRIES`).
     celeb_a: TFDS celeb_a from `data_dir`, the first `num_images` + `heldout`.
     folder: JPEG/PNG files under `data_dir`, the first `num_images` + `heldout` in sorted
       order.
@@ -62,7 +63,11 @@ def load(dataset, *, image_size, num_images, data_dir=None, seed=0, heldout=0,
         if crop != 1.0:
             raise DataError("--crop is for image datasets; parts images are drawn at "
                             "--image_size, so drop --crop")
-        images, truth = parts.generate(num_images, image_size=image_size, seed=seed)
+        try:
+            images, truth = parts.generate_geometry(parts_geometry, num_images,
+                                                    image_size=image_size, seed=seed)
+        except ValueError as error:
+            raise DataError(str(error)) from None
         return TrainingData(images, truth)
     from sparse_gen_tf.data import images as image_files
     if dataset == "celeb_a":
@@ -98,7 +103,8 @@ def load_for(config):
     """`load` with the settings of a TrainConfig."""
     return load(config.dataset, image_size=config.generator.image_size,
                 num_images=config.num_images, data_dir=config.data_dir, seed=config.seed,
-                heldout=config.heldout, flip=config.flip, crop=config.crop)
+                heldout=config.heldout, flip=config.flip, crop=config.crop,
+                parts_geometry=config.parts_geometry)
 
 
 # Added to a run's seed for the parts images that held-out evaluation draws: a grammar
@@ -115,8 +121,10 @@ def heldout_images(config, num, data=None):
     """
     if config.dataset == "parts":
         from sparse_gen_tf.data import parts
-        return parts.generate(num, image_size=config.generator.image_size, seed=config.seed,
-                              image_seed=config.seed + HELDOUT_IMAGE_SEED)
+        return parts.generate_geometry(config.parts_geometry, num,
+                                       image_size=config.generator.image_size,
+                                       seed=config.seed,
+                                       image_seed=config.seed + HELDOUT_IMAGE_SEED)
     return (data or load_for(config)).heldout[:num], None
 
 

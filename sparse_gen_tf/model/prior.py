@@ -37,13 +37,19 @@ import tensorflow as tf
 
 from sparse_gen_tf.model import clusters
 
-PRIORS = ("grammar", "normal")
+PRIORS = ("grammar", "joint", "normal")
 DEFAULT_PRIOR = "grammar"
 # OR configurations kept per top AND node. A parts quadrant has 8 composites, but the
 # model codes one composite with several top-node configurations: 8 or 16 clusters per
 # node lose a third or a tenth of the legal quadrants that 32 reach, and 64 add nothing
 # (docs/grammar_prior.md).
 GRAMMAR_CLUSTERS = 32
+# Whole top-layer configurations kept by the joint prior, the spread of its samples around
+# a configuration's mean (in its members' standard deviations), and the principal
+# components its k-means runs in (benchmarks/sampling.py, docs/grammar_prior.md).
+JOINT_CLUSTERS = 128
+JOINT_SHRINK = 0.25
+JOINT_COMPONENTS = 32
 
 
 def latent_from_seeds(seeds, latent_dim):
@@ -183,6 +189,135 @@ class GrammarPrior(keras.layers.Layer):
                 "parse (mask_1, activation_1) determines the image")
 
 
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
+class JointGrammarPrior(keras.layers.Layer):
+    """The induced grammar's distribution over whole top-layer parses, not node by node.
+
+    A parse's configuration is which top OR nodes survive TopK_1 and ReLU, over every top
+    AND node together, with their coefficients: activation_1 [s, s, c_1]. The training
+    parses are clustered by it (k-means, each cluster >= MIN_MEMBERS parses), and a sample
+    picks one cluster by its size and draws its top feature map from that cluster's own
+    distribution: the mean fm^1 of its members plus `shrink` times their per-unit spread,
+    N(mean, diag(shrink * sd)^2). The rest of the network renders it, TopK included. So
+    the top AND nodes of a sample are never recombined from different clusters: what one
+    node codes is sampled with what the others coded in the same training parses.
+
+    State (non-trainable variables):
+      centroids [clusters, s, s, c_1]: each cluster's mean fm^1 (before TopK);
+      scales [clusters, s, s, c_1]: shrink * the members' standard deviation per unit;
+      members [clusters]: the cluster's size, >= MIN_MEMBERS, or 0 for an unused slot.
+    Neither a mean nor a per-unit spread of >= MIN_MEMBERS codes is any one training
+    image's code. A run with fewer than MIN_MEMBERS training images keeps no cluster.
+    """
+
+    kind = "joint"
+    has_latent = False
+
+    def __init__(self, generator_config, clusters=JOINT_CLUSTERS, shrink=JOINT_SHRINK,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.generator_config = generator_config
+        self.num_clusters = int(clusters)
+        self.shrink = float(shrink)
+        s, c = generator_config.top_size, generator_config.channels[0]
+        shape = (self.num_clusters, s, s, c)
+        self.centroids = self.add_weight(name="centroids", shape=shape, initializer="zeros",
+                                         trainable=False)
+        self.scales = self.add_weight(name="scales", shape=shape, initializer="zeros",
+                                      trainable=False)
+        self.members = self.add_weight(name="members", shape=(self.num_clusters,),
+                                       initializer="zeros", trainable=False)
+        self.built = True
+
+    def fit(self, generator, chains, seed=0):
+        """Clusters the parses of the persistent chains [N, d] by their whole top layer's
+        configuration activation_1 [N, s*s*c_1] (k-means in its first JOINT_COMPONENTS
+        principal components, which keeps k-means cheap at hundreds of clusters) and stores
+        each cluster of >= MIN_MEMBERS parses: the mean and spread of its fm^1."""
+        chains = np.asarray(chains, np.float32)
+        parse = generator.parse(chains)
+        top = parse["feature_maps"][0].numpy()  # [N, s, s, c] before TopK
+        active = parse["activations"][0].numpy().reshape(len(chains), -1)
+        labels = configuration_clusters(active, self.num_clusters, seed=seed)
+        centroids = np.zeros(self.centroids.shape, np.float32)
+        scales = np.zeros(self.scales.shape, np.float32)
+        members = np.zeros(self.members.shape, np.float32)
+        for slot, cluster in enumerate(np.unique(labels[labels >= 0])):
+            codes = top[labels == cluster]
+            centroids[slot] = codes.mean(0)
+            scales[slot] = self.shrink * codes.std(0)
+            members[slot] = len(codes)
+        self.centroids.assign(centroids)
+        self.scales.assign(scales)
+        self.members.assign(members)
+
+    @property
+    def fitted(self):
+        """True when at least one whole configuration is kept."""
+        return bool(self.members.numpy().sum() > 0)
+
+    def sample(self, generator, seeds):
+        """The parse (`Generator.parse_from_top`) of one top feature map per seed.
+
+        seeds: int64 [batch]; row i's cluster and noise come from the stateless seeds
+        (seeds[i], 0) and (seeds[i], 1). Returns the parse dict (no "z").
+        """
+        shape = self.centroids.shape[1:]
+        logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
+                          tf.fill(tf.shape(self.members), -1e30))[None]  # [1, clusters]
+
+        @tf.autograph.experimental.do_not_convert
+        def one(seed):  # [s, s, c] for one row
+            choice = tf.random.stateless_categorical(
+                logits, 1, tf.stack([seed, tf.zeros_like(seed)]))[0, 0]
+            noise = tf.random.stateless_normal(shape, tf.stack([seed, tf.ones_like(seed)]))
+            return tf.gather(self.centroids, choice) + tf.gather(self.scales, choice) * noise
+
+        top = tf.map_fn(one, tf.cast(seeds, tf.int64),
+                        fn_output_signature=tf.TensorSpec(shape, tf.float32))
+        return generator.parse_from_top(top)
+
+    def describe(self):
+        members = self.members.numpy()
+        if not self.fitted:
+            return ("the parse of an empty top layer for every seed: the joint grammar "
+                    f"prior keeps only configurations of at least {clusters.MIN_MEMBERS} "
+                    "training parses, and this run has too few training images")
+        return (f"one parse per seed from the induced And-Or grammar, whole: one of "
+                f"{int((members > 0).sum())} configurations of the entire top layer "
+                "(k-means clusters of the training parses' surviving top OR nodes, each "
+                f"of at least {clusters.MIN_MEMBERS} parses) picked by its size, its top "
+                f"feature map drawn around the cluster's mean with {self.shrink:g} times "
+                "its members' spread per unit (stateless, seeds (seed, 0) and (seed, 1)); "
+                "TopK, ReLU and the rest of the network render it. There is no z output")
+
+
+def configuration_clusters(active, num, seed=0, components=None):
+    """Labels [N] of k-means clusters of whole configurations active [N, D] that each hold
+    >= MIN_MEMBERS rows, -1 for rows in none.
+
+    k-means (`clusters.kmeans`, which keeps clusters of >= MIN_MEMBERS) runs in the first
+    `components` (default JOINT_COMPONENTS) principal components of the rows; then every
+    row goes to its nearest kept centroid there (rows of dropped clusters join a kept
+    one), and a cluster left with fewer than MIN_MEMBERS rows is dropped (-1). With
+    fewer than MIN_MEMBERS rows every label is -1.
+    """
+    components = JOINT_COMPONENTS if components is None else components
+    active = np.asarray(active, np.float64)
+    centred = active - active.mean(0)
+    if len(active) < clusters.MIN_MEMBERS:
+        return np.full(len(active), -1)
+    basis = np.linalg.svd(centred, full_matrices=False)[2][:components]  # [k, D]
+    projected = centred @ basis.T
+    centroids, _ = clusters.kmeans(projected, num, seed=seed)
+    if not len(centroids):
+        return np.full(len(active), -1)
+    d2 = (centroids ** 2).sum(1)[None] - 2.0 * projected @ centroids.T
+    labels = d2.argmin(1)
+    sizes = np.bincount(labels, minlength=len(centroids))
+    return np.where(sizes[labels] >= clusters.MIN_MEMBERS, labels, -1)
+
+
 def sample_seeds(num, seed=0):
     """int64 [num]: the row seeds of num samples for a run seed, seed * 2^32 + row, so
     that samples for one seed are rows 0, 1, ... of the same sequence."""
@@ -195,8 +330,11 @@ def make(kind, generator_config, **kwargs):
         return NormalPrior(generator_config, name="prior", **kwargs)
     if kind == "grammar":
         return GrammarPrior(generator_config, name="prior", **kwargs)
+    if kind == "joint":
+        return JointGrammarPrior(generator_config, name="prior", **kwargs)
     raise ValueError(f"unknown prior {kind!r}; use one of {', '.join(PRIORS)}")
 
 
-__all__ = ["DEFAULT_PRIOR", "GRAMMAR_CLUSTERS", "GrammarPrior", "NormalPrior", "PRIORS",
+__all__ = ["DEFAULT_PRIOR", "GRAMMAR_CLUSTERS", "GrammarPrior", "JOINT_CLUSTERS",
+           "JointGrammarPrior", "NormalPrior", "PRIORS", "configuration_clusters",
            "latent_from_seeds", "make", "sample_seeds"]

@@ -17,6 +17,7 @@ defines them from it, and `from_flat` / `flag_values` convert between the two vi
 import dataclasses
 import typing
 
+from sparse_gen_tf.data.parts import GEOMETRIES
 from sparse_gen_tf.data.pipeline import DATASETS
 from sparse_gen_tf.learning.langevin import LangevinConfig
 from sparse_gen_tf.model.descriptor import DescriptorConfig
@@ -45,6 +46,11 @@ class TrainConfig:
         "parts", "parts: embedded And-Or grammar images (no download); celeb_a: TFDS "
         "celeb_a from --data_dir; folder: JPEG/PNG files under --data_dir.",
         choices=tuple(DATASETS), state=True)
+    parts_geometry: str = _setting(
+        "default", "parts only: the grammar's size (data/parts.py GEOMETRIES): default "
+        "(any --image_size, 16 parts, 8 composites per quadrant), large (64x64, 12 parts, "
+        "6 composites) or overlap (the default's images, for top kernels 6).",
+        choices=tuple(GEOMETRIES), state=True)
     data_dir: str = _setting(None, "TFDS data_dir for celeb_a, or the image folder for "
                              "--dataset=folder.")
     num_images: int = _setting(
@@ -104,7 +110,8 @@ class TrainConfig:
     prior: str = _setting(
         DEFAULT_PRIOR, "Where samples come from (sample signature, TensorBoard, explain, "
         "evaluate): grammar, the induced And-Or grammar's OR configurations per top AND "
-        "node, fitted from the training parses at every checkpoint; normal, z ~ N(0, I).",
+        "node, fitted from the training parses at every checkpoint; joint, whole top-layer "
+        "configurations of the training parses, fitted likewise; normal, z ~ N(0, I).",
         choices=PRIORS)
     # None trains by plain ABP; a config adds cooperative learning (cooperative.py).
     descriptor: typing.Optional[DescriptorConfig] = dataclasses.field(default=None, metadata={

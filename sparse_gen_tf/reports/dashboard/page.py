@@ -118,7 +118,7 @@ def write_dashboard(model, config, output_dir, summary, *, max_units=64, max_or_
     chains = np.asarray(model.chains.value, np.float32)
     data = pipeline.load(config.dataset, image_size=config.generator.image_size,
                          num_images=len(chains), data_dir=config.data_dir, seed=config.seed,
-                         crop=config.crop)
+                         crop=config.crop, parts_geometry=config.parts_geometry)
     images = data.images[:len(chains)]
     activations = training_parses(generator, chains)
     sections, units = [], []
