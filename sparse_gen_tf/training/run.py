@@ -22,7 +22,6 @@ is flat, its keys train.py's flag names; it still reads, and so does its flags.t
 
 import dataclasses
 import json
-import math
 import os
 
 import keras
@@ -30,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_gen_tf.training import distribute
-from sparse_gen_tf.learning.abp import SPARSE_PATH_MAX_DENSITY, AlternatingBackprop
+from sparse_gen_tf.learning import gradient_path
+from sparse_gen_tf.learning.abp import AlternatingBackprop
 from sparse_gen_tf.training import config as run_config
 from sparse_gen_tf.training.config import TrainConfig
 from sparse_gen_tf.learning.cooperative import CooperativeLearning
@@ -342,16 +342,12 @@ def _restore_parts(config, path, num_examples):
 
 
 def _for_inference(generator, config):
-    """Sets how generator's TopK layers find their thresholds, and whether its Langevin
-    loop takes the sparse path, as the learner's compile does for the run's
-    --jit_compile (`AlternatingBackprop.compile`). Both give the same results; they
-    only change how fast the XLA-compiled inference runs."""
-    bisection = config.jit_compile and not tf.config.list_logical_devices("GPU")
-    for topk in generator.topks:
-        topk.bisection = bisection
-    densities = [k / math.prod(shape) for k, shape in zip(
-        config.generator.topk, config.generator.feature_map_shapes())]
-    generator.sparse_path = bisection and max(densities) <= SPARSE_PATH_MAX_DENSITY
+    """Sets how generator's TopK layers find their thresholds for the run's --jit_compile,
+    as the learner's compile does (`gradient_path.choose`), without the sparse kernels:
+    inference batches many chains through XLA-compiled functions, where the dense path
+    serves. The choice changes only speed, not results."""
+    gradient_path.choose(generator, xla=config.jit_compile, sparse_kernels=False).apply(
+        generator)
 
 
 def open_run(workdir, *, learner=False, fit_prior=True):
