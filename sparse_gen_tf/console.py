@@ -101,6 +101,9 @@ def quiet_logging(level=logging.INFO):
     handler.python_handler.setFormatter(PlainFormatter())
     if own_or_error not in handler.filters:
         handler.addFilter(own_or_error)
+    # TensorFlow's own logger too: a checkpoint deleted at exit with unrestored values
+    # (after a one-line error) logs its list when absl's handler may be gone.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 
 
 load_tensorflow()

@@ -239,12 +239,17 @@ def _read_checkpoint(path):
 def _restore(checkpoint, path, config_path, strict):
     """checkpoint.restore(path); strict: every object in checkpoint must be in the file.
     A mismatch is the architecture's: UserError in one line."""
+    status = None
     try:
         status = checkpoint.restore(path)
         if strict:
             status.assert_existing_objects_matched()
         status.expect_partial()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
+        if status is not None:
+            # Else TensorFlow lists every unrestored value when the checkpoint is
+            # deleted, after the one-line error.
+            status.expect_partial()
         detail = str(e).splitlines()[0][:200]
         raise UserError(f"the checkpoint {path} does not fit the architecture in "
                         f"{config_path} ({detail}); use the config.json it was trained "
