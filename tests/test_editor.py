@@ -23,11 +23,44 @@ pytestmark = [pytest.mark.slow,
 TOLERANCE = 1e-3
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("editor") / "run")
-    index = train_and_explain(path, "--topk=4,8")
-    model, _ = restored(path)
+# The face model's geometry (celeba.flags: 64x64 colour images, a 2x2 top map, kernels
+# 4 and 16, strides 2 and 16) at a tiny width, trained on a folder of drawn faces.
+FACE_FLAGS = ("--image_size=64", "--latent_dim=8", "--channels=16,8", "--topk=8,16",
+              "--kernel_sizes=4,16", "--strides=2,16", "--batch_size=16")
+
+
+def write_faces(folder, count=32):
+    """count 64x64 PNG faces: a skin-coloured ellipse, two dark eyes and a red mouth,
+    each jittered, on a coloured background."""
+    import tensorflow as tf
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:64, 0:64]
+    for i in range(count):
+        cy, cx = 32 + rng.integers(-3, 4, 2)
+        image = np.zeros((64, 64, 3)) + rng.uniform(0, 255, 3)
+        image[((y - cy) / 26) ** 2 + ((x - cx) / 20) ** 2 < 1] = (224, 172, 140)
+        for ex in (cx - 9, cx + 9):
+            image[(y - cy + 8) ** 2 + (x - ex) ** 2 < rng.integers(6, 14)] = (40, 30, 30)
+        image[(np.abs(y - cy - 12) < 2) & (np.abs(x - cx) < rng.integers(5, 10))] = (
+            180, 40, 50)
+        tf.io.write_file(os.path.join(folder, f"{i:06d}.png"),
+                         tf.io.encode_png(image.astype(np.uint8)))
+
+
+@pytest.fixture(scope="module", params=["parts", "faces"])
+def page(request, tmp_path_factory):
+    """(the dashboard's index.html, the run's generator): a parts model, or a face model
+    of the paper's CelebA geometry."""
+    root = tmp_path_factory.mktemp(f"editor_{request.param}")
+    if request.param == "parts":
+        index = train_and_explain(str(root / "run"), "--topk=4,8")
+    else:
+        write_faces(str(root / "faces"))
+        index = train_and_explain(str(root / "run"), "--dataset=folder",
+                                  f"--data_dir={root / 'faces'}", "--num_images=32",
+                                  *FACE_FLAGS)
+    model, _ = restored(str(root / "run"))
     return index, model.generator
 
 
@@ -108,10 +141,11 @@ def test_unedited_parses_render_as_in_tensorflow(page, browser):
         expected = np.asarray(parse["image"]).reshape(-1)
         assert_same(state["image"], expected)
         # The canvas holds the same picture in 8 bits.
+        side = generator.config.image_size
         pixels = np.asarray(browser.evaluate(f"""Array.from(document.querySelector(
-            '#image-{name} canvas.render').getContext('2d').getImageData(0, 0, 32, 32)
-            .data)""")).reshape(32, 32, 4)[..., :3]
-        reference = np.round((expected.reshape(32, 32, 3) + 1) * 127.5)
+            '#image-{name} canvas.render').getContext('2d').getImageData(0, 0, {side},
+            {side}).data)""")).reshape(side, side, 4)[..., :3]
+        reference = np.round((expected.reshape(side, side, 3) + 1) * 127.5)
         assert np.abs(pixels - reference).max() <= 1
 
 
