@@ -52,8 +52,12 @@ def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
         if labels is not None and np.array_equal(new, labels):
             break  # converged: the centroids are already the means of this assignment
         labels = new
-        clusters = np.unique(labels)
-        centroids = np.stack([points[labels == c].mean(0) for c in clusters])
+        clusters, inverse = np.unique(labels, return_inverse=True)
+        # Each cluster's mean as one matmul of the assignment with the points (a loop
+        # over hundreds of clusters of boolean masks takes seconds).
+        assignment = np.zeros((len(points), len(clusters)))
+        assignment[np.arange(len(points)), inverse] = 1.0
+        centroids = (assignment.T @ points) / assignment.sum(0)[:, None]
     # The centroids are the means of the last assignment's clusters: keep the big ones.
     members = np.bincount(labels)[clusters]
     keep = members >= min_members

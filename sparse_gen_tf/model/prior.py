@@ -35,15 +35,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.model import blocks as block_lib
 from sparse_gen_tf.model import clusters
 
-PRIORS = ("grammar", "joint", "normal")
+PRIORS = ("grammar", "nodes", "joint", "normal")
 DEFAULT_PRIOR = "grammar"
 # OR configurations kept per top AND node. A parts quadrant has 8 composites, but the
 # model codes one composite with several top-node configurations: 8 or 16 clusters per
 # node lose a third or a tenth of the legal quadrants that 32 reach, and 64 add nothing
 # (docs/grammar_prior.md).
 GRAMMAR_CLUSTERS = 32
+# The numbers of OR configurations per block that the grammar prior tries (it keeps the
+# one whose samples pass the nearest-quadrant check most often): a block of one node
+# needs about 32, a block of two nodes nearer 8 x 8 composites' worth; between the two,
+# 64 and 128 were never better on the parts geometries (docs/grammar_prior.md).
+BLOCK_CLUSTERS = (32, 256)
 # Whole top-layer configurations kept by the joint prior, the spread of its samples around
 # a configuration's mean (in its members' standard deviations), and the principal
 # components its k-means runs in (benchmarks/sampling.py, docs/grammar_prior.md).
@@ -98,8 +104,211 @@ class NormalPrior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
-class GrammarPrior(keras.layers.Layer):
-    """The induced And-Or grammar's distribution over each top AND node's OR configuration.
+class BlockGrammarPrior(keras.layers.Layer):
+    """The induced And-Or grammar's distribution over blocks of top OR nodes (`grammar`).
+
+    The top OR nodes (units (y, x, channel) of fm^1) are split into blocks that a sample
+    draws independently: one block per top AND node where the nodes' codes do not depend
+    on one another, merged blocks where they do, or one block per quadrant that the top
+    kernels paint where they overlap (`blocks.py`: the swap test on the training parses
+    chooses, by the nearest-quadrant check). Each block's codes over the training parses
+    are clustered by k-means into its OR configurations, a sample picks one per block by
+    the cluster's size, and the network renders the map, TopK and ReLU included. The
+    number of configurations (BLOCK_CLUSTERS) is chosen by the same check on samples.
+
+    State (non-trainable variables), U = s*s*c_1 units, B = max(s*s, 4) block slots:
+      blocks [U] int32: the block of each unit of fm^1 (flattened row-major);
+      configurations [clusters, U]: row k holds, on the units of block b, block b's
+        configuration k, the mean top-layer code (activation_1: fm^1 after TopK_1 and
+        ReLU) of the >= MIN_MEMBERS training parses in its cluster, or 0;
+      members [B, clusters]: the size of block b's cluster k, >= MIN_MEMBERS, or 0 for an
+        unused slot; block b picks configuration k with probability members / total.
+    No stored value is any one training parse's code on a block (a mean of >= 8 codes).
+    A run with fewer than MIN_MEMBERS training images keeps no configuration: its samples
+    are the image of the empty top layer.
+    """
+
+    kind = "grammar"
+    has_latent = False
+
+    def __init__(self, generator_config, clusters=max(BLOCK_CLUSTERS), **kwargs):
+        super().__init__(**kwargs)
+        self.generator_config = generator_config
+        self.num_clusters = int(clusters)
+        s, c = generator_config.top_size, generator_config.channels[0]
+        self.num_units, self.num_blocks = s * s * c, max(s * s, 4)
+        self.blocks = self.add_weight(name="blocks", shape=(self.num_units,), dtype="int32",
+                                      initializer="zeros", trainable=False)
+        self.configurations = self.add_weight(
+            name="configurations", shape=(self.num_clusters, self.num_units),
+            initializer="zeros", trainable=False)
+        self.members = self.add_weight(name="members",
+                                       shape=(self.num_blocks, self.num_clusters),
+                                       initializer="zeros", trainable=False)
+        self.fit_report = None
+        self.built = True
+
+    def fit(self, generator, chains, seed=0, counts=None, evaluations=512):
+        """Chooses the blocks and the number of configurations, and clusters each block's
+        codes over the parses of the persistent chains [N, d].
+
+        The swap test (`blocks.merge_by_swap_test`, a quarter of `evaluations` recombined maps
+        per split) gives an order of merges from each first split: one block per top AND
+        node, and one per painted quadrant. Along each, splits are tried from the finest,
+        each block clustered into the most configurations of `counts` (default
+        BLOCK_CLUSTERS, at most the slots), while `evaluations` samples of the next split
+        pass the nearest-quadrant check more often; then the best split's smaller counts
+        are tried (ties: the fewer). `fit_report` records every score.
+        """
+        chains = np.asarray(chains, np.float32)
+        # The codes are the surviving top OR nodes, activation_1 = fm^1 after TopK_1 and
+        # ReLU, not fm^1: a unit that a parse leaves off is 0 in it, so a block recombined
+        # with others brings no near-threshold values that win TopK_1 from their units.
+        # The parse of activation_1 is the parse of fm^1 (`parse_from_top`).
+        top = np.concatenate([
+            generator.parse_from_top(generator.top_feature_map(chains[i:i + 512]))[
+                "activations"][0].numpy() for i in range(0, len(chains), 512)])
+        shape = top.shape[1:]
+        codes = top.reshape(len(top), -1)
+        configurations = np.zeros(self.configurations.shape, np.float32)
+        members = np.zeros(self.members.shape, np.float32)
+        if len(codes) < clusters.MIN_MEMBERS:
+            self._assign(block_lib.node_blocks(shape), configurations, members)
+            return
+        rng = np.random.RandomState(seed)
+        check = block_lib.QuadrantCheck(_render(generator, codes[:block_lib.MAX_REFERENCE],
+                                                shape))
+
+        def score(maps, donors=None):
+            return check(_render(generator, maps, shape), donors)
+
+        counts = sorted(c for c in (counts or BLOCK_CLUSTERS) if c <= self.num_clusters)
+        tried, swap = {}, {}  # (split name, blocks) -> (score, count, clusters)
+
+        def sample_score(split, count):
+            found = _cluster_blocks(codes, split, count, seed)
+            return score(_draw(found, split, rng, evaluations)), count, found
+
+        for name, first in (("nodes", block_lib.node_blocks(shape)),
+                            ("quadrants", block_lib.painted_quadrants(generator))):
+            trail = block_lib.merge_by_swap_test(codes[:check.size], first, score, rng,
+                                                 max(evaluations // 4, 1))
+            swap[name] = [(len(np.unique(split)), round(s, 3)) for split, s in trail]
+            last = -1.0
+            for split, _ in trail:
+                key = (name, tuple(split))
+                tried[key] = sample_score(split, counts[-1])
+                if tried[key][0] <= last:
+                    break
+                last = tried[key][0]
+        (name, chosen), best = max(tried.items(), key=lambda kv: kv[1][0])
+        chosen = np.asarray(chosen)
+        by_count = {best[1]: best}
+        for count in counts[:-1]:
+            by_count[count] = sample_score(chosen, count)
+        top_score = max(v[0] for v in by_count.values())
+        fitted_score, count, found = by_count[min(c for c, v in by_count.items()
+                                                  if v[0] >= top_score)]
+        for block, (centroids, sizes) in enumerate(found):
+            configurations[:len(centroids), chosen == block] = centroids
+            members[block, :len(sizes)] = sizes
+        self._assign(chosen, configurations, members)
+        self.fit_report = dict(
+            split=name, nodes=_node_groups(chosen, shape), swap=swap,
+            splits={(n, len(np.unique(b))): round(v[0], 3) for (n, b), v in tried.items()},
+            counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
+            clusters=count, score=fitted_score)
+
+    def _assign(self, blocks, configurations, members):
+        self.blocks.assign(np.asarray(blocks, np.int32))
+        self.configurations.assign(configurations)
+        self.members.assign(members)
+
+    @property
+    def fitted(self):
+        """True when every block that holds units has at least one configuration."""
+        used = np.unique(self.blocks.numpy())
+        return bool(np.all(self.members.numpy()[used].sum(-1) > 0))
+
+    def sample(self, generator, seeds):
+        """The parse (`Generator.parse_from_top`) of one top feature map per seed.
+
+        seeds: int64 [batch]; row i's choices come from the stateless seed (seeds[i], 0).
+        Returns the parse dict (no "z": a recombined map has none).
+        """
+        s, c = self.generator_config.top_size, self.generator_config.channels[0]
+        logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
+                          tf.fill(tf.shape(self.members), -1e30))
+        by_unit = tf.transpose(self.configurations)  # [U, clusters]
+
+        @tf.autograph.experimental.do_not_convert
+        def one(seed):  # [s, s, c] for one row
+            choice = tf.random.stateless_categorical(
+                logits, 1, tf.stack([seed, tf.zeros_like(seed)]))[:, 0]  # [B]
+            per_unit = tf.gather(tf.cast(choice, tf.int32), self.blocks)  # [U]
+            picked = tf.gather(by_unit, per_unit[:, None], batch_dims=1)[:, 0]
+            return tf.reshape(picked, [s, s, c])
+
+        top = tf.map_fn(one, tf.cast(seeds, tf.int64),
+                        fn_output_signature=tf.TensorSpec([s, s, c], tf.float32))
+        return generator.parse_from_top(top)
+
+    def describe(self):
+        members = self.members.numpy()
+        if not self.fitted:
+            return ("the parse of an empty top layer for every seed: the grammar prior "
+                    f"keeps only configurations of at least {clusters.MIN_MEMBERS} "
+                    "training parses, and this run has too few training images")
+        used = members[np.unique(self.blocks.numpy())] > 0
+        return (f"one parse per seed from the induced And-Or grammar: each of "
+                f"{len(used)} blocks of top OR nodes picks one of its "
+                f"{int(used.sum(-1).min())}-{int(used.sum(-1).max())} OR configurations "
+                "(k-means centroids of that block's top feature map codes over the "
+                f"training parses, each the mean of at least {clusters.MIN_MEMBERS}), with "
+                "probability proportional to its cluster's size (stateless, seed "
+                "(seed, 0)); the blocks are the top AND nodes, merged where the swap test "
+                "finds them dependent, or the quadrants the top kernels paint; TopK, ReLU "
+                "and the rest of the network render it. There is no z output: a parse "
+                "recombined across blocks is in general the image of no latent vector")
+
+
+def _render(generator, codes, shape, chunk=512):
+    """Images [n, H, W, 3] of flattened top maps codes [n, U] of shape [s, s, c]."""
+    return np.concatenate([
+        generator.parse_from_top(codes[i:i + chunk].reshape(-1, *shape))["image"].numpy()
+        for i in range(0, len(codes), chunk)])
+
+
+def _cluster_blocks(codes, blocks, count, seed):
+    """[(centroids [C_b, U_b], members [C_b])] of each block b's codes codes[:, blocks == b]
+    (`clusters.kmeans`: each centroid the mean of >= MIN_MEMBERS codes)."""
+    return [clusters.kmeans(codes[:, blocks == b], count, seed=seed + b)
+            for b in range(int(blocks.max()) + 1)]
+
+
+def _draw(found, blocks, rng, num):
+    """num flattened top maps [num, U], each block's configuration drawn by its size."""
+    out = np.zeros((num, len(blocks)), np.float32)
+    for b, (centroids, sizes) in enumerate(found):
+        if len(sizes):
+            out[:, blocks == b] = centroids[rng.choice(len(sizes), size=num,
+                                                       p=sizes / sizes.sum())]
+    return out
+
+
+def _node_groups(blocks, shape):
+    """For each block, the top AND nodes (row-major) that hold some of its units."""
+    s, _, c = shape
+    per_node = np.asarray(blocks).reshape(s * s, c)
+    return [sorted({int(n) for n in np.flatnonzero((per_node == b).any(1))})
+            for b in range(int(np.max(blocks)) + 1)]
+
+
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
+class NodeGrammarPrior(keras.layers.Layer):
+    """The induced And-Or grammar's distribution over each top AND node's OR configuration,
+    node by node (`--prior=nodes`; the default `grammar` before `BlockGrammarPrior`, and
+    what runs whose checkpoint holds this state still open with).
 
     State (non-trainable variables), for the s x s top AND nodes in row-major order:
       centroids [s*s, clusters, c_1]: configuration k of node n, the mean fm^1 code at
@@ -113,7 +322,7 @@ class GrammarPrior(keras.layers.Layer):
     already come within a few percent of the reconstructions' validity: README.)
     """
 
-    kind = "grammar"
+    kind = "nodes"
     has_latent = False
 
     def __init__(self, generator_config, clusters=GRAMMAR_CLUSTERS, **kwargs):
@@ -329,12 +538,15 @@ def make(kind, generator_config, **kwargs):
     if kind == "normal":
         return NormalPrior(generator_config, name="prior", **kwargs)
     if kind == "grammar":
-        return GrammarPrior(generator_config, name="prior", **kwargs)
+        return BlockGrammarPrior(generator_config, name="prior", **kwargs)
+    if kind == "nodes":
+        return NodeGrammarPrior(generator_config, name="prior", **kwargs)
     if kind == "joint":
         return JointGrammarPrior(generator_config, name="prior", **kwargs)
     raise ValueError(f"unknown prior {kind!r}; use one of {', '.join(PRIORS)}")
 
 
-__all__ = ["DEFAULT_PRIOR", "GRAMMAR_CLUSTERS", "GrammarPrior", "JOINT_CLUSTERS",
+__all__ = ["BLOCK_CLUSTERS", "BlockGrammarPrior", "DEFAULT_PRIOR", "GRAMMAR_CLUSTERS",
+           "JOINT_CLUSTERS", "NodeGrammarPrior",
            "JointGrammarPrior", "NormalPrior", "PRIORS", "configuration_clusters",
            "latent_from_seeds", "make", "sample_seeds"]
