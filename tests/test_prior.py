@@ -199,7 +199,8 @@ def test_the_swap_test_merges_the_blocks_built_to_depend_on_one_another():
     def score(maps, donors=None):
         return check(render(maps), donors)
 
-    trail = block_lib.merge_by_swap_test(codes, blocks, score, np.random.RandomState(0), 256)
+    trail = list(block_lib.merge_by_swap_test(codes, blocks, score, np.random.RandomState(0),
+                                              256))
     (first, separate), (merged, together) = trail[0], trail[1]
     assert len(np.unique(first)) == 3 and len(np.unique(merged)) == 2
     # The first merge joins blocks 0 and 1, and only they.
@@ -231,6 +232,70 @@ def test_the_grammar_prior_reports_its_choice_and_its_samples_are_parses(tiny):
     assert "blocks of top OR nodes" in prior.describe()
     np.testing.assert_array_equal(prior.configurations.numpy(),
                                   tiny.model.prior.configurations.numpy())
+
+
+def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(tiny):
+    generator = tiny.model.generator
+    parse = generator.parse(tiny.model.chains.numpy()[:16])
+    bottom = parse["feature_maps"][1]  # fm^2 before TopK_2
+    top = prior_lib.lift(generator, bottom).numpy()
+    kept = (top > 0).reshape(16, -1).sum(1)
+    assert (top >= 0).all() and (kept <= TINY.generator.topk[0]).all() and (kept > 0).all()
+    zero = generator.deconvs[0](tf.zeros_like(top[:1]))
+    lifted = generator.deconvs[0](top)
+    # It paints the parse's fm^2 far better than an empty top layer does.
+    assert (np.linalg.norm((lifted - bottom).numpy().reshape(16, -1), axis=1)
+            < 0.5 * np.linalg.norm((zero - bottom).numpy().reshape(16, -1), axis=1)).all()
+
+
+@pytest.fixture(scope="module")
+def lifted(tiny):
+    """The grammar prior fitted to the tiny run's chains and switched to its lifted
+    samples (quadrant configurations of fm^2, lifted to a top layer)."""
+    prior = prior_lib.make("grammar", tiny.model.generator.config)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=0)
+    prior.lifted.assign(1.0)
+    return prior
+
+
+def test_lifted_samples_are_sparse_parses_of_means_of_min_members_quadrant_codes(tiny,
+                                                                                lifted):
+    generator = tiny.model.generator
+    assert lifted.can_lift and "one layer down" in lifted.describe()
+    assert set(lifted.fit_report["lifted"]) <= set(prior_lib.LIFT_CLUSTERS)
+    sample = lifted.sample(generator, prior_lib.sample_seeds(8))
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
+        kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
+        assert (kept <= k).all() and (kept > 0).all()
+    alone = lifted.sample(generator, tf.constant([8], tf.int64))["image"]
+    both = lifted.sample(generator, tf.constant([7, 8], tf.int64))["image"]
+    np.testing.assert_array_equal(alone[0], both[1])
+    members = lifted.quadrant_members.numpy()
+    assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all() and members.any()
+    bottom = generator.parse(tiny.model.chains.numpy())["feature_maps"][1].numpy()
+    codes = bottom.reshape(len(bottom), -1)
+    quadrant_of = block_lib.image_quadrant_units(bottom.shape[1:])
+    stored = lifted.quadrant_configurations.numpy()
+    for q in range(4):
+        used = stored[members[q] > 0][:, quadrant_of == q]
+        assert nearest_code_distance(used, codes[:, quadrant_of == q]) > 1e-4
+        assert not stored[members[q] == 0][:, quadrant_of == q].any()
+
+
+def test_an_export_with_lifted_samples_serves_them(tiny, lifted, tmp_path):
+    generator = tiny.model.generator
+    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
+                                    prior=lifted)
+    loaded = tf.saved_model.load(path)
+    variables = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    assert variables["prior/lifted"] == 1.0
+    assert not [name for name, v in variables.items()
+                if v.shape and v.shape[0] == tiny.opened.num_examples]
+    seeds = tf.constant([3, 4], tf.int64)
+    served = loaded.signatures["sample"](seed=seeds)
+    expected = lifted.sample(generator, seeds)["image"]
+    np.testing.assert_allclose(served["image"], (expected + 1) / 2, atol=1e-5)
 
 
 def test_a_run_saved_with_the_node_prior_under_grammar_opens_and_resumes_with_it(tmp_path):

@@ -87,6 +87,14 @@ class QuadrantCheck:
         return self.reference.shape[1]
 
 
+def image_quadrant_units(shape):
+    """Quadrant ids [h*w*c] of the units of a feature map [h, w, c] (flattened row-major),
+    in the order of `image_quadrants`."""
+    h, w, c = shape
+    rows, cols = np.meshgrid(np.arange(h) // (h // 2), np.arange(w) // (w // 2), indexing="ij")
+    return np.repeat((2 * rows + cols).reshape(-1), c)
+
+
 def node_blocks(top_shape):
     """Block ids [s*s*c] of the units of fm^1 [s, s, c], one block per top AND node."""
     s, _, c = top_shape
@@ -117,16 +125,16 @@ def recombine(codes, blocks, rng, num):
 
 
 def merge_by_swap_test(codes, blocks, score, rng, num):
-    """Greedy merging of blocks by the swap test.
+    """Greedy merging of blocks by the swap test, lazily: yields (blocks [U], score) of
+    the first split, then of each merge, until one block is left.
 
-    codes [N, U]: the training parses' top maps (fm^1, flattened; the reference's
+    codes [N, U]: the training parses' top-layer codes (flattened; the reference's
     parses); blocks [U]: the first split; score(top [n, U], donors [n, b]) ->
-    nearest-quadrant share of their images (`QuadrantCheck`). From the first
-    split, the two blocks whose merge scores best are merged, until one block is left.
-    Returns [(blocks [U], score)] of every split on the way, the first split first.
+    nearest-quadrant share of their images (`QuadrantCheck`). Each step merges the two
+    blocks whose merge scores best on num recombinations (`recombine`).
     """
     blocks = np.unique(blocks, return_inverse=True)[1]
-    trail = [(blocks, score(*recombine(codes, blocks, rng, num)))]
+    yield blocks, score(*recombine(codes, blocks, rng, num))
     while len(np.unique(blocks)) > 1:
         ids = np.unique(blocks)
         tried = []
@@ -136,9 +144,8 @@ def merge_by_swap_test(codes, blocks, score, rng, num):
                 tried.append((merged, score(*recombine(codes, merged, rng, num))))
         merged, best = max(tried, key=lambda t: t[1])
         blocks = np.unique(merged, return_inverse=True)[1]
-        trail.append((blocks, best))
-    return trail
+        yield blocks, best
 
 
-__all__ = ["MAX_REFERENCE", "NEAR_QUANTILE", "QuadrantCheck", "image_quadrants",
+__all__ = ["MAX_REFERENCE", "NEAR_QUANTILE", "QuadrantCheck", "image_quadrant_units", "image_quadrants",
            "merge_by_swap_test", "node_blocks", "painted_quadrants", "recombine"]

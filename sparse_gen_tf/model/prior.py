@@ -1,14 +1,21 @@
 """Where samples come from: the prior over a sample's parse graph (`--prior`).
 
     normal   z ~ N(0, I), the paper's prior (Eq. 7); the sample is g(z).
-    grammar  the induced And-Or grammar (§2.1), sampled at its top layer: every top AND
-             node (cell (y, x) of the top feature map fm^1) picks one of its OR
-             configurations, a cluster of that node's codes over the training parses,
-             with the cluster's frequency; the rest of the network renders the picked
-             map, TopK and ReLU included, so every sample is a sparse parse of every
-             layer. The default: on the parts data its samples are legal images of the
-             grammar about as often as the reconstructions of training images, where
-             N(0, I) almost never is (docs/grammar_prior.md).
+    grammar  the induced And-Or grammar (§2.1), sampled at its top layer by blocks of top
+             OR nodes (`BlockGrammarPrior`): every block (a top AND node, AND nodes whose
+             codes depend on one another, or the units painting one quadrant) picks one of
+             its OR configurations, a cluster of that block's codes over the training
+             parses, with the cluster's frequency; where top kernels overlap the quadrants
+             it samples the quadrants of the layer below and lifts them to a top layer.
+             The rest of the network renders the picked map, TopK and ReLU included, so
+             every sample is a sparse parse of every layer. The default
+             (docs/grammar_prior.md).
+    nodes    the same node by node (`NodeGrammarPrior`): every top AND node (cell (y, x)
+             of fm^1) picks one of its OR configurations independently. On the default
+             geometry its samples are legal images of the grammar about as often as the
+             reconstructions of training images, where N(0, I) almost never is; runs
+             saved when it was `grammar` open with it.
+    joint    whole top-layer configurations (`JointGrammarPrior`).
 
 Why the grammar is sampled at the top feature map and not in z. Each quadrant of a parts
 image picks its composite independently, but the FC map entangles the quadrants: the
@@ -18,10 +25,11 @@ map itself (docs/grammar_prior.md). So a grammar sample has no z. Its parse star
 fm^1: layer 1's surviving OR nodes (activation_1) determine the image, and
 `Generator.parse_from_top` reproduces it from them. One layer further down (a centroid
 per quadrant's block of bottom AND nodes) scores a little higher, but has no top-layer
-parse to report.
+parse to report, unless it is lifted to one (`lift`), as `grammar` does where the top
+kernels overlap the quadrants.
 
-What is stored. A cluster's configuration is its centroid, the mean of the codes (fm^1 at
-that node, before TopK) of at least `clusters.MIN_MEMBERS` training parses, and its
+What is stored. A cluster's configuration is its centroid, the mean of the codes (of a
+node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, and its
 frequency is its number of members; no single training image's code is kept (the
 privacy rule of the export). The state is fitted from the persistent chains with `fit`
 at every checkpoint (`AlternatingBackprop.fit_prior`), saved in the checkpoint and in
@@ -50,6 +58,12 @@ GRAMMAR_CLUSTERS = 32
 # needs about 32, a block of two nodes nearer 8 x 8 composites' worth; between the two,
 # 64 and 128 were never better on the parts geometries (docs/grammar_prior.md).
 BLOCK_CLUSTERS = (32, 256)
+# The lifted candidate (`BlockGrammarPrior`) runs a pursuit of K_1 steps per sample; above
+# this K_1 (a dense top layer) it is not tried: there the top-layer blocks do well.
+MAX_LIFT = 32
+# Its numbers of configurations per quadrant of fm^2: a quadrant has 8 composites, and
+# means of few, large clusters lift to cleaner top layers than many small ones.
+LIFT_CLUSTERS = (8, 16, 32)
 # Whole top-layer configurations kept by the joint prior, the spread of its samples around
 # a configuration's mean (in its members' standard deviations), and the principal
 # components its k-means runs in (benchmarks/sampling.py, docs/grammar_prior.md).
@@ -110,11 +124,20 @@ class BlockGrammarPrior(keras.layers.Layer):
     The top OR nodes (units (y, x, channel) of fm^1) are split into blocks that a sample
     draws independently: one block per top AND node where the nodes' codes do not depend
     on one another, merged blocks where they do, or one block per quadrant that the top
-    kernels paint where they overlap (`blocks.py`: the swap test on the training parses
-    chooses, by the nearest-quadrant check). Each block's codes over the training parses
-    are clustered by k-means into its OR configurations, a sample picks one per block by
-    the cluster's size, and the network renders the map, TopK and ReLU included. The
-    number of configurations (BLOCK_CLUSTERS) is chosen by the same check on samples.
+    kernels paint (`blocks.py`: the swap test on the training parses gives the merges, the
+    nearest-quadrant check of samples chooses). Each block's codes over the training
+    parses are clustered by k-means into its OR configurations, a sample picks one per
+    block by the cluster's size, and the network renders the map, TopK and ReLU included.
+    The number of configurations (BLOCK_CLUSTERS) is chosen by the same check.
+
+    Where the top kernels overlap the quadrants (the `overlap` geometry), every active
+    top OR node paints several quadrants, so no block of them is one quadrant's, and
+    recombined blocks paint blends. The fit then also tries the grammar one layer down,
+    lifted: each quadrant of fm^2 picks one of its configurations (k-means centroids of
+    the training parses' fm^2 there, LIFT_CLUSTERS), and a pursuit (`lift`) finds the K_1
+    top OR nodes whose painting matches them; the network renders that top layer. It is
+    kept (`lifted` = 1) when its samples pass the check more often, and tried only for a
+    sparse top layer (K_1 <= MAX_LIFT) below which there is a second layer.
 
     State (non-trainable variables), U = s*s*c_1 units, B = max(s*s, 4) block slots:
       blocks [U] int32: the block of each unit of fm^1 (flattened row-major);
@@ -122,10 +145,14 @@ class BlockGrammarPrior(keras.layers.Layer):
         configuration k, the mean top-layer code (activation_1: fm^1 after TopK_1 and
         ReLU) of the >= MIN_MEMBERS training parses in its cluster, or 0;
       members [B, clusters]: the size of block b's cluster k, >= MIN_MEMBERS, or 0 for an
-        unused slot; block b picks configuration k with probability members / total.
-    No stored value is any one training parse's code on a block (a mean of >= 8 codes).
-    A run with fewer than MIN_MEMBERS training images keeps no configuration: its samples
-    are the image of the empty top layer.
+        unused slot; block b picks configuration k with probability members / total;
+      lifted []: 1 when samples are drawn one layer down and lifted, else 0;
+      quadrant_configurations [clusters, h_2*w_2*c_2] and quadrant_members [4, clusters]:
+        the same for the quadrants of fm^2 (means of >= MIN_MEMBERS training parses'
+        fm^2 there; [1, ...] when the lift is not tried).
+    No stored value is any one training parse's code on a block or quadrant (a mean of
+    >= 8 codes). A run with fewer than MIN_MEMBERS training images keeps no configuration:
+    its samples are the image of the empty top layer.
     """
 
     kind = "grammar"
@@ -145,6 +172,19 @@ class BlockGrammarPrior(keras.layers.Layer):
         self.members = self.add_weight(name="members",
                                        shape=(self.num_blocks, self.num_clusters),
                                        initializer="zeros", trainable=False)
+        # The lifted candidate: quadrant configurations of fm^2, and a switch.
+        shapes = generator_config.feature_map_shapes()
+        self.can_lift = len(shapes) > 1 and generator_config.topk[0] <= MAX_LIFT
+        self.bottom_shape = shapes[1] if len(shapes) > 1 else (2, 2, 1)
+        self.lifted = self.add_weight(name="lifted", shape=(), initializer="zeros",
+                                      trainable=False)
+        self.quadrant_configurations = self.add_weight(
+            name="quadrant_configurations",
+            shape=(self.num_clusters if self.can_lift else 1, int(np.prod(self.bottom_shape))),
+            initializer="zeros", trainable=False)
+        self.quadrant_members = self.add_weight(
+            name="quadrant_members", shape=(4, self.num_clusters if self.can_lift else 1),
+            initializer="zeros", trainable=False)
         self.fit_report = None
         self.built = True
 
@@ -154,11 +194,12 @@ class BlockGrammarPrior(keras.layers.Layer):
 
         The swap test (`blocks.merge_by_swap_test`, a quarter of `evaluations` recombined maps
         per split) gives an order of merges from each first split: one block per top AND
-        node, and one per painted quadrant. Along each, splits are tried from the finest,
-        each block clustered into the most configurations of `counts` (default
-        BLOCK_CLUSTERS, at most the slots), while `evaluations` samples of the next split
-        pass the nearest-quadrant check more often; then the best split's smaller counts
-        are tried (ties: the fewer). `fit_report` records every score.
+        node, and one per painted quadrant (unless that is the same split). Along each,
+        splits are tried from the finest, each block clustered into the most
+        configurations of `counts` (default BLOCK_CLUSTERS, at most the slots), as long as
+        `evaluations` samples of each split pass the nearest-quadrant check more often than
+        the last's; then the best split's smaller counts are tried (ties: the fewer).
+        `fit_report` records every score.
         """
         chains = np.asarray(chains, np.float32)
         # The codes are the surviving top OR nodes, activation_1 = fm^1 after TopK_1 and
@@ -189,13 +230,16 @@ class BlockGrammarPrior(keras.layers.Layer):
             found = _cluster_blocks(codes, split, count, seed)
             return score(_draw(found, split, rng, evaluations)), count, found
 
-        for name, first in (("nodes", block_lib.node_blocks(shape)),
-                            ("quadrants", block_lib.painted_quadrants(generator))):
-            trail = block_lib.merge_by_swap_test(codes[:check.size], first, score, rng,
-                                                 max(evaluations // 4, 1))
-            swap[name] = [(len(np.unique(split)), round(s, 3)) for split, s in trail]
-            last = -1.0
-            for split, _ in trail:
+        firsts = {"nodes": block_lib.node_blocks(shape)}
+        painted = block_lib.painted_quadrants(generator)
+        if len(set(zip(firsts["nodes"], painted))) > len(np.unique(painted)):
+            firsts["quadrants"] = painted  # not the nodes again, relabelled
+        for name, first in firsts.items():
+            swap[name], last = [], -1.0
+            # The next merge's swap test runs only while merging still helps.
+            for split, swapped in block_lib.merge_by_swap_test(
+                    codes[:check.size], first, score, rng, max(evaluations // 4, 1)):
+                swap[name].append((len(np.unique(split)), round(swapped, 3)))
                 key = (name, tuple(split))
                 tried[key] = sample_score(split, counts[-1])
                 if tried[key][0] <= last:
@@ -213,10 +257,35 @@ class BlockGrammarPrior(keras.layers.Layer):
             configurations[:len(centroids), chosen == block] = centroids
             members[block, :len(sizes)] = sizes
         self._assign(chosen, configurations, members)
+        lifted = {}
+        if self.can_lift:
+            # fm^2 of the training parses, split into the quadrants of the bottom map.
+            bottom = np.concatenate([
+                generator.parse_from_top(top[i:i + 512])["feature_maps"][1].numpy()
+                for i in range(0, len(top), 512)]).reshape(len(top), -1)
+            quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+            for lifted_count in (c for c in LIFT_CLUSTERS if c <= self.num_clusters):
+                quadrants = _cluster_blocks(bottom, quadrant_of, lifted_count, seed)
+                targets = _draw(quadrants, quadrant_of, rng, evaluations)
+                maps = lift(generator, targets.reshape(-1, *self.bottom_shape)).numpy()
+                lifted[lifted_count] = (score(maps.reshape(len(maps), -1)), quadrants)
+            best_lift = max(lifted, key=lambda c: (lifted[c][0], -c))
+            use = lifted[best_lift][0] > fitted_score
+            quadrant_configurations = np.zeros(self.quadrant_configurations.shape, np.float32)
+            quadrant_members = np.zeros(self.quadrant_members.shape, np.float32)
+            for q, (centroids, sizes) in enumerate(lifted[best_lift][1]):
+                quadrant_configurations[:len(centroids), quadrant_of == q] = centroids
+                quadrant_members[q, :len(sizes)] = sizes
+            self.quadrant_configurations.assign(quadrant_configurations)
+            self.quadrant_members.assign(quadrant_members)
+            self.lifted.assign(float(use))
+            if use:
+                name, count, fitted_score = "lifted", best_lift, lifted[best_lift][0]
         self.fit_report = dict(
             split=name, nodes=_node_groups(chosen, shape), swap=swap,
             splits={(n, len(np.unique(b))): round(v[0], 3) for (n, b), v in tried.items()},
             counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
+            lifted={c: round(v[0], 3) for c, v in sorted(lifted.items())},
             clusters=count, score=fitted_score)
 
     def _assign(self, blocks, configurations, members):
@@ -251,10 +320,44 @@ class BlockGrammarPrior(keras.layers.Layer):
 
         top = tf.map_fn(one, tf.cast(seeds, tf.int64),
                         fn_output_signature=tf.TensorSpec([s, s, c], tf.float32))
+        if self.can_lift:
+            top = tf.where(self.lifted > 0, self._lifted_sample(generator, seeds), top)
         return generator.parse_from_top(top)
+
+    def _lifted_sample(self, generator, seeds):
+        """Top feature maps [batch, s, s, c_1] that paint one quadrant configuration of
+        fm^2 per quadrant, drawn from the stateless seeds (seeds[i], 1) (`lift`)."""
+        logits = tf.where(self.quadrant_members > 0,
+                          tf.math.log(tf.maximum(self.quadrant_members, 1.0)),
+                          tf.fill(tf.shape(self.quadrant_members), -1e30))
+        quadrant_of = tf.constant(block_lib.image_quadrant_units(self.bottom_shape), tf.int32)
+        by_unit = tf.transpose(self.quadrant_configurations)  # [D_2, clusters]
+
+        @tf.autograph.experimental.do_not_convert
+        def one(seed):  # [h_2 * w_2 * c_2] for one row
+            choice = tf.random.stateless_categorical(
+                logits, 1, tf.stack([seed, tf.ones_like(seed)]))[:, 0]  # [4]
+            per_unit = tf.gather(tf.cast(choice, tf.int32), quadrant_of)
+            return tf.gather(by_unit, per_unit[:, None], batch_dims=1)[:, 0]
+
+        targets = tf.map_fn(one, tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec(
+            [int(np.prod(self.bottom_shape))], tf.float32))
+        return lift(generator, tf.reshape(targets, [-1, *self.bottom_shape]))
 
     def describe(self):
         members = self.members.numpy()
+        if self.can_lift and float(self.lifted.numpy()) > 0:
+            used = self.quadrant_members.numpy() > 0
+            return (f"one parse per seed from the induced And-Or grammar, one layer down: "
+                    f"each of the 4 quadrants of the bottom feature map fm^2 picks one of its "
+                    f"{int(used.sum(-1).min())}-{int(used.sum(-1).max())} configurations "
+                    "(k-means centroids of that quadrant's fm^2 codes over the training "
+                    f"parses, each the mean of at least {clusters.MIN_MEMBERS}) by its "
+                    "cluster's size (stateless, seed (seed, 1)); a pursuit of "
+                    f"K_1 = {self.generator_config.topk[0]} top OR nodes finds the top "
+                    "layer that paints them (its top kernels overlap the quadrants, so no "
+                    "block of top OR nodes is one quadrant's); TopK, ReLU and the rest of "
+                    "the network render it. There is no z output")
         if not self.fitted:
             return ("the parse of an empty top layer for every seed: the grammar prior "
                     f"keeps only configurations of at least {clusters.MIN_MEMBERS} "
@@ -294,6 +397,37 @@ def _draw(found, blocks, rng, num):
             out[:, blocks == b] = centroids[rng.choice(len(sizes), size=num,
                                                        p=sizes / sizes.sum())]
     return out
+
+
+def lift(generator, targets):
+    """Top feature maps [n, s, s, c_1] of at most K_1 non-negative top OR nodes that paint
+    the bottom feature maps targets [n, h_2, w_2, c_2] (fm^2, before TopK_2) in least
+    squares: a greedy pursuit of K_1 steps (orthogonal matching pursuit), each adding the
+    unit whose painting (deconv_1 of the unit alone, Eq. 1) best matches what is left, then
+    refitting the chosen units' coefficients, clipped at 0.
+    """
+    cfg = generator.config
+    s, c, k = cfg.top_size, cfg.channels[0], cfg.topk[0]
+    units = s * s * c
+    deconv = generator.deconvs[0]
+    bias = tf.reshape(deconv(tf.zeros([1, s, s, c])), [-1])
+    paintings = tf.reshape(deconv(tf.reshape(tf.eye(units), [units, s, s, c])),
+                           [units, -1]) - bias  # [U, D_2]
+    normed = paintings / (tf.norm(paintings, axis=1, keepdims=True) + 1e-9)
+    goal = tf.reshape(tf.cast(targets, tf.float32), [tf.shape(targets)[0], -1]) - bias
+    left, chosen = goal, tf.zeros([tf.shape(goal)[0], units], tf.bool)
+    picks, coefficients = [], None
+    for _ in range(k):
+        match = tf.where(chosen, -np.inf, left @ tf.transpose(normed))  # [n, U]
+        pick = tf.argmax(match, axis=1, output_type=tf.int32)
+        picks.append(pick)
+        chosen = chosen | tf.cast(tf.one_hot(pick, units), tf.bool)
+        atoms = tf.gather(paintings, tf.stack(picks, 1))  # [n, j, D_2]
+        gram = atoms @ tf.transpose(atoms, [0, 2, 1]) + 1e-6 * tf.eye(len(picks))
+        coefficients = tf.maximum(tf.linalg.solve(gram, atoms @ goal[..., None])[..., 0], 0.0)
+        left = goal - tf.einsum("nj,njd->nd", coefficients, atoms)
+    top = tf.reduce_sum(tf.one_hot(tf.stack(picks, 1), units) * coefficients[..., None], 1)
+    return tf.reshape(top, [-1, s, s, c])
 
 
 def _node_groups(blocks, shape):
@@ -547,6 +681,6 @@ def make(kind, generator_config, **kwargs):
 
 
 __all__ = ["BLOCK_CLUSTERS", "BlockGrammarPrior", "DEFAULT_PRIOR", "GRAMMAR_CLUSTERS",
-           "JOINT_CLUSTERS", "NodeGrammarPrior",
+           "JOINT_CLUSTERS", "LIFT_CLUSTERS", "MAX_LIFT", "NodeGrammarPrior", "lift",
            "JointGrammarPrior", "NormalPrior", "PRIORS", "configuration_clusters",
            "latent_from_seeds", "make", "sample_seeds"]
