@@ -147,5 +147,6 @@ def merge_by_swap_test(codes, blocks, score, rng, num):
         yield blocks, best
 
 
-__all__ = ["MAX_REFERENCE", "NEAR_QUANTILE", "QuadrantCheck", "image_quadrant_units", "image_quadrants",
-           "merge_by_swap_test", "node_blocks", "painted_quadrants", "recombine"]
+__all__ = ["MAX_REFERENCE", "NEAR_QUANTILE", "QuadrantCheck", "image_quadrant_units",
+           "image_quadrants", "merge_by_swap_test", "node_blocks", "painted_quadrants",
+           "recombine"]
