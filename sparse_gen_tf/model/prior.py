@@ -64,6 +64,10 @@ MAX_LIFT = 32
 # Its numbers of configurations per quadrant of fm^2: a quadrant has 8 composites, and
 # means of few, large clusters lift to cleaner top layers than many small ones.
 LIFT_CLUSTERS = (8, 16, 32)
+# The weight, in the lift's least squares, of a unit of fm^2 that TopK_2 drops in most of
+# a quadrant configuration's members (the kept ones weigh 1): its value matters only
+# below the threshold. On `overlap`, 1 lifts 0.76 legal quadrants, 0.3 0.92, 0.1 0.94.
+LIFT_OFF_WEIGHT = 0.1
 # Whole top-layer configurations kept by the joint prior, the spread of its samples around
 # a configuration's mean (in its members' standard deviations), and the principal
 # components its k-means runs in (benchmarks/sampling.py, docs/grammar_prior.md).
@@ -149,7 +153,10 @@ class BlockGrammarPrior(keras.layers.Layer):
       lifted []: 1 when samples are drawn one layer down and lifted, else 0;
       quadrant_configurations [clusters, h_2*w_2*c_2] and quadrant_members [4, clusters]:
         the same for the quadrants of fm^2 (means of >= MIN_MEMBERS training parses'
-        fm^2 there; [1, ...] when the lift is not tried).
+        fm^2 there; [1, ...] when the lift is not tried);
+      quadrant_kept [clusters, h_2*w_2*c_2]: the share of a configuration's members whose
+        TopK_2 and ReLU keep each unit (a mean of the same members); the lift fits the
+        units kept by most of them with weight 1, the others with LIFT_OFF_WEIGHT.
     No stored value is any one training parse's code on a block or quadrant (a mean of
     >= 8 codes). A run with fewer than MIN_MEMBERS training images keeps no configuration:
     its samples are the image of the empty top layer.
@@ -184,6 +191,9 @@ class BlockGrammarPrior(keras.layers.Layer):
             initializer="zeros", trainable=False)
         self.quadrant_members = self.add_weight(
             name="quadrant_members", shape=(4, self.num_clusters if self.can_lift else 1),
+            initializer="zeros", trainable=False)
+        self.quadrant_kept = self.add_weight(
+            name="quadrant_kept", shape=self.quadrant_configurations.shape,
             initializer="zeros", trainable=False)
         self.fit_report = None
         self.built = True
@@ -259,25 +269,34 @@ class BlockGrammarPrior(keras.layers.Layer):
         self._assign(chosen, configurations, members)
         lifted = {}
         if self.can_lift:
-            # fm^2 of the training parses, split into the quadrants of the bottom map.
-            bottom = np.concatenate([
-                generator.parse_from_top(top[i:i + 512])["feature_maps"][1].numpy()
-                for i in range(0, len(top), 512)]).reshape(len(top), -1)
+            # fm^2 of the training parses, split into the quadrants of the bottom map, and
+            # which of its units TopK_2 and ReLU keep.
+            parses = [generator.parse_from_top(top[i:i + 512])
+                      for i in range(0, len(top), 512)]
+            bottom = np.concatenate([p["feature_maps"][1].numpy() for p in parses])
+            kept = np.concatenate([p["activations"][1].numpy() > 0 for p in parses])
+            bottom, kept = bottom.reshape(len(top), -1), kept.reshape(len(top), -1)
             quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
             for lifted_count in (c for c in LIFT_CLUSTERS if c <= self.num_clusters):
-                quadrants = _cluster_blocks(bottom, quadrant_of, lifted_count, seed)
-                targets = _draw(quadrants, quadrant_of, rng, evaluations)
-                maps = lift(generator, targets.reshape(-1, *self.bottom_shape)).numpy()
-                lifted[lifted_count] = (score(maps.reshape(len(maps), -1)), quadrants)
+                table = np.zeros((2, *self.quadrant_configurations.shape), np.float32)
+                sizes = np.zeros(self.quadrant_members.shape, np.float32)
+                for q in range(4):
+                    units = quadrant_of == q
+                    centroids, found, labels = clusters.kmeans(
+                        bottom[:, units], lifted_count, seed=seed + q, return_labels=True)
+                    table[0, :len(centroids), units] = centroids.T
+                    # The share of each configuration's members that keep each unit: a
+                    # mean of >= MIN_MEMBERS parses too.
+                    table[1, :len(centroids), units] = np.stack(
+                        [kept[labels == j][:, units].mean(0) for j in range(len(found))]).T
+                    sizes[q, :len(found)] = found
+                maps = self._lifted_draw(generator, table, sizes, rng, evaluations)
+                lifted[lifted_count] = (score(maps.reshape(len(maps), -1)), table, sizes)
             best_lift = max(lifted, key=lambda c: (lifted[c][0], -c))
             use = lifted[best_lift][0] > fitted_score
-            quadrant_configurations = np.zeros(self.quadrant_configurations.shape, np.float32)
-            quadrant_members = np.zeros(self.quadrant_members.shape, np.float32)
-            for q, (centroids, sizes) in enumerate(lifted[best_lift][1]):
-                quadrant_configurations[:len(centroids), quadrant_of == q] = centroids
-                quadrant_members[q, :len(sizes)] = sizes
-            self.quadrant_configurations.assign(quadrant_configurations)
-            self.quadrant_members.assign(quadrant_members)
+            self.quadrant_configurations.assign(lifted[best_lift][1][0])
+            self.quadrant_kept.assign(lifted[best_lift][1][1])
+            self.quadrant_members.assign(lifted[best_lift][2])
             self.lifted.assign(float(use))
             if use:
                 name, count, fitted_score = "lifted", best_lift, lifted[best_lift][0]
@@ -287,6 +306,19 @@ class BlockGrammarPrior(keras.layers.Layer):
             counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
             lifted={c: round(v[0], 3) for c, v in sorted(lifted.items())},
             clusters=count, score=fitted_score)
+
+    def _lifted_draw(self, generator, table, sizes, rng, num):
+        """num lifted top maps [num, s, s, c_1] of quadrant configurations (table [2,
+        clusters, D_2]: means and kept shares; sizes [4, clusters]) drawn by size."""
+        quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+        targets = np.zeros((2, num, len(quadrant_of)), np.float32)
+        for q in range(4):
+            if sizes[q].sum():
+                picks = rng.choice(len(sizes[q]), size=num, p=sizes[q] / sizes[q].sum())
+                targets[:, :, quadrant_of == q] = table[:, picks][:, :, quadrant_of == q]
+        weights = np.where(targets[1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
+        return lift(generator, targets[0].reshape(-1, *self.bottom_shape),
+                    weights.reshape(-1, *self.bottom_shape)).numpy()
 
     def _assign(self, blocks, configurations, members):
         self.blocks.assign(np.asarray(blocks, np.int32))
@@ -331,18 +363,22 @@ class BlockGrammarPrior(keras.layers.Layer):
                           tf.math.log(tf.maximum(self.quadrant_members, 1.0)),
                           tf.fill(tf.shape(self.quadrant_members), -1e30))
         quadrant_of = tf.constant(block_lib.image_quadrant_units(self.bottom_shape), tf.int32)
-        by_unit = tf.transpose(self.quadrant_configurations)  # [D_2, clusters]
+        # [D_2, clusters, 2]: each unit's mean and kept share in each configuration.
+        by_unit = tf.stack([tf.transpose(self.quadrant_configurations),
+                            tf.transpose(self.quadrant_kept)], -1)
 
         @tf.autograph.experimental.do_not_convert
-        def one(seed):  # [h_2 * w_2 * c_2] for one row
+        def one(seed):  # [h_2 * w_2 * c_2, 2] for one row
             choice = tf.random.stateless_categorical(
                 logits, 1, tf.stack([seed, tf.ones_like(seed)]))[:, 0]  # [4]
             per_unit = tf.gather(tf.cast(choice, tf.int32), quadrant_of)
             return tf.gather(by_unit, per_unit[:, None], batch_dims=1)[:, 0]
 
-        targets = tf.map_fn(one, tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec(
-            [int(np.prod(self.bottom_shape))], tf.float32))
-        return lift(generator, tf.reshape(targets, [-1, *self.bottom_shape]))
+        picked = tf.map_fn(one, tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec(
+            [int(np.prod(self.bottom_shape)), 2], tf.float32))
+        weights = tf.where(picked[..., 1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
+        return lift(generator, tf.reshape(picked[..., 0], [-1, *self.bottom_shape]),
+                    tf.reshape(weights, [-1, *self.bottom_shape]))
 
     def describe(self):
         members = self.members.numpy()
@@ -399,32 +435,41 @@ def _draw(found, blocks, rng, num):
     return out
 
 
-def lift(generator, targets):
+def lift(generator, targets, weights=None):
     """Top feature maps [n, s, s, c_1] of at most K_1 non-negative top OR nodes that paint
-    the bottom feature maps targets [n, h_2, w_2, c_2] (fm^2, before TopK_2) in least
-    squares: a greedy pursuit of K_1 steps (orthogonal matching pursuit), each adding the
-    unit whose painting (deconv_1 of the unit alone, Eq. 1) best matches what is left, then
-    refitting the chosen units' coefficients, clipped at 0.
+    the bottom feature maps targets [n, h_2, w_2, c_2] (fm^2, before TopK_2) in weighted
+    least squares: a greedy pursuit of K_1 steps (orthogonal matching pursuit), each adding
+    the unit whose painting (deconv_1 of the unit alone, Eq. 1) best matches what is left,
+    then refitting the chosen units' coefficients, clipped at 0.
+
+    weights [n, h_2, w_2, c_2] (default 1): how much each unit of fm^2 counts. The units
+    that TopK_2 keeps matter; the value of one that it drops does not, as long as it stays
+    below the threshold.
     """
     cfg = generator.config
     s, c, k = cfg.top_size, cfg.channels[0], cfg.topk[0]
-    units = s * s * c
+    units, n = s * s * c, tf.shape(targets)[0]
     deconv = generator.deconvs[0]
     bias = tf.reshape(deconv(tf.zeros([1, s, s, c])), [-1])
     paintings = tf.reshape(deconv(tf.reshape(tf.eye(units), [units, s, s, c])),
                            [units, -1]) - bias  # [U, D_2]
-    normed = paintings / (tf.norm(paintings, axis=1, keepdims=True) + 1e-9)
-    goal = tf.reshape(tf.cast(targets, tf.float32), [tf.shape(targets)[0], -1]) - bias
-    left, chosen = goal, tf.zeros([tf.shape(goal)[0], units], tf.bool)
+    goal = tf.reshape(tf.cast(targets, tf.float32), [n, -1]) - bias
+    weights = (tf.ones_like(goal) if weights is None
+               else tf.reshape(tf.cast(weights, tf.float32), [n, -1]))
+    # Each unit's weighted norm [n, U], without an [n, U, D_2] table of weighted paintings.
+    norms = tf.sqrt(weights @ tf.transpose(paintings ** 2)) + 1e-9
+    left, chosen = goal, tf.zeros([n, units], tf.bool)
     picks, coefficients = [], None
     for _ in range(k):
-        match = tf.where(chosen, -np.inf, left @ tf.transpose(normed))  # [n, U]
+        match = tf.where(chosen, -np.inf, ((left * weights) @ tf.transpose(paintings)) / norms)
         pick = tf.argmax(match, axis=1, output_type=tf.int32)
         picks.append(pick)
         chosen = chosen | tf.cast(tf.one_hot(pick, units), tf.bool)
         atoms = tf.gather(paintings, tf.stack(picks, 1))  # [n, j, D_2]
-        gram = atoms @ tf.transpose(atoms, [0, 2, 1]) + 1e-6 * tf.eye(len(picks))
-        coefficients = tf.maximum(tf.linalg.solve(gram, atoms @ goal[..., None])[..., 0], 0.0)
+        weighted = atoms * weights[:, None]
+        gram = weighted @ tf.transpose(atoms, [0, 2, 1]) + 1e-6 * tf.eye(len(picks))
+        coefficients = tf.maximum(
+            tf.linalg.solve(gram, weighted @ goal[..., None])[..., 0], 0.0)
         left = goal - tf.einsum("nj,njd->nd", coefficients, atoms)
     top = tf.reduce_sum(tf.one_hot(tf.stack(picks, 1), units) * coefficients[..., None], 1)
     return tf.reshape(top, [-1, s, s, c])
@@ -681,6 +726,7 @@ def make(kind, generator_config, **kwargs):
 
 
 __all__ = ["BLOCK_CLUSTERS", "BlockGrammarPrior", "DEFAULT_PRIOR", "GRAMMAR_CLUSTERS",
-           "JOINT_CLUSTERS", "LIFT_CLUSTERS", "MAX_LIFT", "NodeGrammarPrior", "lift",
+           "JOINT_CLUSTERS", "LIFT_CLUSTERS", "LIFT_OFF_WEIGHT", "MAX_LIFT",
+           "NodeGrammarPrior", "lift",
            "JointGrammarPrior", "NormalPrior", "PRIORS", "configuration_clusters",
            "latent_from_seeds", "make", "sample_seeds"]
