@@ -58,6 +58,7 @@ import subprocess
 
 import os
 import sys
+import time
 
 import keras
 import numpy as np
@@ -228,10 +229,13 @@ def geometry_table():
             scores = {}
             for kind in prior_lib.PRIORS:
                 prior = prior_lib.make(kind, generator.config)
+                start = time.perf_counter()
                 prior.fit(generator, chains, seed=opened.config.seed)
+                seconds = time.perf_counter() - start
                 scores[kind] = legal(prior.sample(generator, seeds)["image"])
                 if kind == "grammar":
-                    fits.append(f"{name} {model}: {describe_fit(prior.fit_report)}")
+                    fits.append(f"{name} {model}: {describe_fit(prior.fit_report)}; "
+                                f"fit {seconds:.1f} s")
                 if kind == "joint":  # the same clusters, each sampled as its mean only
                     prior.scales.assign(tf.zeros_like(prior.scales))
                     scores["means"] = legal(prior.sample(generator, seeds)["image"])
@@ -248,9 +252,15 @@ def describe_fit(report):
     """One line of what `BlockGrammarPrior.fit` chose: its split, blocks, clusters, scores."""
     blocks = " ".join("{" + ",".join(map(str, nodes)) + "}" for nodes in report["nodes"])
     splits = ", ".join(f"{name} {n}: {s:.2f}" for (name, n), s in report["splits"].items())
-    return (f"{len(report['nodes'])} blocks by {report['split']} (nodes {blocks}), "
-            f"{report['clusters']} configurations per block; nearest-quadrant check of "
-            f"its samples {report['score']:.2f} (splits tried: {splits})")
+    lifted = ", ".join(f"{count}: {s:.2f}" for count, s in report["lifted"].items())
+    chosen = (f"4 quadrants of fm^2 lifted, {report['clusters']} configurations each"
+              if report["split"] == "lifted" else
+              f"{len(report['nodes'])} blocks by {report['split']} (nodes {blocks}), "
+              f"{report['clusters']} configurations per block")
+    return (f"{chosen}; nearest-quadrant check of its samples {report['score']:.2f} (blocks "
+            f"tried at {max(report['counts'])}: {splits}; best blocks by count: "
+            + ", ".join(f"{c}: {s:.2f}" for c, s in report["counts"].items())
+            + (f"; lifted by count: {lifted}" if lifted else "") + ")")
 
 
 def main(argv):
