@@ -75,6 +75,12 @@ def test_kmeans_keeps_only_clusters_of_at_least_min_members_and_no_single_point(
     # The three far points (at 20) form a cluster too small to keep.
     assert (np.abs(centroids - 20).max(1) > 5).all()
     assert nearest_code_distance(centroids, points) > 0.05
+    # The labels name each point's kept cluster, whose mean is its centroid.
+    same, sizes, labels = clusters.kmeans(points, 6, min_members=8, return_labels=True)
+    np.testing.assert_array_equal(same, centroids)
+    np.testing.assert_array_equal(np.bincount(labels[labels >= 0]), sizes)
+    for c, centroid in enumerate(same):
+        np.testing.assert_allclose(points[labels == c].mean(0), centroid, atol=1e-5)
     # The check can fail: clusters of one point are the points themselves.
     singles, _ = clusters.kmeans(points[:10], 10, min_members=1)
     assert nearest_code_distance(singles, points[:10]) < 1e-6
@@ -276,10 +282,16 @@ def test_lifted_samples_are_sparse_parses_of_means_of_min_members_quadrant_codes
     codes = bottom.reshape(len(bottom), -1)
     quadrant_of = block_lib.image_quadrant_units(bottom.shape[1:])
     stored = lifted.quadrant_configurations.numpy()
+    shares = lifted.quadrant_kept.numpy()
     for q in range(4):
         used = stored[members[q] > 0][:, quadrant_of == q]
         assert nearest_code_distance(used, codes[:, quadrant_of == q]) > 1e-4
         assert not stored[members[q] == 0][:, quadrant_of == q].any()
+        # Kept shares are counts over each configuration's >= MIN_MEMBERS members.
+        share = shares[members[q] > 0][:, quadrant_of == q]
+        counts = share * members[q][members[q] > 0][:, None]
+        np.testing.assert_allclose(counts, counts.round(), atol=1e-3)
+        assert (share >= 0).all() and (share <= 1).all()
 
 
 def test_an_export_with_lifted_samples_serves_them(tiny, lifted, tmp_path):
