@@ -257,10 +257,11 @@ def describe_fit(report):
               if report["split"] == "lifted" else
               f"{len(report['nodes'])} blocks by {report['split']} (nodes {blocks}), "
               f"{report['clusters']} configurations per block")
-    return (f"{chosen}; nearest-quadrant check of its samples {report['score']:.2f} (blocks "
-            f"tried at {max(report['counts'])}: {splits}; best blocks by count: "
-            + ", ".join(f"{c}: {s:.2f}" for c, s in report["counts"].items())
-            + (f"; lifted by count: {lifted}" if lifted else "") + ")")
+    searched = (f"; blocks tried at {max(report['counts'])}: {splits}; best blocks by "
+                "count: " + ", ".join(f"{c}: {s:.2f}" for c, s in report["counts"].items())
+                if report["counts"] else "; blocks not searched")
+    return (f"{chosen}; nearest-quadrant check of its samples {report['score']:.2f} ("
+            + (f"lifted by count: {lifted}" if lifted else "no lift") + searched + ")")
 
 
 def main(argv):

@@ -86,29 +86,47 @@ def test_kmeans_keeps_only_clusters_of_at_least_min_members_and_no_single_point(
     assert nearest_code_distance(singles, points[:10]) < 1e-6
 
 
+BLOCK_STATE = ("blocks", "configurations", "members", "lifted", "quadrant_configurations",
+               "quadrant_members", "quadrant_kept")
+
+
 def test_the_checkpoint_holds_the_fitted_prior_and_a_fresh_model_restores_it(tiny):
     reader = tf.train.load_checkpoint(tiny.opened.checkpoint)
-    saved = reader.get_tensor("model/prior/members/.ATTRIBUTES/VARIABLE_VALUE")
-    blocks = reader.get_tensor("model/prior/blocks/.ATTRIBUTES/VARIABLE_VALUE")
-    per_block = saved[np.unique(blocks)].sum(-1)  # chains in kept clusters, per block
-    assert (per_block > 0).all() and (per_block <= tiny.opened.num_examples).all()
+
+    def saved(name):
+        return reader.get_tensor(f"model/prior/{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+    if saved("lifted"):  # chains in kept clusters, per quadrant of fm^2 or per block
+        per_part = saved("quadrant_members").sum(-1)
+    else:
+        per_part = saved("members")[np.unique(saved("blocks"))].sum(-1)
+    assert (per_part > 0).all() and (per_part <= tiny.opened.num_examples).all()
     fresh = run.build_model(tiny.config, tiny.opened.num_examples)
     assert fresh.prior.kind == "grammar"
     assert not fresh.prior.fitted and not fresh.prior.configurations.numpy().any()
     checkpoint, _ = run.checkpoint_for(fresh)
     checkpoint.restore(tiny.opened.checkpoint).expect_partial()
-    for name in ("blocks", "configurations", "members"):
-        np.testing.assert_array_equal(getattr(fresh.prior, name).numpy(), reader.get_tensor(
-            f"model/prior/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+    for name in BLOCK_STATE:
+        np.testing.assert_array_equal(getattr(fresh.prior, name).numpy(), saved(name))
     assert fresh.prior.fitted
     seeds = prior_lib.sample_seeds(4)
     np.testing.assert_array_equal(fresh.prior.sample(fresh.generator, seeds)["image"],
                                   tiny.model.prior.sample(tiny.model.generator, seeds)["image"])
 
 
+@pytest.fixture(scope="module")
+def blocks_only(tiny):
+    """The grammar prior fitted to the tiny run's chains without its lifted candidate, so
+    that it searches the blocks of top OR nodes."""
+    prior = prior_lib.make("grammar", tiny.model.generator.config, lift=False)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=tiny.config.seed)
+    return prior
+
+
 def test_every_stored_block_configuration_is_a_mean_of_min_members_codes_and_none_is_one(
-        tiny):
-    prior, codes = tiny.model.prior, top_activations(tiny.model)
+        tiny, blocks_only):
+    prior, codes = blocks_only, top_activations(tiny.model)
+    assert not prior.can_lift and prior.fitted
     members, blocks = prior.members.numpy(), prior.blocks.numpy()
     configurations = prior.configurations.numpy()
     assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all()
@@ -225,19 +243,31 @@ def test_painted_quadrants_put_every_unit_of_a_tiny_generator_in_one_quadrant():
     np.testing.assert_array_equal(block_lib.node_blocks((s, s, c)), np.repeat(np.arange(4), c))
 
 
-def test_the_grammar_prior_reports_its_choice_and_its_samples_are_parses(tiny):
+def test_the_grammar_prior_reports_its_choice_and_the_learner_fitted_the_same(tiny,
+                                                                             blocks_only):
     generator = tiny.model.generator
     prior = prior_lib.make("grammar", generator.config)
-    prior.fit(generator, tiny.model.chains.numpy(), seed=0)
+    prior.fit(generator, tiny.model.chains.numpy(), seed=tiny.config.seed)
     report = prior.fit_report
-    assert report["split"] in ("nodes", "quadrants") and report["clusters"] in (
-        prior_lib.BLOCK_CLUSTERS)
-    assert 0.0 <= report["score"] <= 1.0 and report["score"] == max(report["counts"].values())
+    assert report["split"] in ("nodes", "quadrants", "lifted")
+    assert set(report["lifted"]) == set(prior_lib.LIFT_CLUSTERS)
+    assert 0.0 <= report["score"] <= 1.0
+    assert report["score"] == max([*report["lifted"].values(), *report["counts"].values()])
+    for name in BLOCK_STATE:  # the checkpoint's prior is the same fit
+        np.testing.assert_array_equal(getattr(prior, name).numpy(),
+                                      getattr(tiny.model.prior, name).numpy())
+    # Without the lift, the blocks are searched: their report says which were tried.
+    report = blocks_only.fit_report
+    assert report["split"] in ("nodes", "quadrants") and not report["lifted"]
+    assert report["clusters"] in prior_lib.BLOCK_CLUSTERS
+    assert report["score"] == max(report["counts"].values())
     covered = sorted({n for nodes in report["nodes"] for n in nodes})
     assert covered == list(range(generator.config.top_size ** 2))
-    assert "blocks of top OR nodes" in prior.describe()
-    np.testing.assert_array_equal(prior.configurations.numpy(),
-                                  tiny.model.prior.configurations.numpy())
+    assert "blocks of top OR nodes" in blocks_only.describe()
+    sample = blocks_only.sample(generator, prior_lib.sample_seeds(8))
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
+        kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
+        assert (kept <= k).all() and (kept > 0).all()
 
 
 def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(tiny):

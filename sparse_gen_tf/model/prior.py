@@ -63,7 +63,7 @@ BLOCK_CLUSTERS = (32, 256)
 MAX_LIFT = 32
 # Its numbers of configurations per quadrant of fm^2: a quadrant has 8 composites, and
 # means of few, large clusters lift to cleaner top layers than many small ones.
-LIFT_CLUSTERS = (8, 16, 32)
+LIFT_CLUSTERS = (16, 32, 64)
 # The weight, in the lift's least squares, of a unit of fm^2 that TopK_2 drops in most of
 # a quadrant configuration's members (the kept ones weigh 1): its value matters only
 # below the threshold. On `overlap`, 1 lifts 0.76 legal quadrants, 0.3 0.92, 0.1 0.94.
@@ -165,7 +165,7 @@ class BlockGrammarPrior(keras.layers.Layer):
     kind = "grammar"
     has_latent = False
 
-    def __init__(self, generator_config, clusters=max(BLOCK_CLUSTERS), **kwargs):
+    def __init__(self, generator_config, clusters=max(BLOCK_CLUSTERS), lift=True, **kwargs):
         super().__init__(**kwargs)
         self.generator_config = generator_config
         self.num_clusters = int(clusters)
@@ -181,7 +181,7 @@ class BlockGrammarPrior(keras.layers.Layer):
                                        initializer="zeros", trainable=False)
         # The lifted candidate: quadrant configurations of fm^2, and a switch.
         shapes = generator_config.feature_map_shapes()
-        self.can_lift = len(shapes) > 1 and generator_config.topk[0] <= MAX_LIFT
+        self.can_lift = bool(lift) and len(shapes) > 1 and generator_config.topk[0] <= MAX_LIFT
         self.bottom_shape = shapes[1] if len(shapes) > 1 else (2, 2, 1)
         self.lifted = self.add_weight(name="lifted", shape=(), initializer="zeros",
                                       trainable=False)
@@ -199,17 +199,21 @@ class BlockGrammarPrior(keras.layers.Layer):
         self.built = True
 
     def fit(self, generator, chains, seed=0, counts=None, evaluations=512):
-        """Chooses the blocks and the number of configurations, and clusters each block's
-        codes over the parses of the persistent chains [N, d].
+        """Chooses how samples are drawn and fits that state from the parses of the
+        persistent chains [N, d]; `fit_report` records every score.
 
-        The swap test (`blocks.merge_by_swap_test`, a quarter of `evaluations` recombined maps
-        per split) gives an order of merges from each first split: one block per top AND
-        node, and one per painted quadrant (unless that is the same split). Along each,
-        splits are tried from the finest, each block clustered into the most
-        configurations of `counts` (default BLOCK_CLUSTERS, at most the slots), as long as
-        `evaluations` samples of each split pass the nearest-quadrant check more often than
-        the last's; then the best split's smaller counts are tried (ties: the fewer).
-        `fit_report` records every score.
+        First the lifted candidate (when `can_lift`): each quadrant of fm^2 clustered into
+        each count of LIFT_CLUSTERS, `evaluations` lifted samples scored by the
+        nearest-quadrant check. If they pass less often than NEAR_QUANTILE (the share the
+        reconstructions pass), the blocks of top OR nodes are searched too: the swap test
+        (`blocks.merge_by_swap_test`, a quarter of `evaluations` recombined maps per split)
+        gives an order of merges from each first split, one block per top AND node and
+        one per painted quadrant (unless that is the same split); along each, splits are
+        tried from the finest, each block clustered into the most configurations of
+        `counts` (default BLOCK_CLUSTERS, at most the slots), as long as `evaluations`
+        samples of each split pass the check more often than the last's; then the best
+        split's smaller counts (ties: the fewer). The candidate whose samples pass most
+        often is kept.
         """
         chains = np.asarray(chains, np.float32)
         # The codes are the surviving top OR nodes, activation_1 = fm^1 after TopK_1 and
@@ -233,6 +237,38 @@ class BlockGrammarPrior(keras.layers.Layer):
         def score(maps, donors=None):
             return check(_render(generator, maps, shape), donors)
 
+        lifted = self._fit_lifted(generator, top, score, rng, seed, evaluations)
+        lifted_score = max((v[0] for v in lifted.values()), default=-1.0)
+        tried, swap, by_count = {}, {}, {}
+        name, count, fitted_score = "nodes", 0, -1.0
+        chosen = block_lib.node_blocks(shape)
+        # Reconstructions pass the check NEAR_QUANTILE of the time by construction: lifted
+        # samples that pass as often need no search through blocks (the slow part).
+        if lifted_score < block_lib.NEAR_QUANTILE:
+            (name, chosen), count, fitted_score, found, tried, swap, by_count = (
+                self._fit_blocks(generator, codes, shape, check, score, rng, seed,
+                                 counts, evaluations))
+            for block, (centroids, sizes) in enumerate(found):
+                configurations[:len(centroids), chosen == block] = centroids
+                members[block, :len(sizes)] = sizes
+        self._assign(chosen, configurations, members)
+        use = lifted_score > fitted_score
+        self.lifted.assign(float(use))
+        if use:
+            count = max(lifted, key=lambda c: (lifted[c][0], -c))
+            name, fitted_score = "lifted", lifted_score
+        self.fit_report = dict(
+            split=name, nodes=_node_groups(chosen, shape), swap=swap,
+            splits={(n, len(np.unique(b))): round(v[0], 3) for (n, b), v in tried.items()},
+            counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
+            lifted={c: round(v[0], 3) for c, v in sorted(lifted.items())},
+            clusters=count, score=fitted_score)
+
+    def _fit_blocks(self, generator, codes, shape, check, score, rng, seed, counts,
+                    evaluations):
+        """The search through blocks of top OR nodes (`fit`): ((first split's name,
+        blocks [U]), count, score, [(centroids, members)] per block, and the scores of
+        every split, swap test and count tried)."""
         counts = sorted(c for c in (counts or BLOCK_CLUSTERS) if c <= self.num_clusters)
         tried, swap = {}, {}  # (split name, blocks) -> (score, count, clusters)
 
@@ -263,49 +299,45 @@ class BlockGrammarPrior(keras.layers.Layer):
         top_score = max(v[0] for v in by_count.values())
         fitted_score, count, found = by_count[min(c for c, v in by_count.items()
                                                   if v[0] >= top_score)]
-        for block, (centroids, sizes) in enumerate(found):
-            configurations[:len(centroids), chosen == block] = centroids
-            members[block, :len(sizes)] = sizes
-        self._assign(chosen, configurations, members)
+        return (name, chosen), count, fitted_score, found, tried, swap, by_count
+
+    def _fit_lifted(self, generator, top, score, rng, seed, evaluations):
+        """Fits the lifted candidate (`fit`): for each count of LIFT_CLUSTERS, each
+        quadrant's fm^2 codes of the parses of activation_1 top [N, s, s, c_1] clustered,
+        scored by `evaluations` lifted samples; stores the best count's state and returns
+        {count: (score, table, sizes)} ({} when the lift is not tried)."""
+        if not self.can_lift:
+            return {}
+        # fm^2 of the training parses, split into the quadrants of the bottom map, and
+        # which of its units TopK_2 and ReLU keep.
+        parses = [generator.parse_from_top(top[i:i + 512]) for i in range(0, len(top), 512)]
+        bottom = np.concatenate([p["feature_maps"][1].numpy() for p in parses])
+        kept = np.concatenate([p["activations"][1].numpy() > 0 for p in parses])
+        bottom, kept = bottom.reshape(len(top), -1), kept.reshape(len(top), -1)
+        quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
         lifted = {}
-        if self.can_lift:
-            # fm^2 of the training parses, split into the quadrants of the bottom map, and
-            # which of its units TopK_2 and ReLU keep.
-            parses = [generator.parse_from_top(top[i:i + 512])
-                      for i in range(0, len(top), 512)]
-            bottom = np.concatenate([p["feature_maps"][1].numpy() for p in parses])
-            kept = np.concatenate([p["activations"][1].numpy() > 0 for p in parses])
-            bottom, kept = bottom.reshape(len(top), -1), kept.reshape(len(top), -1)
-            quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
-            for lifted_count in (c for c in LIFT_CLUSTERS if c <= self.num_clusters):
-                table = np.zeros((2, *self.quadrant_configurations.shape), np.float32)
-                sizes = np.zeros(self.quadrant_members.shape, np.float32)
-                for q in range(4):
-                    units = quadrant_of == q
-                    centroids, found, labels = clusters.kmeans(
-                        bottom[:, units], lifted_count, seed=seed + q, return_labels=True)
-                    table[0, :len(centroids), units] = centroids.T
-                    # The share of each configuration's members that keep each unit: a
-                    # mean of >= MIN_MEMBERS parses too.
-                    table[1, :len(centroids), units] = np.stack(
-                        [kept[labels == j][:, units].mean(0) for j in range(len(found))]).T
-                    sizes[q, :len(found)] = found
-                maps = self._lifted_draw(generator, table, sizes, rng, evaluations)
-                lifted[lifted_count] = (score(maps.reshape(len(maps), -1)), table, sizes)
-            best_lift = max(lifted, key=lambda c: (lifted[c][0], -c))
-            use = lifted[best_lift][0] > fitted_score
-            self.quadrant_configurations.assign(lifted[best_lift][1][0])
-            self.quadrant_kept.assign(lifted[best_lift][1][1])
-            self.quadrant_members.assign(lifted[best_lift][2])
-            self.lifted.assign(float(use))
-            if use:
-                name, count, fitted_score = "lifted", best_lift, lifted[best_lift][0]
-        self.fit_report = dict(
-            split=name, nodes=_node_groups(chosen, shape), swap=swap,
-            splits={(n, len(np.unique(b))): round(v[0], 3) for (n, b), v in tried.items()},
-            counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
-            lifted={c: round(v[0], 3) for c, v in sorted(lifted.items())},
-            clusters=count, score=fitted_score)
+        for count in (c for c in LIFT_CLUSTERS if c <= self.num_clusters):
+            table = np.zeros((2, *self.quadrant_configurations.shape), np.float32)
+            sizes = np.zeros(self.quadrant_members.shape, np.float32)
+            for q in range(4):
+                units = quadrant_of == q
+                centroids, found, labels = clusters.kmeans(
+                    bottom[:, units], count, seed=seed + q, return_labels=True)
+                if not len(found):
+                    continue
+                table[0, :len(centroids), units] = centroids.T
+                # The share of each configuration's members that keep each unit: a mean
+                # of >= MIN_MEMBERS parses too.
+                table[1, :len(centroids), units] = np.stack(
+                    [kept[labels == j][:, units].mean(0) for j in range(len(found))]).T
+                sizes[q, :len(found)] = found
+            maps = self._lifted_draw(generator, table, sizes, rng, evaluations)
+            lifted[count] = (score(maps.reshape(len(maps), -1)), table, sizes)
+        best = max(lifted, key=lambda c: (lifted[c][0], -c))
+        self.quadrant_configurations.assign(lifted[best][1][0])
+        self.quadrant_kept.assign(lifted[best][1][1])
+        self.quadrant_members.assign(lifted[best][2])
+        return lifted
 
     def _lifted_draw(self, generator, table, sizes, rng, num):
         """num lifted top maps [num, s, s, c_1] of quadrant configurations (table [2,
@@ -327,7 +359,10 @@ class BlockGrammarPrior(keras.layers.Layer):
 
     @property
     def fitted(self):
-        """True when every block that holds units has at least one configuration."""
+        """True when every block that holds units (or, lifted, every quadrant of fm^2) has
+        at least one configuration."""
+        if self.can_lift and float(self.lifted.numpy()) > 0:
+            return bool(np.all(self.quadrant_members.numpy().sum(-1) > 0))
         used = np.unique(self.blocks.numpy())
         return bool(np.all(self.members.numpy()[used].sum(-1) > 0))
 
