@@ -270,6 +270,19 @@ def test_the_grammar_prior_reports_its_choice_and_the_learner_fitted_the_same(ti
         assert (kept <= k).all() and (kept > 0).all()
 
 
+@pytest.mark.parametrize("lift", [True, False])
+def test_a_search_on_some_parses_fits_the_choice_to_all_of_them(tiny, monkeypatch, lift):
+    monkeypatch.setattr(prior_lib, "SEARCH_PARSES", 32)  # of the tiny run's 64
+    prior = prior_lib.make("grammar", tiny.model.generator.config, lift=lift)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=0)
+    if float(prior.lifted.numpy()):
+        members = prior.quadrant_members.numpy().sum(-1)
+    else:
+        members = prior.members.numpy()[np.unique(prior.blocks.numpy())].sum(-1)
+    # 32 parses make at most 4 clusters of 8 per block; all 64 are clustered in the end.
+    assert (members > 32).all() and (members <= 64).all()
+
+
 def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(tiny):
     generator = tiny.model.generator
     parse = generator.parse(tiny.model.chains.numpy()[:16])

@@ -61,6 +61,10 @@ BLOCK_CLUSTERS = (32, 256)
 # The lifted candidate (`BlockGrammarPrior`) runs a pursuit of K_1 steps per sample; above
 # this K_1 (a dense top layer) it is not tried: there the top-layer blocks do well.
 MAX_LIFT = 32
+# The search for blocks and counts clusters at most this many training parses (k-means of
+# hundreds of clusters over tens of thousands of parses, for every candidate, would take
+# minutes at every checkpoint); the candidate chosen is then fitted to all of them.
+SEARCH_PARSES = 4096
 # Its numbers of configurations per quadrant of fm^2: a quadrant has 8 composites, and
 # means of few, large clusters lift to cleaner top layers than many small ones.
 LIFT_CLUSTERS = (16, 32, 64)
@@ -213,7 +217,8 @@ class BlockGrammarPrior(keras.layers.Layer):
         `counts` (default BLOCK_CLUSTERS, at most the slots), as long as `evaluations`
         samples of each split pass the check more often than the last's; then the best
         split's smaller counts (ties: the fewer). The candidate whose samples pass most
-        often is kept.
+        often is kept. The search clusters the first SEARCH_PARSES parses; the candidate
+        kept is fitted to all of them.
         """
         chains = np.asarray(chains, np.float32)
         # The codes are the surviving top OR nodes, activation_1 = fm^1 after TopK_1 and
@@ -237,6 +242,7 @@ class BlockGrammarPrior(keras.layers.Layer):
         def score(maps, donors=None):
             return check(_render(generator, maps, shape), donors)
 
+        search = slice(0, SEARCH_PARSES)
         lifted = self._fit_lifted(generator, top, score, rng, seed, evaluations)
         lifted_score = max((v[0] for v in lifted.values()), default=-1.0)
         tried, swap, by_count = {}, {}, {}
@@ -246,8 +252,10 @@ class BlockGrammarPrior(keras.layers.Layer):
         # samples that pass as often need no search through blocks (the slow part).
         if lifted_score < block_lib.NEAR_QUANTILE:
             (name, chosen), count, fitted_score, found, tried, swap, by_count = (
-                self._fit_blocks(generator, codes, shape, check, score, rng, seed,
+                self._fit_blocks(generator, codes[search], shape, check, score, rng, seed,
                                  counts, evaluations))
+            if len(codes) > SEARCH_PARSES:  # the choice, fitted to every parse
+                found = _cluster_blocks(codes, chosen, count, seed)
             for block, (centroids, sizes) in enumerate(found):
                 configurations[:len(centroids), chosen == block] = centroids
                 members[block, :len(sizes)] = sizes
@@ -303,9 +311,10 @@ class BlockGrammarPrior(keras.layers.Layer):
 
     def _fit_lifted(self, generator, top, score, rng, seed, evaluations):
         """Fits the lifted candidate (`fit`): for each count of LIFT_CLUSTERS, each
-        quadrant's fm^2 codes of the parses of activation_1 top [N, s, s, c_1] clustered,
-        scored by `evaluations` lifted samples; stores the best count's state and returns
-        {count: (score, table, sizes)} ({} when the lift is not tried)."""
+        quadrant's fm^2 codes of the parses of activation_1 top [N, s, s, c_1] (at most
+        SEARCH_PARSES of them) clustered, scored by `evaluations` lifted samples; stores
+        the best count's state, fitted to every parse, and returns {count: (score, table,
+        sizes)} ({} when the lift is not tried)."""
         if not self.can_lift:
             return {}
         # fm^2 of the training parses, split into the quadrants of the bottom map, and
@@ -314,30 +323,40 @@ class BlockGrammarPrior(keras.layers.Layer):
         bottom = np.concatenate([p["feature_maps"][1].numpy() for p in parses])
         kept = np.concatenate([p["activations"][1].numpy() > 0 for p in parses])
         bottom, kept = bottom.reshape(len(top), -1), kept.reshape(len(top), -1)
-        quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
         lifted = {}
         for count in (c for c in LIFT_CLUSTERS if c <= self.num_clusters):
-            table = np.zeros((2, *self.quadrant_configurations.shape), np.float32)
-            sizes = np.zeros(self.quadrant_members.shape, np.float32)
-            for q in range(4):
-                units = quadrant_of == q
-                centroids, found, labels = clusters.kmeans(
-                    bottom[:, units], count, seed=seed + q, return_labels=True)
-                if not len(found):
-                    continue
-                table[0, :len(centroids), units] = centroids.T
-                # The share of each configuration's members that keep each unit: a mean
-                # of >= MIN_MEMBERS parses too.
-                table[1, :len(centroids), units] = np.stack(
-                    [kept[labels == j][:, units].mean(0) for j in range(len(found))]).T
-                sizes[q, :len(found)] = found
+            table, sizes = self._quadrant_table(bottom[:SEARCH_PARSES], kept[:SEARCH_PARSES],
+                                                count, seed)
             maps = self._lifted_draw(generator, table, sizes, rng, evaluations)
             lifted[count] = (score(maps.reshape(len(maps), -1)), table, sizes)
         best = max(lifted, key=lambda c: (lifted[c][0], -c))
-        self.quadrant_configurations.assign(lifted[best][1][0])
-        self.quadrant_kept.assign(lifted[best][1][1])
-        self.quadrant_members.assign(lifted[best][2])
+        table, sizes = (self._quadrant_table(bottom, kept, best, seed)
+                        if len(top) > SEARCH_PARSES else lifted[best][1:])
+        self.quadrant_configurations.assign(table[0])
+        self.quadrant_kept.assign(table[1])
+        self.quadrant_members.assign(sizes)
         return lifted
+
+    def _quadrant_table(self, bottom, kept, count, seed):
+        """(table [2, clusters, D_2]: each quadrant's configurations of fm^2, bottom
+        [N, D_2], in the rows of its units, and the share of their members whose TopK_2
+        and ReLU keep each unit, kept [N, D_2]; sizes [4, clusters])."""
+        quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+        table = np.zeros((2, *self.quadrant_configurations.shape), np.float32)
+        sizes = np.zeros(self.quadrant_members.shape, np.float32)
+        for q in range(4):
+            units = quadrant_of == q
+            centroids, found, labels = clusters.kmeans(
+                bottom[:, units], count, seed=seed + q, return_labels=True)
+            if not len(found):
+                continue
+            table[0, :len(centroids), units] = centroids.T
+            # The share of each configuration's members that keep each unit: a mean of
+            # >= MIN_MEMBERS parses too.
+            table[1, :len(centroids), units] = np.stack(
+                [kept[labels == j][:, units].mean(0) for j in range(len(found))]).T
+            sizes[q, :len(found)] = found
+        return table, sizes
 
     def _lifted_draw(self, generator, table, sizes, rng, num):
         """num lifted top maps [num, s, s, c_1] of quadrant configurations (table [2,
@@ -762,6 +781,6 @@ def make(kind, generator_config, **kwargs):
 
 __all__ = ["BLOCK_CLUSTERS", "BlockGrammarPrior", "DEFAULT_PRIOR", "GRAMMAR_CLUSTERS",
            "JOINT_CLUSTERS", "LIFT_CLUSTERS", "LIFT_OFF_WEIGHT", "MAX_LIFT",
-           "NodeGrammarPrior", "lift",
+           "NodeGrammarPrior", "SEARCH_PARSES", "lift",
            "JointGrammarPrior", "NormalPrior", "PRIORS", "configuration_clusters",
            "latent_from_seeds", "make", "sample_seeds"]
