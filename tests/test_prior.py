@@ -283,6 +283,21 @@ def test_a_search_on_some_parses_fits_the_choice_to_all_of_them(tiny, monkeypatc
     assert (members > 32).all() and (members <= 64).all()
 
 
+def test_a_grammar_prior_of_too_few_parses_keeps_nothing_and_samples_the_empty_top(tiny,
+                                                                                   lifted):
+    generator = tiny.model.generator
+    prior = prior_lib.make("grammar", generator.config)
+    prior.set_weights(lifted.get_weights())  # a fitted, lifted state to be cleared
+    prior.fit(generator, tiny.model.chains.numpy()[:clusters.MIN_MEMBERS - 1], seed=0)
+    assert not prior.fitted and "too few training images" in prior.describe()
+    for name in BLOCK_STATE[1:]:  # blocks: one per top AND node, as unfitted
+        assert not getattr(prior, name).numpy().any(), name
+    sample = prior.sample(generator, prior_lib.sample_seeds(2))
+    np.testing.assert_array_equal(sample["image"],
+                                  generator.parse_from_top(tf.zeros([2, *sample[
+                                      "feature_maps"][0].shape[1:]]))["image"])
+
+
 def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(tiny):
     generator = tiny.model.generator
     parse = generator.parse(tiny.model.chains.numpy()[:16])

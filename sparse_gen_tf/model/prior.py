@@ -234,6 +234,10 @@ class BlockGrammarPrior(keras.layers.Layer):
         members = np.zeros(self.members.shape, np.float32)
         if len(codes) < clusters.MIN_MEMBERS:
             self._assign(block_lib.node_blocks(shape), configurations, members)
+            for variable in (self.lifted, self.quadrant_configurations,
+                             self.quadrant_members, self.quadrant_kept):
+                variable.assign(tf.zeros_like(variable))
+            self.fit_report = None
             return
         rng = np.random.RandomState(seed)
         check = block_lib.QuadrantCheck(_render(generator, codes[:block_lib.MAX_REFERENCE],
@@ -503,7 +507,10 @@ def lift(generator, targets, weights=None):
     cfg = generator.config
     s, c, k = cfg.top_size, cfg.channels[0], cfg.topk[0]
     units, n = s * s * c, tf.shape(targets)[0]
-    deconv = generator.deconvs[0]
+    def deconv(maps):  # float32 whatever the layer computes in (mixed precision)
+        return tf.cast(generator.deconvs[0](tf.cast(maps, generator.compute_dtype)),
+                       tf.float32)
+
     bias = tf.reshape(deconv(tf.zeros([1, s, s, c])), [-1])
     paintings = tf.reshape(deconv(tf.reshape(tf.eye(units), [units, s, s, c])),
                            [units, -1]) - bias  # [U, D_2]
