@@ -56,7 +56,7 @@ def main(argv):
     seeds = prior_lib.sample_seeds(n, FLAGS.seed)
     grammar = model.prior
     if grammar.kind != "grammar":
-        grammar = prior_lib.GrammarPrior(generator.config)
+        grammar = prior_lib.BlockGrammarPrior(generator.config)
         grammar.fit(generator, model.chains.numpy(), seed=opened.config.seed)
     chains = model.chains.numpy()
     rows = {"training images": data[:n],

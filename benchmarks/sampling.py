@@ -18,14 +18,17 @@ are marked [prior]:
   latent EBM       an MLP energy f(z) on the chains, p(z) ∝ exp(f(z)) N(z; 0, I), learned
                    ex post by short-run Langevin from N(0, I) (Pang et al., 2020; 60
                    steps of s = 0.4 for prior samples, the chains as posterior samples)
-  grammar [prior]  the induced And-Or grammar at the top layer: each top AND node picks
-                   one of its OR configurations (k-means centroids of its codes over the
-                   training parses, >= MIN_MEMBERS each) by cluster size; the rest of the
-                   network renders it, TopK included (the run's fitted `model.prior`),
-                   and the same with other numbers of clusters per node
-  grammar, z       the least-squares z of the grammar's top feature map, rendered by g:
-                   why a grammar sample has no z
-  grammar, donors  each top AND node's OR nodes copied from the parse of another
+  grammar [prior]  the induced And-Or grammar at the top layer, by blocks of top OR nodes
+                   (`BlockGrammarPrior`): each block (a top AND node, nodes that the swap
+                   test finds dependent, or the units painting one quadrant) picks one of
+                   its OR configurations (k-means centroids of its codes over the training
+                   parses, >= MIN_MEMBERS each) by cluster size; the rest of the network
+                   renders it, TopK included. The row says which blocks its fit chose
+  nodes [prior]    the same node by node (`NodeGrammarPrior`, the older default), and
+                   with other numbers of clusters per node
+  nodes, z         the least-squares z of the node prior's top feature map, rendered by
+                   g: why a grammar sample has no z
+  nodes, donors    each top AND node's OR nodes copied from the parse of another
                    training image (stores every training parse: not privacy-safe)
   quadrants        the grammar one layer down: each quadrant's block of bottom AND nodes a
                    centroid of that block's codes (>= MIN_MEMBERS each), painted by the
@@ -46,14 +49,16 @@ trains, where DIR/<geometry>_sparse or DIR/<geometry>_dense is missing, the geom
 generator (`parts.GEOMETRIES[name].flags`) for --geometry_steps steps, sparse and dense
 (K = the feature map's size), and prints one table: for each geometry and model, the
 legal quadrants of its reconstructions g(z_i), and of the samples of each prior
-(`prior.PRIORS`: grammar, joint, normal) fitted to its chains, the joint prior's clusters
-sampled as their means alone, and the joint prior's share of the reconstructions' score.
+(`prior.PRIORS`: grammar, nodes, joint, normal) fitted to its chains, the joint prior's
+clusters sampled as their means alone, and the joint prior's share of the reconstructions'
+score; then the blocks and numbers of configurations that `grammar` chose on each run.
 """
 
 import subprocess
 
 import os
 import sys
+import time
 
 import keras
 import numpy as np
@@ -210,6 +215,7 @@ def geometry_table():
           + " | ".join(f"`{kind}`" for kind in prior_lib.PRIORS)
           + " | joint, cluster means only | joint / reconstructions |\n|---|---|---|---|"
           + "---|" * len(prior_lib.PRIORS) + "---|---|")
+    fits = []
     for name in FLAGS.geometries:
         for model in FLAGS.geometry_models:
             opened = open_run(geometry_run(name, model))
@@ -223,8 +229,13 @@ def geometry_table():
             scores = {}
             for kind in prior_lib.PRIORS:
                 prior = prior_lib.make(kind, generator.config)
+                start = time.perf_counter()
                 prior.fit(generator, chains, seed=opened.config.seed)
+                seconds = time.perf_counter() - start
                 scores[kind] = legal(prior.sample(generator, seeds)["image"])
+                if kind == "grammar":
+                    fits.append(f"{name} {model}: {describe_fit(prior.fit_report)}; "
+                                f"fit {seconds:.1f} s")
                 if kind == "joint":  # the same clusters, each sampled as its mean only
                     prior.scales.assign(tf.zeros_like(prior.scales))
                     scores["means"] = legal(prior.sample(generator, seeds)["image"])
@@ -232,6 +243,25 @@ def geometry_table():
                   + " | ".join(f"{scores[kind]:.3f}" for kind in prior_lib.PRIORS)
                   + f" | {scores['means']:.3f}"
                   + f" | {scores['joint'] / max(reconstructions, 1e-9):.2f} |", flush=True)
+    print("\nThe blocks and configurations `grammar` chose (`BlockGrammarPrior.fit_report`):\n")
+    for line in fits:
+        print(f"- {line}")
+
+
+def describe_fit(report):
+    """One line of what `BlockGrammarPrior.fit` chose: its split, blocks, clusters, scores."""
+    blocks = " ".join("{" + ",".join(map(str, nodes)) + "}" for nodes in report["nodes"])
+    splits = ", ".join(f"{name} {n}: {s:.2f}" for (name, n), s in report["splits"].items())
+    lifted = ", ".join(f"{count}: {s:.2f}" for count, s in report["lifted"].items())
+    chosen = (f"4 quadrants of fm^2 lifted, {report['clusters']} configurations each"
+              if report["split"] == "lifted" else
+              f"{len(report['nodes'])} blocks by {report['split']} (nodes {blocks}), "
+              f"{report['clusters']} configurations per block")
+    searched = (f"; blocks tried at {max(report['counts'])}: {splits}; best blocks by "
+                "count: " + ", ".join(f"{c}: {s:.2f}" for c, s in report["counts"].items())
+                if report["counts"] else "; blocks not searched")
+    return (f"{chosen}; nearest-quadrant check of its samples {report['score']:.2f} ("
+            + (f"lifted by count: {lifted}" if lifted else "no lift") + searched + ")")
 
 
 def main(argv):
@@ -272,28 +302,32 @@ def main(argv):
         rows.append((f"latent EBM on the chains, ex post ({FLAGS.ebm_iterations} updates)",
                      "an MLP", generator(latent_ebm(chains, n, FLAGS.ebm_iterations)).numpy()))
     prior = opened.prior
-    if prior.kind != "grammar":
-        prior = prior_lib.GrammarPrior(generator.config)
+    if prior.kind != "nodes":  # the node-by-node prior: its rows, and the nodes' dependence
+        prior = prior_lib.NodeGrammarPrior(generator.config)
         prior.fit(generator, chains, seed=opened.config.seed)
-    used = (prior.members.numpy() > 0).sum(-1)
+    blocks = prior_lib.BlockGrammarPrior(generator.config)
+    blocks.fit(generator, chains, seed=opened.config.seed)
     grammar_row = len(rows)
-    rows.append((f"grammar [prior]: top AND nodes from {used.min()}-{used.max()} "
+    rows.append((f"grammar [prior]: {describe_fit(blocks.fit_report)}",
+                 "centroids of >= 8 codes", blocks.sample(generator, seeds)["image"].numpy()))
+    used = (prior.members.numpy() > 0).sum(-1)
+    rows.append((f"nodes [prior]: top AND nodes from {used.min()}-{used.max()} "
                  "configurations each", "centroids of >= 8 codes",
                  prior.sample(generator, seeds)["image"].numpy()))
     for count in (8, 16, 64):
-        other = prior_lib.GrammarPrior(generator.config, clusters=count)
+        other = prior_lib.NodeGrammarPrior(generator.config, clusters=count)
         other.fit(generator, chains, seed=opened.config.seed)
-        rows.append((f"grammar, at most {count} configurations per node",
+        rows.append((f"nodes, at most {count} configurations per node",
                      "centroids of >= 8 codes", other.sample(generator, seeds)["image"].numpy()))
     # fm^1 = z W + b flattened: the z nearest to a sampled map, in least squares.
     sampled_top = prior.sample(generator, seeds)["feature_maps"][0].numpy().reshape(n, -1)
     projected = np.linalg.lstsq(generator.fc.kernel.numpy().T,
                                 (sampled_top - generator.fc.bias.numpy()).T, rcond=None)[0].T
-    rows.append(("grammar, z: the least-squares z of each sampled top map, g(z)",
+    rows.append(("nodes, z: the least-squares z of each sampled top map, g(z)",
                  "as grammar", generator(projected).numpy()))
     donors = rng.randint(len(chains), size=(n, s, s))
     recombined = top[donors, np.arange(s)[None, :, None], np.arange(s)[None, None, :]]
-    rows.append(("grammar, donors: each top AND node's code from another training parse",
+    rows.append(("nodes, donors: each top AND node's code from another training parse",
                  "every training parse", render(generator, recombined)))
     bottom = parse["activations"][-1].numpy()
     blocks = quadrant_blocks(bottom)

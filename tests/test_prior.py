@@ -1,8 +1,11 @@
-"""The prior that samples come from (model/prior.py): the grammar prior's samples are legal
-images of the parts grammar far more often than N(0, I)'s, it stores no training image's
-code, it is checkpointed with the model, and a seed fixes a sample."""
+"""The prior that samples come from (model/prior.py, model/blocks.py): the grammar prior's
+samples are legal images of the parts grammar far more often than N(0, I)'s, its swap test
+finds dependent blocks, it stores no training image's code, it is checkpointed with the
+model, old runs open with the prior their checkpoint holds, and a seed fixes a sample."""
 
 import dataclasses
+import json
+import os
 import types
 
 import numpy as np
@@ -12,6 +15,7 @@ import tensorflow as tf
 from conftest import tiny_generator, tiny_train_config
 from sparse_gen_tf import serving
 from sparse_gen_tf.explanation import parts_scores
+from sparse_gen_tf.model import blocks as block_lib
 from sparse_gen_tf.model import clusters
 from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.model.generator import Generator, GeneratorConfig
@@ -42,6 +46,20 @@ def top_codes(model):
     return top.reshape(n, s * s, c).transpose(1, 0, 2)
 
 
+def top_activations(model):
+    """Every training image's surviving top OR nodes, activation_1 flattened: [N, U]."""
+    parse = model.generator.parse(model.chains.numpy())
+    return parse["activations"][0].numpy().reshape(len(model.chains.numpy()), -1)
+
+
+@pytest.fixture(scope="module")
+def nodes(tiny):
+    """The node-by-node prior fitted to the tiny run's chains."""
+    prior = prior_lib.make("nodes", tiny.model.generator.config)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=0)
+    return prior
+
+
 def nearest_code_distance(centroids, codes):
     """The smallest distance from any centroid [C, D] to any code [N, D]."""
     d2 = ((centroids[:, None] - codes[None]) ** 2).sum(-1)
@@ -57,32 +75,87 @@ def test_kmeans_keeps_only_clusters_of_at_least_min_members_and_no_single_point(
     # The three far points (at 20) form a cluster too small to keep.
     assert (np.abs(centroids - 20).max(1) > 5).all()
     assert nearest_code_distance(centroids, points) > 0.05
+    # The labels name each point's kept cluster, whose mean is its centroid.
+    same, sizes, labels = clusters.kmeans(points, 6, min_members=8, return_labels=True)
+    np.testing.assert_array_equal(same, centroids)
+    np.testing.assert_array_equal(np.bincount(labels[labels >= 0]), sizes)
+    for c, centroid in enumerate(same):
+        np.testing.assert_allclose(points[labels == c].mean(0), centroid, atol=1e-5)
     # The check can fail: clusters of one point are the points themselves.
     singles, _ = clusters.kmeans(points[:10], 10, min_members=1)
     assert nearest_code_distance(singles, points[:10]) < 1e-6
 
 
+BLOCK_STATE = ("blocks", "configurations", "members", "lifted", "quadrant_configurations",
+               "quadrant_members", "quadrant_kept")
+
+
 def test_the_checkpoint_holds_the_fitted_prior_and_a_fresh_model_restores_it(tiny):
     reader = tf.train.load_checkpoint(tiny.opened.checkpoint)
-    saved = reader.get_tensor("model/prior/members/.ATTRIBUTES/VARIABLE_VALUE")
-    per_node = saved.sum(-1)  # chains in kept clusters, per top AND node
-    assert (per_node > 0).all() and (per_node <= tiny.opened.num_examples).all()
+
+    def saved(name):
+        return reader.get_tensor(f"model/prior/{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+    if saved("lifted"):  # chains in kept clusters, per quadrant of fm^2 or per block
+        per_part = saved("quadrant_members").sum(-1)
+    else:
+        per_part = saved("members")[np.unique(saved("blocks"))].sum(-1)
+    assert (per_part > 0).all() and (per_part <= tiny.opened.num_examples).all()
     fresh = run.build_model(tiny.config, tiny.opened.num_examples)
-    assert not fresh.prior.fitted and not fresh.prior.centroids.numpy().any()
+    assert fresh.prior.kind == "grammar"
+    assert not fresh.prior.fitted and not fresh.prior.configurations.numpy().any()
     checkpoint, _ = run.checkpoint_for(fresh)
     checkpoint.restore(tiny.opened.checkpoint).expect_partial()
-    for name in ("centroids", "members"):
-        np.testing.assert_array_equal(getattr(fresh.prior, name).numpy(), reader.get_tensor(
-            f"model/prior/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+    for name in BLOCK_STATE:
+        np.testing.assert_array_equal(getattr(fresh.prior, name).numpy(), saved(name))
     assert fresh.prior.fitted
+    seeds = prior_lib.sample_seeds(4)
+    np.testing.assert_array_equal(fresh.prior.sample(fresh.generator, seeds)["image"],
+                                  tiny.model.prior.sample(tiny.model.generator, seeds)["image"])
 
 
-def test_every_stored_configuration_pools_at_least_min_members_training_parses(tiny):
-    prior = tiny.model.prior
-    members = prior.members.numpy()
+@pytest.fixture(scope="module")
+def blocks_only(tiny):
+    """The grammar prior fitted to the tiny run's chains without its lifted candidate, so
+    that it searches the blocks of top OR nodes."""
+    prior = prior_lib.make("grammar", tiny.model.generator.config, lift=False)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=tiny.config.seed)
+    return prior
+
+
+def test_every_stored_block_configuration_is_a_mean_of_min_members_codes_and_none_is_one(
+        tiny, blocks_only):
+    prior, codes = blocks_only, top_activations(tiny.model)
+    assert not prior.can_lift and prior.fitted
+    members, blocks = prior.members.numpy(), prior.blocks.numpy()
+    configurations = prior.configurations.numpy()
     assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all()
     assert (members.sum(-1) <= tiny.opened.num_examples).all()
-    for centroids, count, codes in zip(prior.centroids.numpy(), members, top_codes(tiny.model)):
+    # Unused slots, and blocks that hold no unit, store nothing.
+    assert not members[np.setdiff1d(np.arange(len(members)), blocks)].any()
+    for block in np.unique(blocks):
+        units = blocks == block
+        kept = members[block] > 0
+        assert not configurations[~kept][:, units].any()
+        block_codes = codes[:, units]
+        scale = np.linalg.norm(block_codes - block_codes.mean(0), axis=1).mean()
+        assert nearest_code_distance(configurations[kept][:, units], block_codes) > (
+            1e-3 * scale)
+        # Each is the mean of its cluster's codes: k-means again reproduces them all (64
+        # parses allow 8 clusters of 8, fewer than any count the fit tries).
+        found, sizes = clusters.kmeans(block_codes, min(prior_lib.BLOCK_CLUSTERS),
+                                       seed=tiny.config.seed + block)
+        np.testing.assert_allclose(configurations[kept][:, units], found, rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(members[block][kept], sizes)
+
+
+def test_every_stored_node_configuration_pools_at_least_min_members_training_parses(tiny,
+                                                                                   nodes):
+    members = nodes.members.numpy()
+    assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all()
+    assert (members.sum(-1) <= tiny.opened.num_examples).all()
+    for centroids, count, codes in zip(nodes.centroids.numpy(), members, top_codes(tiny.model)):
         kept = centroids[count > 0]
         scale = np.linalg.norm(codes - codes.mean(0), axis=1).mean()
         assert nearest_code_distance(kept, codes) > 1e-3 * scale
@@ -90,17 +163,231 @@ def test_every_stored_configuration_pools_at_least_min_members_training_parses(t
         assert nearest_code_distance(codes[:4], codes) == 0.0
 
 
-@pytest.mark.slow
-def test_the_export_stores_the_prior_and_no_row_per_training_image(tiny, tmp_path):
+def test_an_export_with_the_grammar_prior_serves_its_samples_and_no_training_code(tiny,
+                                                                                 tmp_path):
     path = serving.export_workdir(tiny.config.workdir, str(tmp_path))
-    variables = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
-    np.testing.assert_array_equal(variables["prior/centroids"],
-                                  tiny.model.prior.centroids.numpy())
+    loaded = tf.saved_model.load(path)
+    variables = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    prior = tiny.model.prior
+    np.testing.assert_array_equal(variables["prior/configurations"],
+                                  prior.configurations.numpy())
     num_examples = tiny.opened.num_examples
     assert not [name for name, v in variables.items() if v.shape and v.shape[0] == num_examples]
-    for centroids, codes in zip(variables["prior/centroids"], top_codes(tiny.model)):
-        used = centroids[np.abs(centroids).sum(-1) > 0]
-        assert nearest_code_distance(used, codes) > 1e-4
+    codes, blocks = top_activations(tiny.model), variables["prior/blocks"]
+    for block in np.unique(blocks):
+        used = variables["prior/configurations"][variables["prior/members"][block] > 0]
+        assert nearest_code_distance(used[:, blocks == block], codes[:, blocks == block]) > 1e-4
+    seeds = tf.constant([3, 4], tf.int64)
+    served = loaded.signatures["sample"](seed=seeds)
+    assert "z" not in served
+    np.testing.assert_allclose(served["image"],
+                               (prior.sample(tiny.model.generator, seeds)["image"] + 1) / 2,
+                               atol=1e-5)
+
+
+def dependent_case(num=512, prototypes=4, side=4, seed=0):
+    """A renderer with a dependency built in, and codes [num, 3 * prototypes] of three
+    blocks of units. Each block holds one of `prototypes` one-hot codes times an intensity
+    in [0.6, 1); blocks 0 and 1 always hold the same prototype, block 2 its own. Image
+    quadrants 0 and 1 are painted by blocks 0 and 1 together (their sum), quadrants 2 and 3
+    by block 2 alone; a fixed random pattern [prototypes, side*side] paints a prototype.
+    Returns (codes, blocks [U], render(codes) -> images [n, 2*side, 2*side, 1])."""
+    rng = np.random.RandomState(seed)
+    patterns = rng.normal(size=(prototypes, side * side)).astype(np.float32)
+    first, third = rng.randint(prototypes, size=num), rng.randint(prototypes, size=num)
+    eye = np.eye(prototypes, dtype=np.float32)
+
+    def intensity():
+        return rng.uniform(0.6, 1.0, size=(num, 1)).astype(np.float32)
+
+    codes = np.concatenate([eye[first] * intensity(), eye[first] * intensity(),
+                            eye[third] * intensity()], axis=1)
+    blocks = np.repeat(np.arange(3), prototypes)
+
+    def render(maps):
+        a, b, c = (maps[:, blocks == i] @ patterns for i in range(3))
+        quadrants = [a + b, a + b, c, c]  # row-major: top-left, top-right, bottom-...
+        tiles = [q.reshape(-1, side, side, 1) for q in quadrants]
+        return np.concatenate([np.concatenate(tiles[:2], 2), np.concatenate(tiles[2:], 2)], 1)
+
+    return codes, blocks, render
+
+
+def test_the_swap_test_merges_the_blocks_built_to_depend_on_one_another():
+    codes, blocks, render = dependent_case()
+    check = block_lib.QuadrantCheck(render(codes))
+    # Reconstructions pass about as often as the quantile says (leave-one-out).
+    assert abs(check(render(codes), np.arange(len(codes))[:, None])
+               - block_lib.NEAR_QUANTILE) < 0.05
+
+    def score(maps, donors=None):
+        return check(render(maps), donors)
+
+    trail = list(block_lib.merge_by_swap_test(codes, blocks, score, np.random.RandomState(0),
+                                              256))
+    (first, separate), (merged, together) = trail[0], trail[1]
+    assert len(np.unique(first)) == 3 and len(np.unique(merged)) == 2
+    # The first merge joins blocks 0 and 1, and only they.
+    assert merged[0] == merged[4] != merged[8]
+    # Swapped apart they paint blends in quadrants 0 and 1; swapped together, legal ones.
+    assert together > separate + 0.3 and together > block_lib.NEAR_QUANTILE - 0.1
+    # Copied quadrants are judged as new ones, not as near for being copies.
+    assert trail[-1][1] < 0.97
+
+
+def test_painted_quadrants_put_every_unit_of_a_tiny_generator_in_one_quadrant():
+    generator = Generator(tiny_generator(16))
+    found = block_lib.painted_quadrants(generator)
+    s, c = generator.config.top_size, generator.config.channels[0]
+    assert found.shape == (s * s * c,) and set(np.unique(found)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(block_lib.node_blocks((s, s, c)), np.repeat(np.arange(4), c))
+
+
+def test_the_grammar_prior_reports_its_choice_and_the_learner_fitted_the_same(tiny,
+                                                                             blocks_only):
+    generator = tiny.model.generator
+    prior = prior_lib.make("grammar", generator.config)
+    prior.fit(generator, tiny.model.chains.numpy(), seed=tiny.config.seed)
+    report = prior.fit_report
+    assert report["split"] in ("nodes", "quadrants", "lifted")
+    assert set(report["lifted"]) == set(prior_lib.LIFT_CLUSTERS)
+    assert 0.0 <= report["score"] <= 1.0
+    assert report["score"] == max([*report["lifted"].values(), *report["counts"].values()])
+    for name in BLOCK_STATE:  # the checkpoint's prior is the same fit
+        np.testing.assert_array_equal(getattr(prior, name).numpy(),
+                                      getattr(tiny.model.prior, name).numpy())
+    # Without the lift, the blocks are searched: their report says which were tried.
+    report = blocks_only.fit_report
+    assert report["split"] in ("nodes", "quadrants") and not report["lifted"]
+    assert report["clusters"] in prior_lib.BLOCK_CLUSTERS
+    assert report["score"] == max(report["counts"].values())
+    covered = sorted({n for nodes in report["nodes"] for n in nodes})
+    assert covered == list(range(generator.config.top_size ** 2))
+    assert "blocks of top OR nodes" in blocks_only.describe()
+    sample = blocks_only.sample(generator, prior_lib.sample_seeds(8))
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
+        kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
+        assert (kept <= k).all() and (kept > 0).all()
+
+
+@pytest.mark.parametrize("lift", [True, False])
+def test_a_search_on_some_parses_fits_the_choice_to_all_of_them(tiny, monkeypatch, lift):
+    monkeypatch.setattr(prior_lib, "SEARCH_PARSES", 32)  # of the tiny run's 64
+    prior = prior_lib.make("grammar", tiny.model.generator.config, lift=lift)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=0)
+    if float(prior.lifted.numpy()):
+        members = prior.quadrant_members.numpy().sum(-1)
+    else:
+        members = prior.members.numpy()[np.unique(prior.blocks.numpy())].sum(-1)
+    # 32 parses make at most 4 clusters of 8 per block; all 64 are clustered in the end.
+    assert (members > 32).all() and (members <= 64).all()
+
+
+def test_a_grammar_prior_of_too_few_parses_keeps_nothing_and_samples_the_empty_top(tiny,
+                                                                                   lifted):
+    generator = tiny.model.generator
+    prior = prior_lib.make("grammar", generator.config)
+    prior.set_weights(lifted.get_weights())  # a fitted, lifted state to be cleared
+    prior.fit(generator, tiny.model.chains.numpy()[:clusters.MIN_MEMBERS - 1], seed=0)
+    assert not prior.fitted and "too few training images" in prior.describe()
+    for name in BLOCK_STATE[1:]:  # blocks: one per top AND node, as unfitted
+        assert not getattr(prior, name).numpy().any(), name
+    sample = prior.sample(generator, prior_lib.sample_seeds(2))
+    np.testing.assert_array_equal(sample["image"],
+                                  generator.parse_from_top(tf.zeros([2, *sample[
+                                      "feature_maps"][0].shape[1:]]))["image"])
+
+
+def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(tiny):
+    generator = tiny.model.generator
+    parse = generator.parse(tiny.model.chains.numpy()[:16])
+    bottom = parse["feature_maps"][1]  # fm^2 before TopK_2
+    top = prior_lib.lift(generator, bottom).numpy()
+    kept = (top > 0).reshape(16, -1).sum(1)
+    assert (top >= 0).all() and (kept <= TINY.generator.topk[0]).all() and (kept > 0).all()
+    zero = generator.deconvs[0](tf.zeros_like(top[:1]))
+    lifted = generator.deconvs[0](top)
+    # It paints the parse's fm^2 far better than an empty top layer does.
+    assert (np.linalg.norm((lifted - bottom).numpy().reshape(16, -1), axis=1)
+            < 0.5 * np.linalg.norm((zero - bottom).numpy().reshape(16, -1), axis=1)).all()
+
+
+@pytest.fixture(scope="module")
+def lifted(tiny):
+    """The grammar prior fitted to the tiny run's chains and switched to its lifted
+    samples (quadrant configurations of fm^2, lifted to a top layer)."""
+    prior = prior_lib.make("grammar", tiny.model.generator.config)
+    prior.fit(tiny.model.generator, tiny.model.chains.numpy(), seed=0)
+    prior.lifted.assign(1.0)
+    return prior
+
+
+def test_lifted_samples_are_sparse_parses_of_means_of_min_members_quadrant_codes(tiny,
+                                                                                lifted):
+    generator = tiny.model.generator
+    assert lifted.can_lift and "one layer down" in lifted.describe()
+    assert set(lifted.fit_report["lifted"]) <= set(prior_lib.LIFT_CLUSTERS)
+    sample = lifted.sample(generator, prior_lib.sample_seeds(8))
+    for k, mask_t, mask_r in zip(TINY.generator.topk, sample["topk_masks"], sample["relu_masks"]):
+        kept = (mask_t * mask_r).numpy().reshape(8, -1).sum(1)
+        assert (kept <= k).all() and (kept > 0).all()
+    alone = lifted.sample(generator, tf.constant([8], tf.int64))["image"]
+    both = lifted.sample(generator, tf.constant([7, 8], tf.int64))["image"]
+    np.testing.assert_array_equal(alone[0], both[1])
+    members = lifted.quadrant_members.numpy()
+    assert ((members == 0) | (members >= serving.MIN_MEMBERS)).all() and members.any()
+    bottom = generator.parse(tiny.model.chains.numpy())["feature_maps"][1].numpy()
+    codes = bottom.reshape(len(bottom), -1)
+    quadrant_of = block_lib.image_quadrant_units(bottom.shape[1:])
+    stored = lifted.quadrant_configurations.numpy()
+    shares = lifted.quadrant_kept.numpy()
+    for q in range(4):
+        used = stored[members[q] > 0][:, quadrant_of == q]
+        assert nearest_code_distance(used, codes[:, quadrant_of == q]) > 1e-4
+        assert not stored[members[q] == 0][:, quadrant_of == q].any()
+        # Kept shares are counts over each configuration's >= MIN_MEMBERS members.
+        share = shares[members[q] > 0][:, quadrant_of == q]
+        counts = share * members[q][members[q] > 0][:, None]
+        np.testing.assert_allclose(counts, counts.round(), atol=1e-3)
+        assert (share >= 0).all() and (share <= 1).all()
+
+
+def test_an_export_with_lifted_samples_serves_them(tiny, lifted, tmp_path):
+    generator = tiny.model.generator
+    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
+                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
+                                    prior=lifted)
+    loaded = tf.saved_model.load(path)
+    variables = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    assert variables["prior/lifted"] == 1.0
+    assert not [name for name, v in variables.items()
+                if v.shape and v.shape[0] == tiny.opened.num_examples]
+    seeds = tf.constant([3, 4], tf.int64)
+    served = loaded.signatures["sample"](seed=seeds)
+    expected = lifted.sample(generator, seeds)["image"]
+    np.testing.assert_allclose(served["image"], (expected + 1) / 2, atol=1e-5)
+
+
+def test_a_run_saved_with_the_node_prior_under_grammar_opens_and_resumes_with_it(tmp_path):
+    config = dataclasses.replace(TINY, workdir=str(tmp_path / "run"), prior="nodes")
+    trainer.train(config)
+    trained = run.open_run(config.workdir)
+    assert trained.prior.kind == "nodes"
+    # As a run trained when `grammar` was the node-by-node prior: its config says grammar.
+    path = os.path.join(config.workdir, run.CONFIG_FILE)
+    with open(path) as f:
+        saved = json.load(f)
+    saved["prior"] = "grammar"
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    opened = run.open_run(config.workdir)
+    assert opened.config.prior == "grammar" and opened.prior.kind == "nodes"
+    assert run.saved_prior(opened.config, opened.checkpoint) == "nodes"
+    np.testing.assert_array_equal(opened.prior.centroids.numpy(),
+                                  trained.prior.centroids.numpy())
+    resumed = run.open_run(config.workdir, learner=True)
+    assert resumed.prior.kind == "nodes"
+    np.testing.assert_array_equal(resumed.prior.members.numpy(), trained.prior.members.numpy())
 
 
 def test_the_same_seed_gives_the_same_sample_whatever_else_is_in_the_batch(tiny):
@@ -138,8 +425,8 @@ def test_an_export_with_the_normal_prior_samples_z_and_serves_it(tmp_path):
 
 
 def test_unknown_priors_are_refused_in_one_line():
-    with pytest.raises(ValueError,
-                       match="unknown prior 'gaussian'; use one of grammar, joint, normal"):
+    with pytest.raises(ValueError, match="unknown prior 'gaussian'; use one of grammar, "
+                                         "nodes, joint, normal"):
         prior_lib.make("gaussian", GeneratorConfig())
 
 

@@ -64,7 +64,7 @@ class AlternatingBackprop(keras.Model):
       langevin: a `LangevinConfig`, L, δ and σ of Eq. (10)-(11); default train.py's.
       langevin_noise: False drops the δ·E term (deterministic inference, for tests).
       seed: seeds the chains' initial draw and the Langevin noise.
-      prior: where samples come from (`model.prior`: "grammar" or "normal"); the grammar
+      prior: where samples come from (`model.prior`: one of `prior.PRIORS`); a grammar
         prior's state is fitted from the chains by `fit_prior`, at every checkpoint.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
         cannot be (several replicas; `distribute.compile_options`).

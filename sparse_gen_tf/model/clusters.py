@@ -13,7 +13,8 @@ import numpy as np
 MIN_MEMBERS = 8
 
 
-def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
+def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25,
+           return_labels=False):
     """k-means clusters of points [N, D] that each hold at least min_members points.
 
     Lloyd's algorithm from a k-means++ start, at most min(num, N // min_members) clusters,
@@ -24,12 +25,14 @@ def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
 
     Returns:
       (centroids float32 [C, D], members int64 [C]): centroid c is exactly the mean of the
-      members[c] >= min_members points that the last assignment gave it.
+      members[c] >= min_members points that the last assignment gave it; with
+      return_labels, also labels int64 [N]: each point's kept cluster, or -1.
     """
     points = np.asarray(points, np.float64)
     count = min(int(num), len(points) // min_members)
     if count < 1:
-        return np.zeros([0, points.shape[1]], np.float32), np.zeros([0], np.int64)
+        empty = np.zeros([0, points.shape[1]], np.float32), np.zeros([0], np.int64)
+        return (*empty, np.full(len(points), -1)) if return_labels else empty
 
     def nearest(centroids):  # [N] index of each point's nearest centroid
         d2 = (centroids ** 2).sum(1)[None] - 2.0 * points @ centroids.T
@@ -52,12 +55,21 @@ def kmeans(points, num, *, min_members=MIN_MEMBERS, seed=0, iterations=25):
         if labels is not None and np.array_equal(new, labels):
             break  # converged: the centroids are already the means of this assignment
         labels = new
-        clusters = np.unique(labels)
-        centroids = np.stack([points[labels == c].mean(0) for c in clusters])
+        clusters, inverse = np.unique(labels, return_inverse=True)
+        # Each cluster's mean as one matmul of the assignment with the points (a loop
+        # over hundreds of clusters of boolean masks takes seconds).
+        assignment = np.zeros((len(points), len(clusters)))
+        assignment[np.arange(len(points)), inverse] = 1.0
+        centroids = (assignment.T @ points) / assignment.sum(0)[:, None]
     # The centroids are the means of the last assignment's clusters: keep the big ones.
     members = np.bincount(labels)[clusters]
     keep = members >= min_members
-    return centroids[keep].astype(np.float32), members[keep].astype(np.int64)
+    found = centroids[keep].astype(np.float32), members[keep].astype(np.int64)
+    if not return_labels:
+        return found
+    kept = np.full(len(clusters), -1)
+    kept[keep] = np.arange(keep.sum())
+    return (*found, kept[inverse])
 
 
 __all__ = ["MIN_MEMBERS", "kmeans"]

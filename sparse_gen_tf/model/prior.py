@@ -1,14 +1,21 @@
 """Where samples come from: the prior over a sample's parse graph (`--prior`).
 
     normal   z ~ N(0, I), the paper's prior (Eq. 7); the sample is g(z).
-    grammar  the induced And-Or grammar (§2.1), sampled at its top layer: every top AND
-             node (cell (y, x) of the top feature map fm^1) picks one of its OR
-             configurations, a cluster of that node's codes over the training parses,
-             with the cluster's frequency; the rest of the network renders the picked
-             map, TopK and ReLU included, so every sample is a sparse parse of every
-             layer. The default: on the parts data its samples are legal images of the
-             grammar about as often as the reconstructions of training images, where
-             N(0, I) almost never is (docs/grammar_prior.md).
+    grammar  the induced And-Or grammar (§2.1), sampled at its top layer by blocks of top
+             OR nodes (`BlockGrammarPrior`): every block (a top AND node, AND nodes whose
+             codes depend on one another, or the units painting one quadrant) picks one of
+             its OR configurations, a cluster of that block's codes over the training
+             parses, with the cluster's frequency; where top kernels overlap the quadrants
+             it samples the quadrants of the layer below and lifts them to a top layer.
+             The rest of the network renders the picked map, TopK and ReLU included, so
+             every sample is a sparse parse of every layer. The default
+             (docs/grammar_prior.md).
+    nodes    the same node by node (`NodeGrammarPrior`): every top AND node (cell (y, x)
+             of fm^1) picks one of its OR configurations independently. On the default
+             geometry its samples are legal images of the grammar about as often as the
+             reconstructions of training images, where N(0, I) almost never is; runs
+             saved when it was `grammar` open with it.
+    joint    whole top-layer configurations (`JointGrammarPrior`).
 
 Why the grammar is sampled at the top feature map and not in z. Each quadrant of a parts
 image picks its composite independently, but the FC map entangles the quadrants: the
@@ -18,10 +25,11 @@ map itself (docs/grammar_prior.md). So a grammar sample has no z. Its parse star
 fm^1: layer 1's surviving OR nodes (activation_1) determine the image, and
 `Generator.parse_from_top` reproduces it from them. One layer further down (a centroid
 per quadrant's block of bottom AND nodes) scores a little higher, but has no top-layer
-parse to report.
+parse to report, unless it is lifted to one (`lift`), as `grammar` does where the top
+kernels overlap the quadrants.
 
-What is stored. A cluster's configuration is its centroid, the mean of the codes (fm^1 at
-that node, before TopK) of at least `clusters.MIN_MEMBERS` training parses, and its
+What is stored. A cluster's configuration is its centroid, the mean of the codes (of a
+node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, and its
 frequency is its number of members; no single training image's code is kept (the
 privacy rule of the export). The state is fitted from the persistent chains with `fit`
 at every checkpoint (`AlternatingBackprop.fit_prior`), saved in the checkpoint and in
@@ -35,15 +43,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sparse_gen_tf.model import blocks as block_lib
 from sparse_gen_tf.model import clusters
 
-PRIORS = ("grammar", "joint", "normal")
+PRIORS = ("grammar", "nodes", "joint", "normal")
 DEFAULT_PRIOR = "grammar"
 # OR configurations kept per top AND node. A parts quadrant has 8 composites, but the
 # model codes one composite with several top-node configurations: 8 or 16 clusters per
 # node lose a third or a tenth of the legal quadrants that 32 reach, and 64 add nothing
 # (docs/grammar_prior.md).
 GRAMMAR_CLUSTERS = 32
+# The numbers of OR configurations per block that the grammar prior tries (it keeps the
+# one whose samples pass the nearest-quadrant check most often): a block of one node
+# needs about 32, a block of two nodes nearer 8 x 8 composites' worth; between the two,
+# 64 and 128 were never better on the parts geometries (docs/grammar_prior.md).
+BLOCK_CLUSTERS = (32, 256)
+# The lifted candidate (`BlockGrammarPrior`) runs a pursuit of K_1 steps per sample; above
+# this K_1 (a dense top layer) it is not tried: there the top-layer blocks do well.
+MAX_LIFT = 32
+# The search for blocks and counts clusters at most this many training parses (k-means of
+# hundreds of clusters over tens of thousands of parses, for every candidate, would take
+# minutes at every checkpoint); the candidate chosen is then fitted to all of them.
+SEARCH_PARSES = 4096
+# Its numbers of configurations per quadrant of fm^2: a quadrant has 8 composites, and
+# means of few, large clusters lift to cleaner top layers than many small ones.
+LIFT_CLUSTERS = (16, 32, 64)
+# The weight, in the lift's least squares, of a unit of fm^2 that TopK_2 drops in most of
+# a quadrant configuration's members (the kept ones weigh 1): its value matters only
+# below the threshold. On `overlap`, 1 lifts 0.76 legal quadrants, 0.3 0.92, 0.1 0.94.
+LIFT_OFF_WEIGHT = 0.1
 # Whole top-layer configurations kept by the joint prior, the spread of its samples around
 # a configuration's mean (in its members' standard deviations), and the principal
 # components its k-means runs in (benchmarks/sampling.py, docs/grammar_prior.md).
@@ -98,8 +126,429 @@ class NormalPrior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="sparse_gen_tf")
-class GrammarPrior(keras.layers.Layer):
-    """The induced And-Or grammar's distribution over each top AND node's OR configuration.
+class BlockGrammarPrior(keras.layers.Layer):
+    """The induced And-Or grammar's distribution over blocks of top OR nodes (`grammar`).
+
+    The top OR nodes (units (y, x, channel) of fm^1) are split into blocks that a sample
+    draws independently: one block per top AND node where the nodes' codes do not depend
+    on one another, merged blocks where they do, or one block per quadrant that the top
+    kernels paint (`blocks.py`: the swap test on the training parses gives the merges, the
+    nearest-quadrant check of samples chooses). Each block's codes over the training
+    parses are clustered by k-means into its OR configurations, a sample picks one per
+    block by the cluster's size, and the network renders the map, TopK and ReLU included.
+    The number of configurations (BLOCK_CLUSTERS) is chosen by the same check.
+
+    Where the top kernels overlap the quadrants (the `overlap` geometry), every active
+    top OR node paints several quadrants, so no block of them is one quadrant's, and
+    recombined blocks paint blends. The fit then also tries the grammar one layer down,
+    lifted: each quadrant of fm^2 picks one of its configurations (k-means centroids of
+    the training parses' fm^2 there, LIFT_CLUSTERS), and a pursuit (`lift`) finds the K_1
+    top OR nodes whose painting matches them; the network renders that top layer. It is
+    kept (`lifted` = 1) when its samples pass the check more often, and tried only for a
+    sparse top layer (K_1 <= MAX_LIFT) below which there is a second layer.
+
+    State (non-trainable variables), U = s*s*c_1 units, B = max(s*s, 4) block slots:
+      blocks [U] int32: the block of each unit of fm^1 (flattened row-major);
+      configurations [clusters, U]: row k holds, on the units of block b, block b's
+        configuration k, the mean top-layer code (activation_1: fm^1 after TopK_1 and
+        ReLU) of the >= MIN_MEMBERS training parses in its cluster, or 0;
+      members [B, clusters]: the size of block b's cluster k, >= MIN_MEMBERS, or 0 for an
+        unused slot; block b picks configuration k with probability members / total;
+      lifted []: 1 when samples are drawn one layer down and lifted, else 0;
+      quadrant_configurations [clusters, h_2*w_2*c_2] and quadrant_members [4, clusters]:
+        the same for the quadrants of fm^2 (means of >= MIN_MEMBERS training parses'
+        fm^2 there; [1, ...] when the lift is not tried);
+      quadrant_kept [clusters, h_2*w_2*c_2]: the share of a configuration's members whose
+        TopK_2 and ReLU keep each unit (a mean of the same members); the lift fits the
+        units kept by most of them with weight 1, the others with LIFT_OFF_WEIGHT.
+    No stored value is any one training parse's code on a block or quadrant (a mean of
+    >= 8 codes). A run with fewer than MIN_MEMBERS training images keeps no configuration:
+    its samples are the image of the empty top layer.
+    """
+
+    kind = "grammar"
+    has_latent = False
+
+    def __init__(self, generator_config, clusters=max(BLOCK_CLUSTERS), lift=True, **kwargs):
+        super().__init__(**kwargs)
+        self.generator_config = generator_config
+        self.num_clusters = int(clusters)
+        s, c = generator_config.top_size, generator_config.channels[0]
+        self.num_units, self.num_blocks = s * s * c, max(s * s, 4)
+        self.blocks = self.add_weight(name="blocks", shape=(self.num_units,), dtype="int32",
+                                      initializer="zeros", trainable=False)
+        self.configurations = self.add_weight(
+            name="configurations", shape=(self.num_clusters, self.num_units),
+            initializer="zeros", trainable=False)
+        self.members = self.add_weight(name="members",
+                                       shape=(self.num_blocks, self.num_clusters),
+                                       initializer="zeros", trainable=False)
+        # The lifted candidate: quadrant configurations of fm^2, and a switch.
+        shapes = generator_config.feature_map_shapes()
+        self.can_lift = bool(lift) and len(shapes) > 1 and generator_config.topk[0] <= MAX_LIFT
+        self.bottom_shape = shapes[1] if len(shapes) > 1 else (2, 2, 1)
+        self.lifted = self.add_weight(name="lifted", shape=(), initializer="zeros",
+                                      trainable=False)
+        self.quadrant_configurations = self.add_weight(
+            name="quadrant_configurations",
+            shape=(self.num_clusters if self.can_lift else 1, int(np.prod(self.bottom_shape))),
+            initializer="zeros", trainable=False)
+        self.quadrant_members = self.add_weight(
+            name="quadrant_members", shape=(4, self.num_clusters if self.can_lift else 1),
+            initializer="zeros", trainable=False)
+        self.quadrant_kept = self.add_weight(
+            name="quadrant_kept", shape=self.quadrant_configurations.shape,
+            initializer="zeros", trainable=False)
+        self.fit_report = None
+        self.built = True
+
+    def fit(self, generator, chains, seed=0, counts=None, evaluations=512):
+        """Chooses how samples are drawn and fits that state from the parses of the
+        persistent chains [N, d]; `fit_report` records every score.
+
+        First the lifted candidate (when `can_lift`): each quadrant of fm^2 clustered into
+        each count of LIFT_CLUSTERS, `evaluations` lifted samples scored by the
+        nearest-quadrant check. If they pass less often than NEAR_QUANTILE (the share the
+        reconstructions pass), the blocks of top OR nodes are searched too: the swap test
+        (`blocks.merge_by_swap_test`, a quarter of `evaluations` recombined maps per split)
+        gives an order of merges from each first split, one block per top AND node and
+        one per painted quadrant (unless that is the same split); along each, splits are
+        tried from the finest, each block clustered into the most configurations of
+        `counts` (default BLOCK_CLUSTERS, at most the slots), as long as `evaluations`
+        samples of each split pass the check more often than the last's; then the best
+        split's smaller counts (ties: the fewer). The candidate whose samples pass most
+        often is kept. The search clusters the first SEARCH_PARSES parses; the candidate
+        kept is fitted to all of them.
+        """
+        chains = np.asarray(chains, np.float32)
+        # The codes are the surviving top OR nodes, activation_1 = fm^1 after TopK_1 and
+        # ReLU, not fm^1: a unit that a parse leaves off is 0 in it, so a block recombined
+        # with others brings no near-threshold values that win TopK_1 from their units.
+        # The parse of activation_1 is the parse of fm^1 (`parse_from_top`).
+        top = np.concatenate([
+            generator.parse_from_top(generator.top_feature_map(chains[i:i + 512]))[
+                "activations"][0].numpy() for i in range(0, len(chains), 512)])
+        shape = top.shape[1:]
+        codes = top.reshape(len(top), -1)
+        configurations = np.zeros(self.configurations.shape, np.float32)
+        members = np.zeros(self.members.shape, np.float32)
+        if len(codes) < clusters.MIN_MEMBERS:
+            self._assign(block_lib.node_blocks(shape), configurations, members)
+            for variable in (self.lifted, self.quadrant_configurations,
+                             self.quadrant_members, self.quadrant_kept):
+                variable.assign(tf.zeros_like(variable))
+            self.fit_report = None
+            return
+        rng = np.random.RandomState(seed)
+        check = block_lib.QuadrantCheck(_render(generator, codes[:block_lib.MAX_REFERENCE],
+                                                shape))
+
+        def score(maps, donors=None):
+            return check(_render(generator, maps, shape), donors)
+
+        search = slice(0, SEARCH_PARSES)
+        lifted = self._fit_lifted(generator, top, score, rng, seed, evaluations)
+        lifted_score = max((v[0] for v in lifted.values()), default=-1.0)
+        tried, swap, by_count = {}, {}, {}
+        name, count, fitted_score = "nodes", 0, -1.0
+        chosen = block_lib.node_blocks(shape)
+        # Reconstructions pass the check NEAR_QUANTILE of the time by construction: lifted
+        # samples that pass as often need no search through blocks (the slow part).
+        if lifted_score < block_lib.NEAR_QUANTILE:
+            (name, chosen), count, fitted_score, found, tried, swap, by_count = (
+                self._fit_blocks(generator, codes[search], shape, check, score, rng, seed,
+                                 counts, evaluations))
+            if len(codes) > SEARCH_PARSES:  # the choice, fitted to every parse
+                found = _cluster_blocks(codes, chosen, count, seed)
+            for block, (centroids, sizes) in enumerate(found):
+                configurations[:len(centroids), chosen == block] = centroids
+                members[block, :len(sizes)] = sizes
+        self._assign(chosen, configurations, members)
+        use = lifted_score > fitted_score
+        self.lifted.assign(float(use))
+        if use:
+            count = max(lifted, key=lambda c: (lifted[c][0], -c))
+            name, fitted_score = "lifted", lifted_score
+        self.fit_report = dict(
+            split=name, nodes=_node_groups(chosen, shape), swap=swap,
+            splits={(n, len(np.unique(b))): round(v[0], 3) for (n, b), v in tried.items()},
+            counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
+            lifted={c: round(v[0], 3) for c, v in sorted(lifted.items())},
+            clusters=count, score=fitted_score)
+
+    def _fit_blocks(self, generator, codes, shape, check, score, rng, seed, counts,
+                    evaluations):
+        """The search through blocks of top OR nodes (`fit`): ((first split's name,
+        blocks [U]), count, score, [(centroids, members)] per block, and the scores of
+        every split, swap test and count tried)."""
+        counts = sorted(c for c in (counts or BLOCK_CLUSTERS) if c <= self.num_clusters)
+        tried, swap = {}, {}  # (split name, blocks) -> (score, count, clusters)
+
+        def sample_score(split, count):
+            found = _cluster_blocks(codes, split, count, seed)
+            return score(_draw(found, split, rng, evaluations)), count, found
+
+        firsts = {"nodes": block_lib.node_blocks(shape)}
+        painted = block_lib.painted_quadrants(generator)
+        if len(set(zip(firsts["nodes"], painted))) > len(np.unique(painted)):
+            firsts["quadrants"] = painted  # not the nodes again, relabelled
+        for name, first in firsts.items():
+            swap[name], last = [], -1.0
+            # The next merge's swap test runs only while merging still helps.
+            for split, swapped in block_lib.merge_by_swap_test(
+                    codes[:check.size], first, score, rng, max(evaluations // 4, 1)):
+                swap[name].append((len(np.unique(split)), round(swapped, 3)))
+                key = (name, tuple(split))
+                tried[key] = sample_score(split, counts[-1])
+                if tried[key][0] <= last:
+                    break
+                last = tried[key][0]
+        (name, chosen), best = max(tried.items(), key=lambda kv: kv[1][0])
+        chosen = np.asarray(chosen)
+        by_count = {best[1]: best}
+        for count in counts[:-1]:
+            by_count[count] = sample_score(chosen, count)
+        top_score = max(v[0] for v in by_count.values())
+        fitted_score, count, found = by_count[min(c for c, v in by_count.items()
+                                                  if v[0] >= top_score)]
+        return (name, chosen), count, fitted_score, found, tried, swap, by_count
+
+    def _fit_lifted(self, generator, top, score, rng, seed, evaluations):
+        """Fits the lifted candidate (`fit`): for each count of LIFT_CLUSTERS, each
+        quadrant's fm^2 codes of the parses of activation_1 top [N, s, s, c_1] (at most
+        SEARCH_PARSES of them) clustered, scored by `evaluations` lifted samples; stores
+        the best count's state, fitted to every parse, and returns {count: (score, table,
+        sizes)} ({} when the lift is not tried)."""
+        if not self.can_lift:
+            return {}
+        # fm^2 of the training parses, split into the quadrants of the bottom map, and
+        # which of its units TopK_2 and ReLU keep.
+        parses = [generator.parse_from_top(top[i:i + 512]) for i in range(0, len(top), 512)]
+        bottom = np.concatenate([p["feature_maps"][1].numpy() for p in parses])
+        kept = np.concatenate([p["activations"][1].numpy() > 0 for p in parses])
+        bottom, kept = bottom.reshape(len(top), -1), kept.reshape(len(top), -1)
+        lifted = {}
+        for count in (c for c in LIFT_CLUSTERS if c <= self.num_clusters):
+            table, sizes = self._quadrant_table(bottom[:SEARCH_PARSES], kept[:SEARCH_PARSES],
+                                                count, seed)
+            maps = self._lifted_draw(generator, table, sizes, rng, evaluations)
+            lifted[count] = (score(maps.reshape(len(maps), -1)), table, sizes)
+        best = max(lifted, key=lambda c: (lifted[c][0], -c))
+        table, sizes = (self._quadrant_table(bottom, kept, best, seed)
+                        if len(top) > SEARCH_PARSES else lifted[best][1:])
+        self.quadrant_configurations.assign(table[0])
+        self.quadrant_kept.assign(table[1])
+        self.quadrant_members.assign(sizes)
+        return lifted
+
+    def _quadrant_table(self, bottom, kept, count, seed):
+        """(table [2, clusters, D_2]: each quadrant's configurations of fm^2, bottom
+        [N, D_2], in the rows of its units, and the share of their members whose TopK_2
+        and ReLU keep each unit, kept [N, D_2]; sizes [4, clusters])."""
+        quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+        table = np.zeros((2, *self.quadrant_configurations.shape), np.float32)
+        sizes = np.zeros(self.quadrant_members.shape, np.float32)
+        for q in range(4):
+            units = quadrant_of == q
+            centroids, found, labels = clusters.kmeans(
+                bottom[:, units], count, seed=seed + q, return_labels=True)
+            if not len(found):
+                continue
+            table[0, :len(centroids), units] = centroids.T
+            # The share of each configuration's members that keep each unit: a mean of
+            # >= MIN_MEMBERS parses too.
+            table[1, :len(centroids), units] = np.stack(
+                [kept[labels == j][:, units].mean(0) for j in range(len(found))]).T
+            sizes[q, :len(found)] = found
+        return table, sizes
+
+    def _lifted_draw(self, generator, table, sizes, rng, num):
+        """num lifted top maps [num, s, s, c_1] of quadrant configurations (table [2,
+        clusters, D_2]: means and kept shares; sizes [4, clusters]) drawn by size."""
+        quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+        targets = np.zeros((2, num, len(quadrant_of)), np.float32)
+        for q in range(4):
+            if sizes[q].sum():
+                picks = rng.choice(len(sizes[q]), size=num, p=sizes[q] / sizes[q].sum())
+                targets[:, :, quadrant_of == q] = table[:, picks][:, :, quadrant_of == q]
+        weights = np.where(targets[1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
+        return lift(generator, targets[0].reshape(-1, *self.bottom_shape),
+                    weights.reshape(-1, *self.bottom_shape)).numpy()
+
+    def _assign(self, blocks, configurations, members):
+        self.blocks.assign(np.asarray(blocks, np.int32))
+        self.configurations.assign(configurations)
+        self.members.assign(members)
+
+    @property
+    def fitted(self):
+        """True when every block that holds units (or, lifted, every quadrant of fm^2) has
+        at least one configuration."""
+        if self.can_lift and float(self.lifted.numpy()) > 0:
+            return bool(np.all(self.quadrant_members.numpy().sum(-1) > 0))
+        used = np.unique(self.blocks.numpy())
+        return bool(np.all(self.members.numpy()[used].sum(-1) > 0))
+
+    def sample(self, generator, seeds):
+        """The parse (`Generator.parse_from_top`) of one top feature map per seed.
+
+        seeds: int64 [batch]; row i's choices come from the stateless seed (seeds[i], 0).
+        Returns the parse dict (no "z": a recombined map has none).
+        """
+        s, c = self.generator_config.top_size, self.generator_config.channels[0]
+        logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
+                          tf.fill(tf.shape(self.members), -1e30))
+        by_unit = tf.transpose(self.configurations)  # [U, clusters]
+
+        @tf.autograph.experimental.do_not_convert
+        def one(seed):  # [s, s, c] for one row
+            choice = tf.random.stateless_categorical(
+                logits, 1, tf.stack([seed, tf.zeros_like(seed)]))[:, 0]  # [B]
+            per_unit = tf.gather(tf.cast(choice, tf.int32), self.blocks)  # [U]
+            picked = tf.gather(by_unit, per_unit[:, None], batch_dims=1)[:, 0]
+            return tf.reshape(picked, [s, s, c])
+
+        top = tf.map_fn(one, tf.cast(seeds, tf.int64),
+                        fn_output_signature=tf.TensorSpec([s, s, c], tf.float32))
+        if self.can_lift:
+            top = tf.where(self.lifted > 0, self._lifted_sample(generator, seeds), top)
+        return generator.parse_from_top(top)
+
+    def _lifted_sample(self, generator, seeds):
+        """Top feature maps [batch, s, s, c_1] that paint one quadrant configuration of
+        fm^2 per quadrant, drawn from the stateless seeds (seeds[i], 1) (`lift`)."""
+        logits = tf.where(self.quadrant_members > 0,
+                          tf.math.log(tf.maximum(self.quadrant_members, 1.0)),
+                          tf.fill(tf.shape(self.quadrant_members), -1e30))
+        quadrant_of = tf.constant(block_lib.image_quadrant_units(self.bottom_shape), tf.int32)
+        # [D_2, clusters, 2]: each unit's mean and kept share in each configuration.
+        by_unit = tf.stack([tf.transpose(self.quadrant_configurations),
+                            tf.transpose(self.quadrant_kept)], -1)
+
+        @tf.autograph.experimental.do_not_convert
+        def one(seed):  # [h_2 * w_2 * c_2, 2] for one row
+            choice = tf.random.stateless_categorical(
+                logits, 1, tf.stack([seed, tf.ones_like(seed)]))[:, 0]  # [4]
+            per_unit = tf.gather(tf.cast(choice, tf.int32), quadrant_of)
+            return tf.gather(by_unit, per_unit[:, None], batch_dims=1)[:, 0]
+
+        picked = tf.map_fn(one, tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec(
+            [int(np.prod(self.bottom_shape)), 2], tf.float32))
+        weights = tf.where(picked[..., 1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
+        return lift(generator, tf.reshape(picked[..., 0], [-1, *self.bottom_shape]),
+                    tf.reshape(weights, [-1, *self.bottom_shape]))
+
+    def describe(self):
+        members = self.members.numpy()
+        if self.can_lift and float(self.lifted.numpy()) > 0:
+            used = self.quadrant_members.numpy() > 0
+            return (f"one parse per seed from the induced And-Or grammar, one layer down: "
+                    f"each of the 4 quadrants of the bottom feature map fm^2 picks one of its "
+                    f"{int(used.sum(-1).min())}-{int(used.sum(-1).max())} configurations "
+                    "(k-means centroids of that quadrant's fm^2 codes over the training "
+                    f"parses, each the mean of at least {clusters.MIN_MEMBERS}) by its "
+                    "cluster's size (stateless, seed (seed, 1)); a pursuit of "
+                    f"K_1 = {self.generator_config.topk[0]} top OR nodes finds the top "
+                    "layer that paints them (its top kernels overlap the quadrants, so no "
+                    "block of top OR nodes is one quadrant's); TopK, ReLU and the rest of "
+                    "the network render it. There is no z output")
+        if not self.fitted:
+            return ("the parse of an empty top layer for every seed: the grammar prior "
+                    f"keeps only configurations of at least {clusters.MIN_MEMBERS} "
+                    "training parses, and this run has too few training images")
+        used = members[np.unique(self.blocks.numpy())] > 0
+        return (f"one parse per seed from the induced And-Or grammar: each of "
+                f"{len(used)} blocks of top OR nodes picks one of its "
+                f"{int(used.sum(-1).min())}-{int(used.sum(-1).max())} OR configurations "
+                "(k-means centroids of that block's top feature map codes over the "
+                f"training parses, each the mean of at least {clusters.MIN_MEMBERS}), with "
+                "probability proportional to its cluster's size (stateless, seed "
+                "(seed, 0)); the blocks are the top AND nodes, merged where the swap test "
+                "finds them dependent, or the quadrants the top kernels paint; TopK, ReLU "
+                "and the rest of the network render it. There is no z output: a parse "
+                "recombined across blocks is in general the image of no latent vector")
+
+
+def _render(generator, codes, shape, chunk=512):
+    """Images [n, H, W, 3] of flattened top maps codes [n, U] of shape [s, s, c]."""
+    return np.concatenate([
+        generator.parse_from_top(codes[i:i + chunk].reshape(-1, *shape))["image"].numpy()
+        for i in range(0, len(codes), chunk)])
+
+
+def _cluster_blocks(codes, blocks, count, seed):
+    """[(centroids [C_b, U_b], members [C_b])] of each block b's codes codes[:, blocks == b]
+    (`clusters.kmeans`: each centroid the mean of >= MIN_MEMBERS codes)."""
+    return [clusters.kmeans(codes[:, blocks == b], count, seed=seed + b)
+            for b in range(int(blocks.max()) + 1)]
+
+
+def _draw(found, blocks, rng, num):
+    """num flattened top maps [num, U], each block's configuration drawn by its size."""
+    out = np.zeros((num, len(blocks)), np.float32)
+    for b, (centroids, sizes) in enumerate(found):
+        if len(sizes):
+            out[:, blocks == b] = centroids[rng.choice(len(sizes), size=num,
+                                                       p=sizes / sizes.sum())]
+    return out
+
+
+def lift(generator, targets, weights=None):
+    """Top feature maps [n, s, s, c_1] of at most K_1 non-negative top OR nodes that paint
+    the bottom feature maps targets [n, h_2, w_2, c_2] (fm^2, before TopK_2) in weighted
+    least squares: a greedy pursuit of K_1 steps (orthogonal matching pursuit), each adding
+    the unit whose painting (deconv_1 of the unit alone, Eq. 1) best matches what is left,
+    then refitting the chosen units' coefficients, clipped at 0.
+
+    weights [n, h_2, w_2, c_2] (default 1): how much each unit of fm^2 counts. The units
+    that TopK_2 keeps matter; the value of one that it drops does not, as long as it stays
+    below the threshold.
+    """
+    cfg = generator.config
+    s, c, k = cfg.top_size, cfg.channels[0], cfg.topk[0]
+    units, n = s * s * c, tf.shape(targets)[0]
+    def deconv(maps):  # float32 whatever the layer computes in (mixed precision)
+        return tf.cast(generator.deconvs[0](tf.cast(maps, generator.compute_dtype)),
+                       tf.float32)
+
+    bias = tf.reshape(deconv(tf.zeros([1, s, s, c])), [-1])
+    paintings = tf.reshape(deconv(tf.reshape(tf.eye(units), [units, s, s, c])),
+                           [units, -1]) - bias  # [U, D_2]
+    goal = tf.reshape(tf.cast(targets, tf.float32), [n, -1]) - bias
+    weights = (tf.ones_like(goal) if weights is None
+               else tf.reshape(tf.cast(weights, tf.float32), [n, -1]))
+    # Each unit's weighted norm [n, U], without an [n, U, D_2] table of weighted paintings.
+    norms = tf.sqrt(weights @ tf.transpose(paintings ** 2)) + 1e-9
+    left, chosen = goal, tf.zeros([n, units], tf.bool)
+    picks, coefficients = [], None
+    for _ in range(k):
+        match = tf.where(chosen, -np.inf, ((left * weights) @ tf.transpose(paintings)) / norms)
+        pick = tf.argmax(match, axis=1, output_type=tf.int32)
+        picks.append(pick)
+        chosen = chosen | tf.cast(tf.one_hot(pick, units), tf.bool)
+        atoms = tf.gather(paintings, tf.stack(picks, 1))  # [n, j, D_2]
+        weighted = atoms * weights[:, None]
+        gram = weighted @ tf.transpose(atoms, [0, 2, 1]) + 1e-6 * tf.eye(len(picks))
+        coefficients = tf.maximum(
+            tf.linalg.solve(gram, weighted @ goal[..., None])[..., 0], 0.0)
+        left = goal - tf.einsum("nj,njd->nd", coefficients, atoms)
+    top = tf.reduce_sum(tf.one_hot(tf.stack(picks, 1), units) * coefficients[..., None], 1)
+    return tf.reshape(top, [-1, s, s, c])
+
+
+def _node_groups(blocks, shape):
+    """For each block, the top AND nodes (row-major) that hold some of its units."""
+    s, _, c = shape
+    per_node = np.asarray(blocks).reshape(s * s, c)
+    return [sorted({int(n) for n in np.flatnonzero((per_node == b).any(1))})
+            for b in range(int(np.max(blocks)) + 1)]
+
+
+@keras.saving.register_keras_serializable(package="sparse_gen_tf")
+class NodeGrammarPrior(keras.layers.Layer):
+    """The induced And-Or grammar's distribution over each top AND node's OR configuration,
+    node by node (`--prior=nodes`; the default `grammar` before `BlockGrammarPrior`, and
+    what runs whose checkpoint holds this state still open with).
 
     State (non-trainable variables), for the s x s top AND nodes in row-major order:
       centroids [s*s, clusters, c_1]: configuration k of node n, the mean fm^1 code at
@@ -113,7 +562,7 @@ class GrammarPrior(keras.layers.Layer):
     already come within a few percent of the reconstructions' validity: README.)
     """
 
-    kind = "grammar"
+    kind = "nodes"
     has_latent = False
 
     def __init__(self, generator_config, clusters=GRAMMAR_CLUSTERS, **kwargs):
@@ -329,12 +778,16 @@ def make(kind, generator_config, **kwargs):
     if kind == "normal":
         return NormalPrior(generator_config, name="prior", **kwargs)
     if kind == "grammar":
-        return GrammarPrior(generator_config, name="prior", **kwargs)
+        return BlockGrammarPrior(generator_config, name="prior", **kwargs)
+    if kind == "nodes":
+        return NodeGrammarPrior(generator_config, name="prior", **kwargs)
     if kind == "joint":
         return JointGrammarPrior(generator_config, name="prior", **kwargs)
     raise ValueError(f"unknown prior {kind!r}; use one of {', '.join(PRIORS)}")
 
 
-__all__ = ["DEFAULT_PRIOR", "GRAMMAR_CLUSTERS", "GrammarPrior", "JOINT_CLUSTERS",
+__all__ = ["BLOCK_CLUSTERS", "BlockGrammarPrior", "DEFAULT_PRIOR", "GRAMMAR_CLUSTERS",
+           "JOINT_CLUSTERS", "LIFT_CLUSTERS", "LIFT_OFF_WEIGHT", "MAX_LIFT",
+           "NodeGrammarPrior", "SEARCH_PARSES", "lift",
            "JointGrammarPrior", "NormalPrior", "PRIORS", "configuration_clusters",
            "latent_from_seeds", "make", "sample_seeds"]

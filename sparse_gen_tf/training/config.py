@@ -109,9 +109,13 @@ class TrainConfig:
     # so a run resumed with another --prior fits the new one (model/prior.py).
     prior: str = _setting(
         DEFAULT_PRIOR, "Where samples come from (sample signature, TensorBoard, explain, "
-        "evaluate): grammar, the induced And-Or grammar's OR configurations per top AND "
-        "node, fitted from the training parses at every checkpoint; joint, whole top-layer "
-        "configurations of the training parses, fitted likewise; normal, z ~ N(0, I).",
+        "evaluate): grammar, the induced And-Or grammar's OR configurations per block of "
+        "top OR nodes (top AND nodes, merged where a swap test finds them dependent), or "
+        "per quadrant of the layer below lifted to a top layer where that samples legal "
+        "quadrants more often, fitted from the training parses at every checkpoint; nodes, "
+        "OR configurations per top AND node, each node alone (the grammar prior of older "
+        "runs, which open with it); joint, whole top-layer configurations of the training "
+        "parses; normal, z ~ N(0, I).",
         choices=PRIORS)
     # None trains by plain ABP; a config adds cooperative learning (cooperative.py).
     descriptor: typing.Optional[DescriptorConfig] = dataclasses.field(default=None, metadata={

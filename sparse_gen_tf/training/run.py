@@ -171,6 +171,19 @@ def prior_in_checkpoint(path):
     return any(name.startswith("model/prior/") for name in names)
 
 
+def saved_prior(config, path):
+    """The --prior whose state the checkpoint at path holds, for a run of config: the
+    config's, but "nodes" for a run saved with `grammar` before the grammar prior sampled
+    blocks of top OR nodes (its checkpoint holds NodeGrammarPrior's centroids, not
+    BlockGrammarPrior's blocks), so that old runs open with the prior they were fitted
+    with. A later fit (resume's checkpoints) refits that same prior."""
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    if (config.prior == "grammar" and "model/prior/centroids/.ATTRIBUTES/VARIABLE_VALUE"
+            in names and "model/prior/blocks/.ATTRIBUTES/VARIABLE_VALUE" not in names):
+        return "nodes"
+    return config.prior
+
+
 ENCODER_SUFFIX = ".encoder.keras"
 
 
@@ -329,7 +342,7 @@ def _restore_parts(config, path, num_examples):
     counter = (dict(inner_optimizer=_node(_iterations=step)) if inner in dtypes
                else dict(_iterations=step))
     model = dict(generator=generator, chains=chains)
-    prior = prior_lib.make(config.prior, config.generator)
+    prior = prior_lib.make(saved_prior(config, path), config.generator)
     if prior_in_checkpoint(path):
         model["prior"] = prior
     encoder = None
@@ -439,6 +452,8 @@ def resume(config, num_examples, *, strategy=None, path=None, strict=True):
             raise UserError(f"--workdir={config.workdir} trained on {trained} images, but "
                             f"the data now gives {num_examples}; restore the data as it "
                             "was or use a new --workdir")
+        # An old grammar run resumes with the prior its checkpoint holds.
+        config = dataclasses.replace(config, prior=saved_prior(config, path))
     with (strategy or tf.distribute.get_strategy()).scope():
         model = build_model(config, num_examples)
     # Outside the scope: the epoch counter is host-side state, read as a Python int.
@@ -455,5 +470,6 @@ def resume(config, num_examples, *, strategy=None, path=None, strict=True):
 
 __all__ = ["TrainedModel", "build_model", "checkpoint_for", "chains_in_checkpoint",
            "encoder_path", "latest_checkpoint", "open_run", "prior_in_checkpoint",
+           "saved_prior",
            "read_config", "read_encoder", "read_saved", "resume", "write_config",
            "write_encoder"]
