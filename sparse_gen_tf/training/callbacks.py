@@ -2,6 +2,7 @@
 the HParams record that lets TensorBoard compare runs, and the progress line."""
 
 import math
+import re
 import sys
 import time
 
@@ -173,6 +174,8 @@ class Progress(keras.callbacks.Callback):
 
     WIDTH = 120
     SHOWN = ("loss", "psnr", "z_norm")
+    # The start of each line: epoch/epochs, then the optimizer's step.
+    PATTERN = re.compile(r"\r?epoch (\d+)/(\d+)  step (\d+)")
 
     def __init__(self, stream=None):
         super().__init__()
@@ -203,3 +206,10 @@ class Progress(keras.callbacks.Callback):
         if self.steps:
             parts.append(f"{(time.monotonic() - self.started) / self.steps:.2g} s/step")
         return "  ".join(parts)[:self.WIDTH - 1]
+
+    @classmethod
+    def parse(cls, line):
+        """(epoch, epochs, step) of a line `line` wrote, or None for any other text (the
+        benchmarks read train.py's output with it)."""
+        found = cls.PATTERN.match(line)
+        return tuple(map(int, found.groups())) if found else None
