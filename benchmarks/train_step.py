@@ -227,11 +227,25 @@ def profile(config, batch_size, langevin_steps, steps=3, top=16):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_seconds(pid):
+    """The CPU time (user + system, all threads) process pid has used so far, from
+    /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of stat(5), counted after the ")" closing the command's name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_whole_run(flagfile, workdir, epochs):
     """Seconds per train step of `python train.py --flagfile=flagfile` over epochs 2 to
     1 + epochs, from the progress line that ends epoch 1 (`callbacks.Progress`, one line
     per epoch when not on a terminal) to the one that ends epoch 1 + epochs; the process
-    is ended then. Returns (seconds per step, steps per epoch)."""
+    is ended then. Returns (seconds per step, CPU seconds per step or None, steps per
+    epoch): the CPU seconds are the process's own, which other jobs on a shared machine
+    disturb less than the elapsed time."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     # Far more steps than timed, so that no epoch of the window is the run's last.
@@ -239,14 +253,14 @@ def time_whole_run(flagfile, workdir, epochs):
         [sys.executable, os.path.join(ROOT, "train.py"), f"--flagfile={flagfile}",
          *FLAGS.whole_run_flags, f"--workdir={workdir}", "--train_steps=1000000"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ends, steps, tail = {}, {}, collections.deque(maxlen=20)
+    ends, cpu, steps, tail = {}, {}, {}, collections.deque(maxlen=20)
     try:
         for line in process.stdout:
             tail.append(line)
             progress = Progress.parse(line)
             if progress:
                 epoch, _, steps[epoch] = progress
-                ends[epoch] = time.perf_counter()
+                ends[epoch], cpu[epoch] = time.perf_counter(), cpu_seconds(process.pid)
                 if epoch == 1 + epochs:
                     break
     finally:
@@ -254,18 +268,22 @@ def time_whole_run(flagfile, workdir, epochs):
         process.wait()
     if 1 + epochs not in ends:
         sys.exit("train.py ended before the timed epochs:\n" + "".join(tail))
-    return ((ends[1 + epochs] - ends[1]) / (steps[1 + epochs] - steps[1]),
-            steps[1 + epochs] - steps[epochs])
+    timed = steps[1 + epochs] - steps[1]
+    used = None if cpu[1] is None else (cpu[1 + epochs] - cpu[1]) / timed
+    return (ends[1 + epochs] - ends[1]) / timed, used, steps[1 + epochs] - steps[epochs]
 
 
 def whole_run_table(flagfile):
     """Alternates --rounds runs of train.py with --repeats steps of its step alone."""
     tmp = tempfile.mkdtemp()
     whole, alone, model, batches = [], [], None, None
+    whole_cpu, alone_cpu = [], []
     for round_ in range(FLAGS.rounds):
         workdir = os.path.join(tmp, f"run_{round_}")
-        per_step, steps_per_epoch = time_whole_run(flagfile, workdir, FLAGS.whole_run_epochs)
+        per_step, cpu_per_step, steps_per_epoch = time_whole_run(
+            flagfile, workdir, FLAGS.whole_run_epochs)
         whole.append(per_step)
+        whole_cpu.append(cpu_per_step)
         if model is None:  # the run's own model and batches, built once
             config, num_examples = run_lib.read_saved(workdir)
             model = run_lib.build_model(config, num_examples)
@@ -274,16 +292,25 @@ def whole_run_table(flagfile):
                                                   seed=config.seed).repeat())
             for _ in range(2):
                 model.train_on_batch(*next(batches))
-        times = []
+        times, cpu = [], []
         for _ in range(FLAGS.repeats):
             ids, images = next(batches)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model.train_on_batch(ids, images)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         alone.append(statistics.mean(times))
-        print(f"round {round_ + 1}: train.py {per_step:.4f} s/step, the step alone "
-              f"{alone[-1]:.4f} s/step", flush=True)
+        alone_cpu.append(statistics.mean(cpu))
+        print(f"round {round_ + 1}: train.py {per_step:.4f} s/step "
+              f"({cpu_per_step or float('nan'):.4f} CPU), the step alone {alone[-1]:.4f} "
+              f"s/step ({alone_cpu[-1]:.4f} CPU)", flush=True)
     ratio = statistics.median(w / a for w, a in zip(whole, alone))
+    cpu_rows = ""
+    if None not in whole_cpu:
+        cpu_rows = (f"| train.py, CPU s per step | {statistics.median(whole_cpu):.4f} |\n"
+                    f"| the step alone, CPU s per step | {statistics.median(alone_cpu):.4f} |\n"
+                    "| train.py / step alone in CPU time (median of rounds) | "
+                    f"{statistics.median(w / a for w, a in zip(whole_cpu, alone_cpu)):.3f} |\n")
     extra = "".join(f" {flag}" for flag in FLAGS.whole_run_flags)
     print(f"\npython train.py --flagfile={flagfile}{extra}: epochs "
           f"2-{1 + FLAGS.whole_run_epochs} ({steps_per_epoch} steps each), {FLAGS.rounds} "
@@ -291,7 +318,7 @@ def whole_run_table(flagfile):
           f"{FLAGS.repeats} steps alone\n\n| | s per step (median of rounds) |\n|---|---|\n"
           f"| train.py, whole epochs | {statistics.median(whole):.4f} |\n"
           f"| the step alone | {statistics.median(alone):.4f} |\n"
-          f"| train.py / step alone (median of rounds) | {ratio:.3f} |")
+          f"| train.py / step alone (median of rounds) | {ratio:.3f} |\n" + cpu_rows)
 
 
 def main(argv):
