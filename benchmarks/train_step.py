@@ -289,7 +289,7 @@ def whole_run_table(flagfile):
             model = run_lib.build_model(config, num_examples)
             data = pipeline.load_for(config)
             batches = iter(pipeline.train_dataset(data, config.batch_size,
-                                                  seed=config.seed).repeat())
+                                                  seed=config.seed, repeat=True))
             for _ in range(2):
                 model.train_on_batch(*next(batches))
         times, cpu = [], []

@@ -1,6 +1,7 @@
 """Keras callbacks of a training run: atomic checkpoints, divergence guard, TensorBoard,
 the HParams record that lets TensorBoard compare runs, and the progress line."""
 
+import functools
 import math
 import os
 import re
@@ -156,11 +157,16 @@ class TrainScalars(keras.callbacks.Callback):
     so a resumed run continues its curves instead of restarting them at 0; Keras'
     callback counts batches from 0 in every `fit`, and has no public way to start it
     elsewhere.
+
+    The scalars of one write go through one traced function (one per set of names):
+    a dozen eager `tf.summary.scalar` calls cost about 3 ms, a third of a millisecond
+    per step at --log_every=10.
     """
 
     def __init__(self, logdir, every):
         super().__init__()
         self.logdir, self.every = logdir, every
+        self.writes = {}  # tags -> their traced write
 
     def on_train_begin(self, logs=None):
         self.writer = tf.summary.create_file_writer(self.logdir)
@@ -180,9 +186,21 @@ class TrainScalars(keras.callbacks.Callback):
         self.writer.close()
 
     def _write(self, prefix, logs, step):
-        with self.writer.as_default(step=step), tf.summary.record_if(True):
-            for name, value in (logs or {}).items():
-                tf.summary.scalar(f"{prefix}_{name}", float(value))
+        if not logs:
+            return
+        tags = tuple(f"{prefix}_{name}" for name in logs)
+        if tags not in self.writes:
+            self.writes[tags] = tf.function(functools.partial(_write_scalars, tags))
+        values = tf.constant([float(value) for value in logs.values()], tf.float32)
+        with self.writer.as_default(), tf.summary.record_if(True):
+            self.writes[tags](values, tf.constant(step, tf.int64))
+
+
+def _write_scalars(tags, values, step):
+    """tf.summary.scalar(tags[i], values[i], step) for each i; values float32 [len(tags)],
+    step int64 []."""
+    for i, tag in enumerate(tags):
+        tf.summary.scalar(tag, values[i], step=step)
 
 
 class Progress(keras.callbacks.Callback):

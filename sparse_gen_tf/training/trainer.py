@@ -60,7 +60,8 @@ def train(config: TrainConfig):
     # start from other weights in every process, and two runs could not be compared.
     keras.utils.set_random_seed(config.seed)
     data = pipeline.load_for(config)
-    dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed)
+    # Endless, with steps_per_epoch below: one iterator for the whole run.
+    dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed, repeat=True)
     # Every worker runs the same seeded shuffle and keeps its own share of each batch.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
@@ -112,7 +113,8 @@ def train(config: TrainConfig):
         # verbose=0: `Progress` prints a short line instead of Keras' bar of every
         # metric; shuffle=False: the dataset is shuffled already (pipeline.train_dataset).
         return model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                         callbacks=callbacks, verbose=0, shuffle=False)
+                         steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0,
+                         shuffle=False)
     finally:
         distribute.cleanup(save_dir, strategy)
 
