@@ -119,17 +119,22 @@ def test_checkpoints_between_fits_of_the_prior_are_marked_and_their_marks_rotate
     assert opened.checkpoint == os.path.join(checkpoints, "ckpt-8") and opened.prior.fitted
 
 
-def test_a_stale_prior_is_refused_without_fit_prior_and_fitted_again_with_it(
-        stale, tmp_path):
+def killed_copy(stale, workdir):
+    """A copy of the `stale` run in workdir, as if killed after ckpt-4; returns workdir."""
     config, checkpoints = stale
-    workdir = tmp_path / "run"
-    # A copy of the run, as if killed after ckpt-4.
     tf.io.gfile.makedirs(str(workdir / "checkpoints"))
     tf.io.gfile.copy(os.path.join(config.workdir, run.CONFIG_FILE),
                      str(workdir / run.CONFIG_FILE))
     for name in os.listdir(checkpoints):
         tf.io.gfile.copy(os.path.join(checkpoints, name), str(workdir / "checkpoints" / name))
     as_if_killed_after(str(workdir / "checkpoints"), 4)
+    return workdir
+
+
+def test_a_stale_prior_is_refused_without_fit_prior_and_fitted_again_with_it(
+        stale, tmp_path):
+    config, _ = stale
+    workdir = killed_copy(stale, tmp_path / "run")
     with pytest.raises(UserError, match="between two fits of the prior.*--fit_prior"):
         run.open_run(str(workdir), fit_prior=False)
     path = str(workdir / "checkpoints" / "ckpt-4")
@@ -157,3 +162,17 @@ def test_resume_from_a_stale_checkpoint_fits_the_prior_once(stale, monkeypatch):
     assert fits == [1] and model.prior.fitted and int(checkpoint.epoch) == 2
     run.resume(config, 64, path=os.path.join(checkpoints, "ckpt-6"))
     assert fits == [1]  # a fitted checkpoint's prior is restored as it is
+
+
+@pytest.mark.slow
+def test_export_of_a_stale_checkpoint_needs_fit_prior(stale, tmp_path, commands):
+    workdir = killed_copy(stale, tmp_path / "run")
+    base = tmp_path / "exports"
+    refused = commands.export(f"--workdir={workdir}", f"--export_base={base}")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "ckpt-4 holds no fitted prior" in commands.last_line(refused.stderr)
+    assert "--fit_prior" in commands.last_line(refused.stderr)
+    assert not base.exists()
+    result = commands.export(f"--workdir={workdir}", f"--export_base={base}", "--fit_prior")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (base / "1" / "saved_model.pb").is_file()
