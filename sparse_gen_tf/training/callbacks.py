@@ -166,10 +166,10 @@ class TrainScalars(keras.callbacks.Callback):
     def __init__(self, logdir, every):
         super().__init__()
         self.logdir, self.every = logdir, every
-        self.writes = {}  # tags -> their traced write
 
     def on_train_begin(self, logs=None):
         self.writer = tf.summary.create_file_writer(self.logdir)
+        self.writes = {}  # tags -> their traced write, which holds this writer
 
     def on_train_batch_end(self, batch, logs=None):
         # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable.
