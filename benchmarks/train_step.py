@@ -19,12 +19,14 @@ six matmuls of each Langevin step, the two TopK custom calls, the fusions around
 
 --whole_run=parts.flags times `python train.py --flagfile=parts.flags` itself against its
 own train step alone, alternating the two in one window (--rounds of each): train.py runs in
-a fresh process, and the seconds from the start of epoch 2 to the start of epoch
-2 + --whole_run_epochs (so the first epoch, with its tracing and compiling, is left out,
-and the checkpoints, TensorBoard summaries and prior fits of those epochs are in) are
-divided by their steps; the step alone is the same model (`run.build_model` of the run's
-config.json) on the run's batches through `train_on_batch`, mean seconds per step over
---repeats steps after two warm-up steps. Prints both and their ratio.
+a fresh process, and the seconds from the end of epoch 1 to the end of epoch
+1 + --whole_run_epochs, read from train.py's own progress lines (`callbacks.Progress`),
+are divided by their steps (so the first epoch, with its tracing and compiling, is left
+out, and the checkpoints, TensorBoard summaries and prior fits of those epochs are in);
+--whole_run_flags adds flags after the flagfile (a folder of faces for celeba.flags). The
+step alone is the same model (`run.build_model` of the run's config.json) on the run's
+batches through `train_on_batch`, mean seconds per step over --repeats steps after two
+warm-up steps. Prints both and their ratio.
 
 --sweep varies one of batch, L and image size around the paper's point (batch 64, L = 30,
 64x64), XLA only. --memory runs a few steps at L = 10 and L = 60, each in a fresh
@@ -36,7 +38,6 @@ markdown tables.
 import collections
 import glob
 import os
-import re
 import resource
 import statistics
 import tempfile
@@ -52,6 +53,7 @@ from absl import app, flags
 from sparse_gen_tf import AlternatingBackprop, Generator, GeneratorConfig, LangevinConfig
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.training import run as run_lib
+from sparse_gen_tf.training.callbacks import Progress
 
 flags.DEFINE_list("batch_sizes", ["64"], "Batch sizes to time.")
 flags.DEFINE_list("langevin_steps", ["30"], "Langevin step counts L to time.")
@@ -65,6 +67,8 @@ flags.DEFINE_boolean("memory", False, "Also measure peak memory at L = 10 and L 
 flags.DEFINE_boolean("profile", False, "Print where the XLA step spends its time and exit.")
 flags.DEFINE_string("whole_run", None, "A flagfile: time python train.py with it against "
                     "its train step alone (module doc).")
+flags.DEFINE_list("whole_run_flags", [], "--whole_run: more train.py flags, after the "
+                  "flagfile, e.g. --dataset=folder,--data_dir=DIR,--crop=1.")
 flags.DEFINE_integer("whole_run_epochs", 10, "Epochs of train.py timed after the first "
                      "(a multiple of the flagfile's --checkpoint_every counts its "
                      "checkpoints in proportion).")
@@ -223,68 +227,98 @@ def profile(config, batch_size, langevin_steps, steps=3, top=16):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_seconds(pid):
+    """The CPU time (user + system, all threads) process pid has used so far, from
+    /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of stat(5), counted after the ")" closing the command's name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_whole_run(flagfile, workdir, epochs):
     """Seconds per train step of `python train.py --flagfile=flagfile` over epochs 2 to
-    1 + epochs, from when Keras announces each epoch; the process is ended once epoch
-    2 + epochs starts. Returns (seconds per step, steps per epoch)."""
+    1 + epochs, from the progress line that ends epoch 1 (`callbacks.Progress`, one line
+    per epoch when not on a terminal) to the one that ends epoch 1 + epochs; the process
+    is ended then. Returns (seconds per step, CPU seconds per step or None, steps per
+    epoch): the CPU seconds are the process's own, which other jobs on a shared machine
+    disturb less than the elapsed time."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     # Far more steps than timed, so that no epoch of the window is the run's last.
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"), f"--flagfile={flagfile}",
-         f"--workdir={workdir}", "--train_steps=1000000"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    starts, tail = {}, collections.deque(maxlen=20)
+         *FLAGS.whole_run_flags, f"--workdir={workdir}", "--train_steps=1000000"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ends, cpu, steps, tail = {}, {}, {}, collections.deque(maxlen=20)
     try:
         for line in process.stdout:
             tail.append(line)
-            found = re.match(r"Epoch (\d+)/", line)
-            if found:
-                starts[int(found.group(1))] = time.perf_counter()
-                if int(found.group(1)) == 2 + epochs:
+            progress = Progress.parse(line)
+            if progress:
+                epoch, _, steps[epoch] = progress
+                ends[epoch], cpu[epoch] = time.perf_counter(), cpu_seconds(process.pid)
+                if epoch == 1 + epochs:
                     break
     finally:
         process.kill()
         process.wait()
-    if 2 + epochs not in starts:
+    if 1 + epochs not in ends:
         sys.exit("train.py ended before the timed epochs:\n" + "".join(tail))
-    config, num_examples = run_lib.read_saved(workdir)
-    steps_per_epoch = num_examples // config.batch_size
-    return (starts[2 + epochs] - starts[2]) / (epochs * steps_per_epoch), steps_per_epoch
+    timed = steps[1 + epochs] - steps[1]
+    used = None if cpu[1] is None else (cpu[1 + epochs] - cpu[1]) / timed
+    return (ends[1 + epochs] - ends[1]) / timed, used, steps[1 + epochs] - steps[epochs]
 
 
 def whole_run_table(flagfile):
     """Alternates --rounds runs of train.py with --repeats steps of its step alone."""
     tmp = tempfile.mkdtemp()
     whole, alone, model, batches = [], [], None, None
+    whole_cpu, alone_cpu = [], []
     for round_ in range(FLAGS.rounds):
         workdir = os.path.join(tmp, f"run_{round_}")
-        per_step, steps_per_epoch = time_whole_run(flagfile, workdir, FLAGS.whole_run_epochs)
+        per_step, cpu_per_step, steps_per_epoch = time_whole_run(
+            flagfile, workdir, FLAGS.whole_run_epochs)
         whole.append(per_step)
+        whole_cpu.append(cpu_per_step)
         if model is None:  # the run's own model and batches, built once
             config, num_examples = run_lib.read_saved(workdir)
             model = run_lib.build_model(config, num_examples)
             data = pipeline.load_for(config)
             batches = iter(pipeline.train_dataset(data, config.batch_size,
-                                                  seed=config.seed).repeat())
+                                                  seed=config.seed, repeat=True))
             for _ in range(2):
                 model.train_on_batch(*next(batches))
-        times = []
+        times, cpu = [], []
         for _ in range(FLAGS.repeats):
             ids, images = next(batches)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model.train_on_batch(ids, images)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         alone.append(statistics.mean(times))
-        print(f"round {round_ + 1}: train.py {per_step:.4f} s/step, the step alone "
-              f"{alone[-1]:.4f} s/step", flush=True)
+        alone_cpu.append(statistics.mean(cpu))
+        print(f"round {round_ + 1}: train.py {per_step:.4f} s/step "
+              f"({cpu_per_step or float('nan'):.4f} CPU), the step alone {alone[-1]:.4f} "
+              f"s/step ({alone_cpu[-1]:.4f} CPU)", flush=True)
     ratio = statistics.median(w / a for w, a in zip(whole, alone))
-    print(f"\npython train.py --flagfile={flagfile}: epochs 2-{1 + FLAGS.whole_run_epochs} "
-          f"({steps_per_epoch} steps each), {FLAGS.rounds} rounds alternated with "
+    cpu_rows = ""
+    if None not in whole_cpu:
+        cpu_rows = (f"| train.py, CPU s per step | {statistics.median(whole_cpu):.4f} |\n"
+                    f"| the step alone, CPU s per step | {statistics.median(alone_cpu):.4f} |\n"
+                    "| train.py / step alone in CPU time (median of rounds) | "
+                    f"{statistics.median(w / a for w, a in zip(whole_cpu, alone_cpu)):.3f} |\n")
+    extra = "".join(f" {flag}" for flag in FLAGS.whole_run_flags)
+    print(f"\npython train.py --flagfile={flagfile}{extra}: epochs "
+          f"2-{1 + FLAGS.whole_run_epochs} ({steps_per_epoch} steps each), {FLAGS.rounds} "
+          "rounds alternated with "
           f"{FLAGS.repeats} steps alone\n\n| | s per step (median of rounds) |\n|---|---|\n"
           f"| train.py, whole epochs | {statistics.median(whole):.4f} |\n"
           f"| the step alone | {statistics.median(alone):.4f} |\n"
-          f"| train.py / step alone (median of rounds) | {ratio:.3f} |")
+          f"| train.py / step alone (median of rounds) | {ratio:.3f} |\n" + cpu_rows)
 
 
 def main(argv):

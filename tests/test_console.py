@@ -66,6 +66,9 @@ def test_the_progress_line_fits_120_characters_with_every_metric_logged(capsys):
     assert line.startswith("epoch 1500000/1500000  step 2999999/3000000  loss -1.2346e+08")
     assert "psnr 11.682" in line and "z_norm 1e+30" in line and "s/step" in line
     assert "nonzero" not in line  # the other metrics go to TensorBoard only
+    # What benchmarks/train_step.py --whole_run reads of it.
+    assert Progress.parse(line + "\n") == (1_500_000, 1_500_000, 2_999_999)
+    assert Progress.parse("I1205 trainer.py:72] Resumed from ckpt-4 (epoch 2)") is None
 
 
 def test_the_served_image_check_refuses_another_size_or_range_in_one_message():
@@ -112,6 +115,7 @@ def test_train_prints_short_progress_lines_and_ends_with_what_it_wrote(trained):
     assert [line.split("  ")[:2] for line in lines] == [["epoch 1/2", "step 2/4"],
                                                        ["epoch 2/2", "step 4/4"]], lines
     assert all(len(line) < Progress.WIDTH and " psnr " in line for line in lines)
+    assert [Progress.parse(line) for line in lines] == [(1, 2, 2), (2, 2, 4)]
     summary = result.stdout[result.stdout.index(f"Trained {workdir}:"):]
     assert os.path.join(workdir, "checkpoints", "ckpt-4") in summary
     assert os.path.join(workdir, "tb") in summary

@@ -60,13 +60,20 @@ def test_hyperparameters_and_final_metrics_are_in_the_hparams_plugin(workdir):
         assert math.isfinite(float(tf.make_ndarray(found[tag].tensor))), tag
 
 
-def test_kernel_and_parse_figures_come_every_figures_every_epochs_and_at_the_end(
+def test_image_grids_and_figures_come_every_figures_every_epochs_and_at_the_end(
         tmp_path):
-    # 2 steps per epoch, a checkpoint (and image grids) every epoch, figures every 4.
+    # 2 steps per epoch, a checkpoint every epoch (3 kept), the prior's fit with the
+    # image grids, figures and grammar scores every 4 epochs and at the last (6).
     workdir = train_ok(tmp_path / "run", *tiny_flags(train_steps=12, figures_every=4))
     steps = {}
     for event in summary_events(os.path.join(workdir, "tb", "images"), recursive=False):
         for value in event.summary.value:
             steps.setdefault(value.tag, set()).add(event.step)
-    assert steps["samples"] == {2, 4, 6, 8, 10, 12}
-    assert steps["kernels/bottom"] == steps["parse/train_0"] == {2, 10, 12}
+    assert steps["samples"] == steps["data_and_reconstructions"] == {8, 12}
+    assert steps["kernels/bottom"] == steps["parse/train_0"] == {8, 12}
+    assert steps["grammar/validity_samples"] == {8, 12}
+    # The checkpoint of epoch 5 holds the prior fitted at epoch 4: it is marked.
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-12")
+    assert sorted(name for name in os.listdir(checkpoints)
+                  if name.endswith(".prior_stale")) == ["ckpt-10.prior_stale"]

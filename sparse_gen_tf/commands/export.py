@@ -76,9 +76,10 @@ def define_flags():
                          "training images; use it only for a model trained on data you may "
                          "publish.")
     flags.DEFINE_boolean("fit_prior", False, "For a run whose checkpoint holds no prior "
-                         "(trained before the prior was saved with the model): fit it now "
-                         "from the run's chains, as training would have. Without it such "
-                         "a run is refused.")
+                         "fitted to its generator (trained before the prior was saved with "
+                         "the model, or stopped between two of training's fits: "
+                         "ckpt-N.prior_stale): fit it now from the run's chains, as "
+                         "training would have. Without it such a run is refused.")
     flags.DEFINE_integer("version", None, "Version to write (default: the largest existing "
                          "one + 1); refused if it exists.", lower_bound=1)
 

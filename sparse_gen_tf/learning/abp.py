@@ -65,7 +65,7 @@ class AlternatingBackprop(keras.Model):
       langevin_noise: False drops the δ·E term (deterministic inference, for tests).
       seed: seeds the chains' initial draw and the Langevin noise.
       prior: where samples come from (`model.prior`: one of `prior.PRIORS`); a grammar
-        prior's state is fitted from the chains by `fit_prior`, at every checkpoint.
+        prior's state is fitted from the chains by `fit_prior`, every --figures_every epochs.
       jit_langevin: compile the Langevin loop alone with XLA, for when the whole train step
         cannot be (several replicas; `distribute.compile_options`).
       sparse_kernels: whether the Langevin gradient may come from the compiled sparse
@@ -152,8 +152,9 @@ class AlternatingBackprop(keras.Model):
     def fit_prior(self):
         """Fits the prior's state to the persistent chains (`Prior.fit`): the distribution
         samples come from, ex post, for the generator as it is now. The checkpoint
-        callback calls it before every save, so a checkpoint's prior matches its
-        generator; it runs on the host, a few seconds for thousands of chains."""
+        callback calls it every --figures_every epochs, just before that epoch's
+        checkpoint, so that checkpoint's prior matches its generator; it runs on the
+        host, a few seconds for thousands of chains."""
         self.prior.fit(self.generator, self.chains.numpy(), seed=self.seed)
 
     def infer(self, z, images, observed=None):

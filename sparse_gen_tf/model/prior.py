@@ -32,7 +32,9 @@ What is stored. A cluster's configuration is its centroid, the mean of the codes
 node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, and its
 frequency is its number of members; no single training image's code is kept (the
 privacy rule of the export). The state is fitted from the persistent chains with `fit`
-at every checkpoint (`AlternatingBackprop.fit_prior`), saved in the checkpoint and in
+every --figures_every epochs of training and at its end (`AlternatingBackprop.fit_prior`),
+saved in the checkpoints (a checkpoint written between two fits is marked stale and
+fitted again when opened, training/run.py) and in
 the export, and restored with the rest.
 
 Every prior samples with standard TensorFlow ops and one stateless seed per row, so a

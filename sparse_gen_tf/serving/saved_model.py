@@ -32,10 +32,11 @@ def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), vers
     """Exports the latest checkpoint of the training run in workdir, with its inference
     network if it has one (`run.open_run`); returns the path.
 
-    fit_prior: a checkpoint from before the prior was saved with the model is refused
-    unless this is True, which fits the prior from its chains for the export.
-    Raises UserError if workdir holds no run or checkpoint, or no prior without
-    fit_prior (`run.open_run`), or see `export_generator`.
+    fit_prior: a checkpoint without a prior fitted to its generator (from before the
+    prior was saved with the model, or written between two of training's fits and
+    marked stale) is refused unless this is True, which fits the prior from its chains
+    for the export. Raises UserError if workdir holds no run or checkpoint, or no
+    fitted prior without fit_prior (`run.open_run`), or see `export_generator`.
     """
     opened = run.open_run(workdir, fit_prior=fit_prior)
     return export_generator(opened.generator, export_base, settings=settings,

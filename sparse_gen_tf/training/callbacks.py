@@ -1,7 +1,10 @@
 """Keras callbacks of a training run: atomic checkpoints, divergence guard, TensorBoard,
 the HParams record that lets TensorBoard compare runs, and the progress line."""
 
+import functools
 import math
+import os
+import re
 import sys
 import time
 
@@ -10,6 +13,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from sparse_gen_tf.errors import DivergenceError
+from sparse_gen_tf.training import run
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -30,25 +34,37 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Saves model, chains, prior and optimizer every `every` epochs through a
-    CheckpointManager.
+    """Saves model, chains, prior and optimizer every `every` epochs and at the last,
+    through a CheckpointManager; every `figures_every` epochs and at the last, first fits
+    the prior and then calls each of `on_figures` with the step (image grids, figures).
 
-    Before each save the model's prior is fitted to the chains as they are now
-    (`AlternatingBackprop.fit_prior`), so that the saved prior belongs to the saved
-    generator. tf.train.CheckpointManager writes the files first and then atomically
-    replaces the `checkpoint` index, so a crash mid-save leaves the previous checkpoint
-    the latest.
+    A checkpoint holds what a resumed run needs: the generator, chains, optimizer, epoch,
+    RNG state, and the prior's variables as they are. The prior is fitted to the chains
+    (`AlternatingBackprop.fit_prior`, seconds on the host, as long as a few epochs of
+    parts) only at the figures' epochs, just before the checkpoint of that epoch, so
+    that checkpoint's prior belongs to its generator. A checkpoint written between two
+    fits holds the prior of an earlier generator: `run.mark_prior_stale` puts a marker
+    beside it first, and `run.open_run` and `run.resume` fit the prior again from its
+    chains. With nothing to fit (`stale_prior=False`, the N(0, I) prior) none is written.
+
+    tf.train.CheckpointManager writes the files first and then atomically replaces the
+    `checkpoint` index, so a crash mid-save leaves the previous checkpoint the latest.
     """
 
-    def __init__(self, manager, epoch, every, on_save=()):
+    def __init__(self, manager, epoch, every, figures_every=None, on_figures=(),
+                 stale_prior=True):
         super().__init__()
         self.manager, self.epoch, self.every = manager, epoch, every
-        self.on_save = list(on_save)
+        self.figures_every = figures_every
+        self.on_figures = list(on_figures)
+        self.stale_prior = stale_prior
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.assign(epoch + 1)
         last = epoch + 1 == self.params.get("epochs")
-        if (epoch + 1) % self.every and not last:
+        save = last or (epoch + 1) % self.every == 0
+        figures = last or bool(self.figures_every and (epoch + 1) % self.figures_every == 0)
+        if not (save or figures):
             return
         if logs and not all(math.isfinite(float(v)) for v in logs.values()):
             raise DivergenceError(f"non-finite metrics at epoch {epoch + 1}: not saving; "
@@ -56,10 +72,18 @@ class Checkpointing(keras.callbacks.Callback):
         # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable,
         # which int() does not take.
         step = int(self.model.optimizer.iterations.numpy())
-        self.model.fit_prior()
-        self.manager.save(checkpoint_number=step)
-        for callback in self.on_save:
-            callback(step)
+        if figures:
+            self.model.fit_prior()
+        if save:
+            # The path manager.save gives checkpoint_number=step. Marked before it is
+            # written, so that no kill leaves it unmarked.
+            path = os.path.join(self.manager.directory, f"ckpt-{step}")
+            run.mark_prior_stale(path, stale=self.stale_prior and not figures)
+            self.manager.save(checkpoint_number=step)
+            run.remove_stale_marks(self.manager.directory, keep=self.manager.checkpoints)
+        if figures:
+            for callback in self.on_figures:
+                callback(step)
 
 
 class HParamsSummary(keras.callbacks.Callback):
@@ -133,6 +157,10 @@ class TrainScalars(keras.callbacks.Callback):
     so a resumed run continues its curves instead of restarting them at 0; Keras'
     callback counts batches from 0 in every `fit`, and has no public way to start it
     elsewhere.
+
+    The scalars of one write go through one traced function (one per set of names):
+    a dozen eager `tf.summary.scalar` calls cost about 3 ms, a third of a millisecond
+    per step at --log_every=10.
     """
 
     def __init__(self, logdir, every):
@@ -141,6 +169,7 @@ class TrainScalars(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.writer = tf.summary.create_file_writer(self.logdir)
+        self.writes = {}  # tags -> their traced write, which holds this writer
 
     def on_train_batch_end(self, batch, logs=None):
         # .numpy(): under a tf.distribute strategy the variable is a MirroredVariable.
@@ -157,9 +186,21 @@ class TrainScalars(keras.callbacks.Callback):
         self.writer.close()
 
     def _write(self, prefix, logs, step):
-        with self.writer.as_default(step=step), tf.summary.record_if(True):
-            for name, value in (logs or {}).items():
-                tf.summary.scalar(f"{prefix}_{name}", float(value))
+        if not logs:
+            return
+        tags = tuple(f"{prefix}_{name}" for name in logs)
+        if tags not in self.writes:
+            self.writes[tags] = tf.function(functools.partial(_write_scalars, tags))
+        values = tf.constant([float(value) for value in logs.values()], tf.float32)
+        with self.writer.as_default(), tf.summary.record_if(True):
+            self.writes[tags](values, tf.constant(step, tf.int64))
+
+
+def _write_scalars(tags, values, step):
+    """tf.summary.scalar(tags[i], values[i], step) for each i; values float32 [len(tags)],
+    step int64 []."""
+    for i, tag in enumerate(tags):
+        tf.summary.scalar(tag, values[i], step=step)
 
 
 class Progress(keras.callbacks.Callback):
@@ -173,6 +214,8 @@ class Progress(keras.callbacks.Callback):
 
     WIDTH = 120
     SHOWN = ("loss", "psnr", "z_norm")
+    # The start of each line: epoch/epochs, then the optimizer's step.
+    PATTERN = re.compile(r"\r?epoch (\d+)/(\d+)  step (\d+)")
 
     def __init__(self, stream=None):
         super().__init__()
@@ -203,3 +246,10 @@ class Progress(keras.callbacks.Callback):
         if self.steps:
             parts.append(f"{(time.monotonic() - self.started) / self.steps:.2g} s/step")
         return "  ".join(parts)[:self.WIDTH - 1]
+
+    @classmethod
+    def parse(cls, line):
+        """(epoch, epochs, step) of a line `line` wrote, or None for any other text (the
+        benchmarks read train.py's output with it)."""
+        found = cls.PATTERN.match(line)
+        return tuple(map(int, found.groups())) if found else None

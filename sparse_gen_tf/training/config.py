@@ -94,25 +94,30 @@ class TrainConfig:
     seed: int = _setting(0, "Seeds data generation, the initial weights, chains and Langevin "
                     "noise.", state=True)
     checkpoint_every: int = _setting(
-        5, "Epochs between checkpoints (and TensorBoard image grids).", lower_bound=1)
+        5, "Epochs between checkpoints (and at the last): the generator, chains, "
+        "optimizer and RNG state, what a resumed run needs; a kill loses the work since "
+        "the last one. The prior in them is the last one fitted (--figures_every); one "
+        "fitted to an earlier generator is refitted when the run is opened.",
+        lower_bound=1)
     keep_checkpoints: int = _setting(3, "How many of the latest checkpoints to keep.",
                                      lower_bound=1)
     log_every: int = _setting(10, "Train steps between TensorBoard scalar summaries.",
                               lower_bound=1)
     figures_every: int = _setting(
-        25, "Epochs between the kernel and parse figures in TensorBoard (they are "
-        "drawn at the first checkpoint after each such interval and at the last; the "
-        "image grids come at every checkpoint).", lower_bound=1)
+        25, "Epochs between fits of the prior to the chains, each followed by "
+        "TensorBoard's image grids, kernel and parse figures and grammar scores (and "
+        "at the last epoch): a few seconds each, so the first grids appear after this "
+        "many epochs.", lower_bound=1)
     num_summary_images: int = _setting(16, "Images in each TensorBoard image grid.",
                                        lower_bound=1)
-    # Not state: each prior's variables are fitted from the chains at every checkpoint,
+    # Not state: each prior's variables are fitted from the chains during training,
     # so a run resumed with another --prior fits the new one (model/prior.py).
     prior: str = _setting(
         DEFAULT_PRIOR, "Where samples come from (sample signature, TensorBoard, explain, "
         "evaluate): grammar, the induced And-Or grammar's OR configurations per block of "
         "top OR nodes (top AND nodes, merged where a swap test finds them dependent), or "
         "per quadrant of the layer below lifted to a top layer where that samples legal "
-        "quadrants more often, fitted from the training parses at every checkpoint; nodes, "
+        "quadrants more often, fitted from the training parses every --figures_every epochs; nodes, "
         "OR configurations per top AND node, each node alone (the grammar prior of older "
         "runs, which open with it); joint, whole top-layer configurations of the training "
         "parses; normal, z ~ N(0, I).",

@@ -6,7 +6,9 @@
     workdir/flags.txt       the same settings as a flagfile (train.py's flat flags)
     workdir/checkpoints/    tf.train checkpoints (`checkpoint_for`), and beside a
                             checkpoint ckpt-N, ckpt-N.encoder.keras: an inference
-                            network fitted to it after training (`write_encoder`)
+                            network fitted to it after training (`write_encoder`), and
+                            ckpt-N.prior_stale when its prior was fitted to an earlier
+                            generator (`mark_prior_stale`)
 
 `open_run(workdir)` opens a trained run for explain, evaluate, export, fit_encoder and the
 benchmarks: a `TrainedModel` of the generator, prior, chains and inference network alone
@@ -182,6 +184,53 @@ def saved_prior(config, path):
             in names and "model/prior/blocks/.ATTRIBUTES/VARIABLE_VALUE" not in names):
         return "nodes"
     return config.prior
+
+
+STALE_PRIOR_SUFFIX = ".prior_stale"
+
+
+def mark_prior_stale(checkpoint, stale=True):
+    """Marks the checkpoint at path `checkpoint` as holding a stale prior (stale=True) or
+    not: the marker <checkpoint>.prior_stale, written atomically, says that the prior's
+    variables in it were fitted to the chains of an earlier generator (train.py fits
+    the prior only every --figures_every epochs). Readers then fit the prior again from
+    the checkpoint's chains, as for a checkpoint without one (`open_run`, `resume`)."""
+    marker = checkpoint + STALE_PRIOR_SUFFIX
+    if stale:
+        os.makedirs(os.path.dirname(marker) or ".", exist_ok=True)  # before the first save
+        write_atomically(marker, "The prior in this checkpoint was fitted to an earlier "
+                         "generator's chains; it is fitted again when the run is opened.\n")
+    elif os.path.exists(marker):
+        os.remove(marker)
+
+
+def prior_is_stale(checkpoint):
+    """True when the checkpoint at path `checkpoint` is marked by `mark_prior_stale`."""
+    return os.path.exists(checkpoint + STALE_PRIOR_SUFFIX)
+
+
+def remove_stale_marks(directory, keep):
+    """Removes the markers in directory of checkpoints not in keep (paths; the
+    CheckpointManager's `checkpoints`, after it rotated the oldest away)."""
+    kept = {os.path.basename(path) for path in keep}
+    for name in os.listdir(directory):
+        if (name.endswith(STALE_PRIOR_SUFFIX)
+                and name[:-len(STALE_PRIOR_SUFFIX)] not in kept):
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:  # another process cleaned up first
+                pass
+
+
+def prior_fitted_in_checkpoint(path):
+    """True when the checkpoint at path holds a prior fitted to its own generator: one is
+    saved (`prior_in_checkpoint`) and it is not marked stale (`prior_is_stale`)."""
+    return prior_in_checkpoint(path) and not prior_is_stale(path)
+
+
+def has_prior_to_fit(config):
+    """False for a prior with nothing to fit from the chains (N(0, I))."""
+    return not prior_lib.make(config.prior, config.generator).fitted
 
 
 ENCODER_SUFFIX = ".encoder.keras"
@@ -377,9 +426,10 @@ def open_run(workdir, *, learner=False, fit_prior=True):
     The workdir given is the truth (the run may have been moved since training), and
     the number of chains comes from the checkpoint itself.
 
-    fit_prior: what to do with a checkpoint from before the prior was saved with the
-    model: True fits it now from the restored chains, as the checkpoint callback would
-    have; False raises UserError.
+    fit_prior: what to do with a checkpoint whose prior is not fitted to its generator
+    (from before the prior was saved with the model, or marked stale by
+    `mark_prior_stale`): True fits it now from the restored chains, as training does;
+    False raises UserError.
 
     Raises UserError, in one line, if workdir holds no run or no checkpoint, or if the
     checkpoint does not match the architecture in config.json.
@@ -399,14 +449,14 @@ def open_run(workdir, *, learner=False, fit_prior=True):
         raise UserError(f"{CONFIG_FILE} in {workdir} says {num_examples} training images "
                         f"but its checkpoint holds {in_checkpoint} chains; the two come "
                         "from different runs")
-    # A fresh prior is fitted only when it has nothing to fit (N(0, I)).
-    unfitted = (not prior_in_checkpoint(path)
-                and not prior_lib.make(config.prior, config.generator).fitted)
+    unfitted = not prior_fitted_in_checkpoint(path) and has_prior_to_fit(config)
     if unfitted and not fit_prior:
-        raise UserError(f"the checkpoint {path} holds no fitted prior (it was trained "
-                        "before the prior was saved with the model); pass --fit_prior "
-                        "to fit it now from the run's chains")
-    if learner:  # resume fits the prior if the checkpoint has none
+        why = ("it was written between two fits of the prior, every --figures_every "
+               "epochs" if prior_is_stale(path) else
+               "it was trained before the prior was saved with the model")
+        raise UserError(f"the checkpoint {path} holds no fitted prior ({why}); pass "
+                        "--fit_prior to fit it now from the run's chains")
+    if learner:  # resume fits the prior if the checkpoint's is not fitted
         model, _ = resume(config, in_checkpoint, path=path, strict=False)
         generator, prior, chains, encoder = (model.generator, model.prior, model.chains,
                                              model.encoder)
@@ -441,8 +491,8 @@ def resume(config, num_examples, *, strategy=None, path=None, strict=True):
     Raises UserError, in one line, if that checkpoint holds chains for another number
     of images than num_examples (a folder that gained or lost files), or does not fit
     the architecture. strict: every piece of the learner must be in the checkpoint but
-    the prior of a run from before the prior was saved with the model, which is then
-    fitted from the restored chains.
+    the prior of a run from before the prior was saved with the model. That prior, and
+    a stale one (`mark_prior_stale`), is then fitted once from the restored chains.
     """
     path = path or latest_checkpoint(config.workdir)
     if path is not None:
@@ -463,13 +513,14 @@ def resume(config, num_examples, *, strategy=None, path=None, strict=True):
     has_prior = prior_in_checkpoint(path)
     _restore(checkpoint, path, os.path.join(config.workdir, CONFIG_FILE),
              strict=strict and has_prior)
-    if not has_prior and not model.prior.fitted:
+    if (not has_prior and not model.prior.fitted) or (
+            prior_is_stale(path) and has_prior_to_fit(config)):
         model.fit_prior()
     return model, checkpoint
 
 
 __all__ = ["TrainedModel", "build_model", "checkpoint_for", "chains_in_checkpoint",
-           "encoder_path", "latest_checkpoint", "open_run", "prior_in_checkpoint",
-           "saved_prior",
-           "read_config", "read_encoder", "read_saved", "resume", "write_config",
-           "write_encoder"]
+           "encoder_path", "has_prior_to_fit", "latest_checkpoint", "mark_prior_stale",
+           "open_run", "prior_fitted_in_checkpoint", "prior_in_checkpoint", "prior_is_stale",
+           "read_config", "read_encoder", "read_saved", "remove_stale_marks", "resume",
+           "saved_prior", "write_config", "write_encoder"]

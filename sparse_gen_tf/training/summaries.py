@@ -1,7 +1,8 @@
-"""TensorBoard summaries a run writes at each checkpoint: image grids of samples (from the
-run's prior) and reconstructions, the kernel and parse figures (Figs. 2-3), and, on the
-parts dataset, the grammar validity of samples. `Checkpointing(on_save=[ImageSummaries(...)])`
-calls them."""
+"""TensorBoard summaries a run writes every --figures_every epochs and at its end, just
+after fitting the prior: image grids of samples (from the run's prior) and
+reconstructions, the kernel and parse figures (Figs. 2-3), and, on the parts dataset,
+the grammar validity of samples. `Checkpointing(on_figures=[ImageSummaries(...)])` calls
+them."""
 
 import numpy as np
 import tensorflow as tf
@@ -14,7 +15,7 @@ from sparse_gen_tf.model import prior as prior_lib
 
 class ImageSummaries:
     """Writes image grids to TensorBoard: samples from the model's prior (`model.prior`,
-    fitted at the checkpoint), and training images beside their reconstructions g(z_i)
+    fitted just before), and training images beside their reconstructions g(z_i)
     from the persistent chains. For cooperative learning also
     "data_reconstructions_revisions": each training image, g(z_i) and the descriptor's
     revision Ỹ_i of it, i.e. what the generator is taught (cooperative.py)."""
@@ -33,12 +34,12 @@ class ImageSummaries:
         pairs = np.stack([self.images.astype(np.float32) / 127.5 - 1.0, recon], 1)
         pairs = pairs.reshape((-1,) + recon.shape[1:])
         # record_if(True): whatever recording condition a caller has set (Keras' own
-        # TensorBoard callback gates every summary on its update_freq), a checkpoint's
-        # images are always written.
+        # TensorBoard callback gates every summary on its update_freq), these images are
+        # always written.
         with self.writer.as_default(step=step), tf.summary.record_if(True):
             tf.summary.image("samples", image_grid(samples)[None], max_outputs=1,
                              description=f"Samples from the {self.model.prior.kind} prior "
-                             "(--prior), fitted to the chains at this checkpoint, for the "
+                             "(--prior), fitted to the chains at this step, for the "
                              "same seeds at every step.")
             tf.summary.image("data_and_reconstructions",
                              image_grid(pairs, columns=8)[None], max_outputs=1,
@@ -59,23 +60,15 @@ class ImageSummaries:
         self.writer.flush()
 
 
-def explanation_summaries(model, num_samples=128, seed=0, every=1, last=None):
+def explanation_summaries(model, num_samples=128, seed=0):
     """A callable(step) writing the kernel grids and the parse of training image 0 (from
     its persistent chain) as TensorBoard images; call it inside a writer's context, as
-    `ImageSummaries.extra` does.
-
-    every, last: train steps. The figures are drawn at the first call, then at the first
-    call at least `every` steps after the last drawing, and at step `last` (the run's
-    end): drawing them cost about as much as the prior's fit and a sixth of a parts
-    run's time when it came at every checkpoint.
-    """
+    `ImageSummaries.extra` does. Drawing them costs about as much as the prior's fit (a
+    sixth of a parts run's time when it came at every checkpoint), hence
+    --figures_every."""
     z = sample_latents(model.generator, num_samples, seed)
-    drawn = []  # the step of the last drawing
 
     def write(step):
-        if drawn and step - drawn[-1] < every and step != last:
-            return
-        drawn.append(step)
         figures = kernel_figures(model.generator, z)
         tf.summary.image("kernels/bottom", figures["bottom"][None], step=step,
                          description="Fig. 2a: each bottom kernel as the patch it paints, "

@@ -4,9 +4,12 @@ workdir/
   config.json        the TrainConfig of the run and how many images it trained on
                      (`run.open_run` reads it back for explain, evaluate and export)
   flags.txt          the same as a flagfile: `python train.py --flagfile=workdir/flags.txt`
-  checkpoints/       tf.train checkpoints: generator, chains, optimizer, epoch, RNG state
+  checkpoints/       tf.train checkpoints every --checkpoint_every epochs: generator,
+                     chains, optimizer, epoch, RNG state, the prior (fitted every
+                     --figures_every epochs; ckpt-N.prior_stale marks a checkpoint
+                     written between two fits, run.mark_prior_stale)
   tb/train/          scalars: batch_* every --log_every steps, epoch_* (callbacks.TrainScalars)
-  tb/images/         image grids written at each checkpoint
+  tb/images/         image grids and figures, every --figures_every epochs and at the end
 
 With several workers (--strategy=multi_worker) only the chief writes here (distribute.py).
 """
@@ -57,7 +60,8 @@ def train(config: TrainConfig):
     # start from other weights in every process, and two runs could not be compared.
     keras.utils.set_random_seed(config.seed)
     data = pipeline.load_for(config)
-    dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed)
+    # Endless, with steps_per_epoch below: one iterator for the whole run.
+    dataset = pipeline.train_dataset(data, config.batch_size, seed=config.seed, repeat=True)
     # Every worker runs the same seeded shuffle and keeps its own share of each batch.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
@@ -81,23 +85,24 @@ def train(config: TrainConfig):
             data.images.mean(axis=(0, 1, 2)) / 127.5 - 1.0)
     initial_epoch = int(epoch)
 
+    # Every worker fits the prior at the same epochs, so that their checkpoints agree.
+    saving = dict(every=config.checkpoint_every, figures_every=config.figures_every,
+                  stale_prior=run.has_prior_to_fit(config))
     if not chief:  # the other workers save to save_dir only, and log nothing
-        callbacks = [DivergenceGuard(), Checkpointing(manager, epoch, config.checkpoint_every)]
+        callbacks = [DivergenceGuard(), Checkpointing(manager, epoch, **saving)]
     else:
         run.write_config(config, data.num_examples)
 
         images = ImageSummaries(model, data, os.path.join(config.workdir, "tb", "images"),
                                 num_images=config.num_summary_images, seed=config.seed)
-        images.extra.append(explanation_summaries(
-            model, seed=config.seed, every=config.figures_every * steps_per_epoch,
-            last=epochs * steps_per_epoch))
+        images.extra.append(explanation_summaries(model, seed=config.seed))
         if data.ground_truth is not None:  # parts: score samples against the grammar
             images.extra.append(grammar_summaries(model, data.ground_truth,
                                                   seed=config.seed))
         callbacks = [
             DivergenceGuard(),
             TrainScalars(os.path.join(config.workdir, "tb", "train"), config.log_every),
-            Checkpointing(manager, epoch, config.checkpoint_every, on_save=[images]),
+            Checkpointing(manager, epoch, on_figures=[images], **saving),
             HParamsSummary(config, os.path.join(config.workdir, "tb")),
             Progress(),
         ]
@@ -108,7 +113,8 @@ def train(config: TrainConfig):
         # verbose=0: `Progress` prints a short line instead of Keras' bar of every
         # metric; shuffle=False: the dataset is shuffled already (pipeline.train_dataset).
         return model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                         callbacks=callbacks, verbose=0, shuffle=False)
+                         steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0,
+                         shuffle=False)
     finally:
         distribute.cleanup(save_dir, strategy)
 
