@@ -117,10 +117,10 @@ class TrainConfig:
         "evaluate): grammar, the induced And-Or grammar's OR configurations per block of "
         "top OR nodes (top AND nodes, merged where a swap test finds them dependent), or "
         "per quadrant of the layer below lifted to a top layer where that samples legal "
-        "quadrants more often, fitted from the training parses every --figures_every epochs; nodes, "
-        "OR configurations per top AND node, each node alone (the grammar prior of older "
-        "runs, which open with it); joint, whole top-layer configurations of the training "
-        "parses; normal, z ~ N(0, I).",
+        "quadrants more often, fitted from the training parses every --figures_every "
+        "epochs; nodes, OR configurations per top AND node, each node alone (the grammar "
+        "prior of older runs, which open with it); joint, whole top-layer configurations "
+        "of the training parses; normal, z ~ N(0, I).",
         choices=PRIORS)
     # None trains by plain ABP; a config adds cooperative learning (cooperative.py).
     descriptor: typing.Optional[DescriptorConfig] = dataclasses.field(default=None, metadata={
