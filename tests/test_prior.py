@@ -60,6 +60,15 @@ def nodes(tiny):
     return prior
 
 
+def export_with(generator, prior, directory):
+    """A SavedModel of generator and prior in directory, as cheap to trace as it gets
+    (one restart of one Langevin step), loaded back."""
+    path = serving.export_generator(generator, str(directory), step_size=0.1, sigma=0.3,
+                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
+                                    prior=prior)
+    return tf.saved_model.load(path)
+
+
 def nearest_code_distance(centroids, codes):
     """The smallest distance from any centroid [C, D] to any code [N, D]."""
     d2 = ((centroids[:, None] - codes[None]) ** 2).sum(-1)
@@ -354,10 +363,7 @@ def test_lifted_samples_are_sparse_parses_of_means_of_min_members_quadrant_codes
 
 def test_an_export_with_lifted_samples_serves_them(tiny, lifted, tmp_path):
     generator = tiny.model.generator
-    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
-                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
-                                    prior=lifted)
-    loaded = tf.saved_model.load(path)
+    loaded = export_with(generator, lifted, tmp_path)
     variables = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     assert variables["prior/lifted"] == 1.0
     assert not [name for name, v in variables.items()
@@ -415,10 +421,8 @@ def test_a_grammar_sample_is_a_sparse_parse_that_its_top_layer_determines(tiny):
 @pytest.mark.slow
 def test_an_export_with_the_normal_prior_samples_z_and_serves_it(tmp_path):
     generator = Generator(tiny_generator())
-    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
-                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
-                                    prior=prior_lib.NormalPrior(generator.config))
-    served = tf.saved_model.load(path).signatures["sample"](seed=tf.constant([3, 4], tf.int64))
+    loaded = export_with(generator, prior_lib.NormalPrior(generator.config), tmp_path)
+    served = loaded.signatures["sample"](seed=tf.constant([3, 4], tf.int64))
     z = prior_lib.latent_from_seeds(tf.constant([3, 4], tf.int64), 4)
     np.testing.assert_array_equal(served["z"], z)
     np.testing.assert_allclose(served["image"], (generator(z) + 1) / 2, atol=1e-6)
@@ -520,10 +524,7 @@ def test_a_joint_sample_is_a_sparse_parse_whose_seed_fixes_it(tiny, joint):
 def test_an_export_with_the_joint_prior_serves_samples_and_no_training_code(tiny, joint,
                                                                             tmp_path):
     generator = tiny.model.generator
-    path = serving.export_generator(generator, str(tmp_path), step_size=0.1, sigma=0.3,
-                                    settings=serving.ReconstructSettings(steps=1, restarts=1),
-                                    prior=joint)
-    loaded = tf.saved_model.load(path)
+    loaded = export_with(generator, joint, tmp_path)
     variables = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     np.testing.assert_array_equal(variables["prior/centroids"], joint.centroids.numpy())
     assert not [name for name, v in variables.items()

@@ -82,6 +82,14 @@ JOINT_SHRINK = 0.25
 JOINT_COMPONENTS = 32
 
 
+def size_logits(members):
+    """Logits [..., clusters] that draw a cluster in proportion to its members
+    [..., clusters]: log(members), and a finite floor for empty slots, whose probability
+    is then 0 (`tf.random.stateless_categorical` takes no -inf rows)."""
+    return tf.where(members > 0, tf.math.log(tf.maximum(members, 1.0)),
+                    tf.fill(tf.shape(members), -1e30))
+
+
 def latent_from_seeds(seeds, latent_dim):
     """z [batch, latent_dim] ~ N(0, I); row i is drawn from the stateless seed (seeds[i], 0).
 
@@ -398,8 +406,7 @@ class BlockGrammarPrior(keras.layers.Layer):
         Returns the parse dict (no "z": a recombined map has none).
         """
         s, c = self.generator_config.top_size, self.generator_config.channels[0]
-        logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
-                          tf.fill(tf.shape(self.members), -1e30))
+        logits = size_logits(self.members)
         by_unit = tf.transpose(self.configurations)  # [U, clusters]
 
         @tf.autograph.experimental.do_not_convert
@@ -419,9 +426,7 @@ class BlockGrammarPrior(keras.layers.Layer):
     def _lifted_sample(self, generator, seeds):
         """Top feature maps [batch, s, s, c_1] that paint one quadrant configuration of
         fm^2 per quadrant, drawn from the stateless seeds (seeds[i], 1) (`lift`)."""
-        logits = tf.where(self.quadrant_members > 0,
-                          tf.math.log(tf.maximum(self.quadrant_members, 1.0)),
-                          tf.fill(tf.shape(self.quadrant_members), -1e30))
+        logits = size_logits(self.quadrant_members)
         quadrant_of = tf.constant(block_lib.image_quadrant_units(self.bottom_shape), tf.int32)
         # [D_2, clusters, 2]: each unit's mean and kept share in each configuration.
         by_unit = tf.stack([tf.transpose(self.quadrant_configurations),
@@ -606,9 +611,7 @@ class NodeGrammarPrior(keras.layers.Layer):
         Returns the parse dict (no "z": a recombined map has none).
         """
         s, c = self.generator_config.top_size, self.generator_config.channels[0]
-        # log(members), and a finite floor for empty slots: their probability is 0.
-        logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
-                          tf.fill(tf.shape(self.members), -1e30))
+        logits = size_logits(self.members)
 
         # Plain TF ops, nothing for AutoGraph to convert (it warns about the closure).
         @tf.autograph.experimental.do_not_convert
@@ -714,8 +717,7 @@ class JointGrammarPrior(keras.layers.Layer):
         (seeds[i], 0) and (seeds[i], 1). Returns the parse dict (no "z").
         """
         shape = self.centroids.shape[1:]
-        logits = tf.where(self.members > 0, tf.math.log(tf.maximum(self.members, 1.0)),
-                          tf.fill(tf.shape(self.members), -1e30))[None]  # [1, clusters]
+        logits = size_logits(self.members)[None]  # [1, clusters]
 
         @tf.autograph.experimental.do_not_convert
         def one(seed):  # [s, s, c] for one row
