@@ -40,6 +40,8 @@ flags.DEFINE_integer("num_heldout", 256, "Held-out images to score (--workdir)."
 flags.DEFINE_integer("calls", 20, "Timed calls per cell (median).")
 flags.DEFINE_integer("reconstruct_calls", 5,
                      "Timed calls of the search reconstruct, which is far slower.")
+flags.DEFINE_integer("warmup_calls", 2, "Untimed calls per cell before the timed ones "
+                     "(the first build kernels and thread pools).", lower_bound=1)
 flags.DEFINE_integer("reconstruct_steps", 100, "Langevin steps per chain of the search.")
 flags.DEFINE_list("amortized_steps", ["30"], "Refinement steps of the amortized "
                   "reconstruct; one export per value.")
@@ -60,7 +62,7 @@ FLAGS = flags.FLAGS
 BATCH_SIZES = (1, 64)
 
 
-def measure(exports, calls, reconstruct_calls):
+def measure(exports, calls, reconstruct_calls, warmup_calls=2):
     """Prints {label: {signature: {batch: median seconds per call}}} as JSON; imports
     TensorFlow and NumPy only. exports: {label: SavedModel path}."""
     import time
@@ -89,7 +91,7 @@ def measure(exports, calls, reconstruct_calls):
                         else calls) for job in jobs}
         times = {job: [] for job in jobs}
         for job in jobs:  # the first calls build kernels and thread pools
-            for _ in range(2):
+            for _ in range(warmup_calls):
                 loaded[job[0]][job[1]](**inputs[job])
         for call in range(max(counts.values())):
             for job in jobs:  # interleaved: a burst of load falls on every export alike
@@ -183,7 +185,8 @@ def served_z(path, images):
 def main(argv):
     del argv
     if FLAGS.measure:
-        measure(json.loads(FLAGS.measure), FLAGS.calls, FLAGS.reconstruct_calls)
+        measure(json.loads(FLAGS.measure), FLAGS.calls, FLAGS.reconstruct_calls,
+                FLAGS.warmup_calls)
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import numpy as np
@@ -221,12 +224,13 @@ def main(argv):
             source = "Untrained generator and inference network of the default config"
         print(f"{source}; image {cfg.image_size}x{cfg.image_size}, latent_dim "
               f"{cfg.latent_dim}, channels {cfg.channels}, topk {cfg.topk}. Median of "
-              f"{FLAGS.calls} calls ({FLAGS.reconstruct_calls} for the search) after 2 "
-              "warm-up calls, the exports interleaved.\n", flush=True)
+              f"{FLAGS.calls} calls ({FLAGS.reconstruct_calls} for the search) after "
+              f"{FLAGS.warmup_calls} warm-up calls, the exports interleaved.\n", flush=True)
         timed = subprocess.run([sys.executable, os.path.abspath(__file__),
                                 f"--measure={json.dumps(exports)}",
                                 f"--calls={FLAGS.calls}",
-                                f"--reconstruct_calls={FLAGS.reconstruct_calls}"],
+                                f"--reconstruct_calls={FLAGS.reconstruct_calls}",
+                                f"--warmup_calls={FLAGS.warmup_calls}"],
                                check=True, capture_output=True, text=True)
     medians = json.loads(timed.stdout.strip().splitlines()[-1])
     report(medians, quality, settings)
