@@ -21,8 +21,8 @@ Everything is standard TF ops with static shapes (restarts and stages are Python
 
 The amortized inference (`amortized`) replaces the search by one guess: the inference
 network q(z | Y) (model/encoder.py, trained to maximise Eq. 11 at its guess,
-learning/amortized.py) gives E(Y), and a few refinement steps (4.) climb Eq. (11) from
-it. `InferenceSettings.method` chooses.
+learning/amortized.py) gives E(Y), and a few refinement steps (4.), with heavy-ball
+momentum, climb Eq. (11) from it. `InferenceSettings.method` chooses.
 
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
@@ -233,8 +233,11 @@ def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=N
     noise, δ = langevin_step_size) from every start, as the search's chains take, so that
     a start can cross into a better piece. The noise is a fixed draw per start, the same
     for every image (`langevin(noise_groups=...)`): a row's z still depends on its image
-    alone. On a parts run 20 of them with 4 starts took the held-out PSNR from 1.1 dB
-    below the search's to 0.2 dB below (BENCHMARKS.md, "Amortized reconstruct").
+    alone. With plain refinement steps, 20 of them with 4 starts took a parts run's
+    held-out PSNR from 1.1 dB below the search's to 0.2 dB below; with momentum 0.7
+    (the default, `AMORTIZED_MOMENTUM`) the guess alone comes as close at a seventh of
+    the row-steps, and the extra starts are off by default (BENCHMARKS.md, "Amortized
+    reconstruct").
 
     observed: optional [batch, H, W, 1 or 3] 0/1 mask; the network sees and the
     likelihood counts the observed pixels only.
