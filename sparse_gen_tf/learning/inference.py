@@ -49,12 +49,13 @@ NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized infe
               "with --encoder), or use the search")
 # The amortized inference's refinement: noise-free steps from the network's guess, their
 # δ_r and their momentum β (heavy-ball gradient ascent, `langevin(momentum=...)`). Noise
-# costs the guess's precision; at β = 0.7 the 30 steps reach what 60 plain ones did, and
-# the guess alone then lands within 0.1 dB of the search (BENCHMARKS.md, "Amortized
-# reconstruct").
-AMORTIZED_STEPS = 30
-AMORTIZED_STEP_SIZE = 0.1
-AMORTIZED_MOMENTUM = 0.7
+# costs the guess's precision; with momentum the guess alone lands within about 0.1 dB of
+# the search's held-out PSNR in 20 steps, where 30 plain steps at δ_r = 0.1 stayed 0.3 dB
+# below (parts and faces runs; BENCHMARKS.md, "Amortized reconstruct"). 20 steps, not 30:
+# at batch 1 a step of one image is all op dispatch, so the steps are the latency.
+AMORTIZED_STEPS = 20
+AMORTIZED_STEP_SIZE = 0.14
+AMORTIZED_MOMENTUM = 0.6
 # Starts of the amortized inference: the guess and the best starts - 1 bank entries, each
 # given AMORTIZED_LANGEVIN_STEPS Langevin steps at the run's δ, then refined, the best
 # kept (`amortized`). The default, the guess alone without Langevin steps: with the
@@ -234,9 +235,9 @@ def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=N
     a start can cross into a better piece. The noise is a fixed draw per start, the same
     for every image (`langevin(noise_groups=...)`): a row's z still depends on its image
     alone. With plain refinement steps, 20 of them with 4 starts took a parts run's
-    held-out PSNR from 1.1 dB below the search's to 0.2 dB below; with momentum 0.7
-    (the default, `AMORTIZED_MOMENTUM`) the guess alone comes as close at a seventh of
-    the row-steps, and the extra starts are off by default (BENCHMARKS.md, "Amortized
+    held-out PSNR from 1.1 dB below the search's to 0.2 dB below; with momentum (the
+    default, `AMORTIZED_MOMENTUM`) the guess alone comes as close in a tenth of the
+    row-steps, and the extra starts are off by default (BENCHMARKS.md, "Amortized
     reconstruct").
 
     observed: optional [batch, H, W, 1 or 3] 0/1 mask; the network sees and the

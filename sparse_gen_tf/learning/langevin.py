@@ -84,7 +84,7 @@ def langevin(generator, z, images, seed, *, steps, step_size, sigma, noise=True,
       momentum: β of heavy-ball gradient ascent, noise-free steps only: a velocity
         v <- β·v + δ²/2 · ∂/∂z log p(z, Y), z <- z + v (v = 0 at the start). β = 0 is the
         plain step; β > 0 crosses the long, flat valleys of Eq. (11) in fewer steps (on a
-        parts run 30 steps at β = 0.5 gained as much as 60 plain ones).
+        parts run 30 steps at β = 0.7 came within 0.03 dB of 60 plain ones).
       observed: optional 0/1 mask of observed pixels, see `log_joint`.
       noise_groups: None, or n (Python int): z's rows are n contiguous groups of equal
         size, and every row of a group gets the same noise, drawn for n rows whatever
