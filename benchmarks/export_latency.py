@@ -43,13 +43,14 @@ flags.DEFINE_integer("reconstruct_calls", 5,
 flags.DEFINE_integer("warmup_calls", 2, "Untimed calls per cell before the timed ones "
                      "(the first build kernels and thread pools).", lower_bound=1)
 flags.DEFINE_integer("reconstruct_steps", 100, "Langevin steps per chain of the search.")
-flags.DEFINE_list("amortized_steps", ["30"], "Refinement steps of the amortized "
-                  "reconstruct; one export per value.")
+flags.DEFINE_list("amortized_steps", None, "Refinement steps of the amortized "
+                  "reconstruct; one export per value (default: the export command's).")
 flags.DEFINE_list("amortized_starts", ["1"], "Starts of the amortized reconstruct (the "
                   "guess and the best k-means centroids, `inference.amortized`); one "
                   "export per value and per --amortized_steps.")
-flags.DEFINE_list("amortized_momentum", ["0.7"], "Heavy-ball momentum of the amortized "
-                  "refinement; one export per value (and per value of the lists above).")
+flags.DEFINE_list("amortized_momentum", None, "Heavy-ball momentum of the amortized "
+                  "refinement; one export per value (and per value of the lists above; "
+                  "default: the export command's).")
 flags.DEFINE_integer("amortized_langevin_steps", None, "Langevin steps from each start "
                      "before the refinement (default: the export command's).")
 flags.DEFINE_float("amortized_step_size", None, "δ of those steps (default: the export "
@@ -116,8 +117,10 @@ def export_all(tmp, generator, encoder, *, step_size, sigma, chains, prior=None)
              else {"amortized_step_size": FLAGS.amortized_step_size})
     if FLAGS.amortized_langevin_steps is not None:
         extra["amortized_langevin_steps"] = FLAGS.amortized_langevin_steps
+    defaults = serving.ReconstructSettings()
     for steps, starts, momentum in itertools.product(
-            FLAGS.amortized_steps, FLAGS.amortized_starts, FLAGS.amortized_momentum):
+            FLAGS.amortized_steps or [defaults.amortized_steps], FLAGS.amortized_starts,
+            FLAGS.amortized_momentum or [defaults.amortized_momentum]):
         settings[f"amortized, {steps} steps, {starts} starts, momentum {momentum}"] = (
             serving.ReconstructSettings(method="amortized", amortized_steps=int(steps),
                                         amortized_starts=int(starts),

@@ -181,11 +181,12 @@ def test_reconstruct_amortized_uses_the_runs_network_and_needs_one(workdir, tmp_
     opened = run.open_run(workdir)
     images = opened.generator(tf.random.stateless_normal([3, 4], [6, 6]))
     settings = inference.InferenceSettings(method="amortized", amortized_steps=3,
-                                           amortized_step_size=0.05, amortized_starts=1,
-                                           amortized_langevin_steps=0)
+                                           amortized_step_size=0.05, amortized_momentum=0.5,
+                                           amortized_starts=1, amortized_langevin_steps=0)
     z = inference.reconstruct(opened, images, settings=settings).numpy()
     expected = inference.amortized(opened.generator, opened.encoder, images,
-                                   steps=3, step_size=0.05, sigma=opened.langevin.sigma)
+                                   steps=3, step_size=0.05, momentum=0.5,
+                                   sigma=opened.langevin.sigma)
     np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-4)
     opened.encoder = None
     with pytest.raises(UserError, match="no inference network.*fit_encoder"):
