@@ -4,16 +4,17 @@ search `reconstruct` and the amortized one, with their held-out PSNR and parse a
     python benchmarks/export_latency.py [--calls=20] [--reconstruct_calls=5]
     python benchmarks/export_latency.py --workdir=runs/parts [--num_heldout=256]
 
-Exports the generator twice to a temporary directory, with `reconstruct` as the search
+Exports the generator to a temporary directory, with `reconstruct` as the search
 (--reconstruct=search: 16 Langevin chains of 100 steps per image, from k-means centroids
 of the chains, one image at a time) and as the amortized inference (the inference
 network's guess and the best --amortized_starts - 1 k-means centroids of the chains, then
---amortized_steps noise-free steps from each, the best kept, a batch at once; one export
-per pair of values of the lists). A fresh process that imports TensorFlow only, as a
-server would load it, then times each signature at batch 1 and batch 64, the exports'
-calls interleaved so that the load of a shared machine falls on all of them alike, and
-prints the median of --calls calls per cell (--reconstruct_calls for the search), as
-seconds per image, and the ratios the amortized inference is judged by.
+--amortized_steps noise-free steps of momentum --amortized_momentum from each, the best
+kept, a batch at once; one export per combination of values of the lists). A fresh
+process that imports TensorFlow only, as a server would load it, then times each
+signature at batch 1 and batch 64, the exports' calls interleaved so that the load of a
+shared machine falls on all of them alike, and prints the median of --calls calls per
+cell (--reconstruct_calls for the search), as seconds per image, and the ratios the
+amortized inference is judged by.
 
 With --workdir, the run's latest checkpoint is exported with its inference network
 (fitted here in memory for --fit_steps if the run has none, as fit_encoder would) and
@@ -24,6 +25,7 @@ and an untrained network stand in: latency depends on the ops and shapes, not on
 weights; the search starts from centroids of random chains the size of a default run's.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -38,12 +40,17 @@ flags.DEFINE_integer("num_heldout", 256, "Held-out images to score (--workdir)."
 flags.DEFINE_integer("calls", 20, "Timed calls per cell (median).")
 flags.DEFINE_integer("reconstruct_calls", 5,
                      "Timed calls of the search reconstruct, which is far slower.")
+flags.DEFINE_integer("warmup_calls", 2, "Untimed calls per cell before the timed ones "
+                     "(the first build kernels and thread pools).", lower_bound=1)
 flags.DEFINE_integer("reconstruct_steps", 100, "Langevin steps per chain of the search.")
-flags.DEFINE_list("amortized_steps", ["30"], "Refinement steps of the amortized "
-                  "reconstruct; one export per value.")
-flags.DEFINE_list("amortized_starts", ["4"], "Starts of the amortized reconstruct (the "
+flags.DEFINE_list("amortized_steps", None, "Refinement steps of the amortized "
+                  "reconstruct; one export per value (default: the export command's).")
+flags.DEFINE_list("amortized_starts", ["1"], "Starts of the amortized reconstruct (the "
                   "guess and the best k-means centroids, `inference.amortized`); one "
                   "export per value and per --amortized_steps.")
+flags.DEFINE_list("amortized_momentum", None, "Heavy-ball momentum of the amortized "
+                  "refinement; one export per value (and per value of the lists above; "
+                  "default: the export command's).")
 flags.DEFINE_integer("amortized_langevin_steps", None, "Langevin steps from each start "
                      "before the refinement (default: the export command's).")
 flags.DEFINE_float("amortized_step_size", None, "δ of those steps (default: the export "
@@ -56,7 +63,7 @@ FLAGS = flags.FLAGS
 BATCH_SIZES = (1, 64)
 
 
-def measure(exports, calls, reconstruct_calls):
+def measure(exports, calls, reconstruct_calls, warmup_calls=2):
     """Prints {label: {signature: {batch: median seconds per call}}} as JSON; imports
     TensorFlow and NumPy only. exports: {label: SavedModel path}."""
     import time
@@ -85,7 +92,7 @@ def measure(exports, calls, reconstruct_calls):
                         else calls) for job in jobs}
         times = {job: [] for job in jobs}
         for job in jobs:  # the first calls build kernels and thread pools
-            for _ in range(2):
+            for _ in range(warmup_calls):
                 loaded[job[0]][job[1]](**inputs[job])
         for call in range(max(counts.values())):
             for job in jobs:  # interleaved: a burst of load falls on every export alike
@@ -106,15 +113,18 @@ def export_all(tmp, generator, encoder, *, step_size, sigma, chains, prior=None)
     exports = {}
     settings = {"search": serving.ReconstructSettings(method="search",
                                                       steps=FLAGS.reconstruct_steps)}
-    for steps in FLAGS.amortized_steps:
-        for starts in FLAGS.amortized_starts:
-            extra = ({} if FLAGS.amortized_step_size is None
-                     else {"amortized_step_size": FLAGS.amortized_step_size})
-            if FLAGS.amortized_langevin_steps is not None:
-                extra["amortized_langevin_steps"] = FLAGS.amortized_langevin_steps
-            settings[f"amortized, {steps} steps, {starts} starts"] = (
-                serving.ReconstructSettings(method="amortized", amortized_steps=int(steps),
-                                            amortized_starts=int(starts), **extra))
+    extra = ({} if FLAGS.amortized_step_size is None
+             else {"amortized_step_size": FLAGS.amortized_step_size})
+    if FLAGS.amortized_langevin_steps is not None:
+        extra["amortized_langevin_steps"] = FLAGS.amortized_langevin_steps
+    defaults = serving.ReconstructSettings()
+    for steps, starts, momentum in itertools.product(
+            FLAGS.amortized_steps or [defaults.amortized_steps], FLAGS.amortized_starts,
+            FLAGS.amortized_momentum or [defaults.amortized_momentum]):
+        settings[f"amortized, {steps} steps, {starts} starts, momentum {momentum}"] = (
+            serving.ReconstructSettings(method="amortized", amortized_steps=int(steps),
+                                        amortized_starts=int(starts),
+                                        amortized_momentum=float(momentum), **extra))
     for label, how in settings.items():
         exports[label] = serving.export_generator(
             generator, os.path.join(tmp, str(len(exports))), settings=how,
@@ -178,7 +188,8 @@ def served_z(path, images):
 def main(argv):
     del argv
     if FLAGS.measure:
-        measure(json.loads(FLAGS.measure), FLAGS.calls, FLAGS.reconstruct_calls)
+        measure(json.loads(FLAGS.measure), FLAGS.calls, FLAGS.reconstruct_calls,
+                FLAGS.warmup_calls)
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import numpy as np
@@ -216,12 +227,13 @@ def main(argv):
             source = "Untrained generator and inference network of the default config"
         print(f"{source}; image {cfg.image_size}x{cfg.image_size}, latent_dim "
               f"{cfg.latent_dim}, channels {cfg.channels}, topk {cfg.topk}. Median of "
-              f"{FLAGS.calls} calls ({FLAGS.reconstruct_calls} for the search) after 2 "
-              "warm-up calls, the exports interleaved.\n", flush=True)
+              f"{FLAGS.calls} calls ({FLAGS.reconstruct_calls} for the search) after "
+              f"{FLAGS.warmup_calls} warm-up calls, the exports interleaved.\n", flush=True)
         timed = subprocess.run([sys.executable, os.path.abspath(__file__),
                                 f"--measure={json.dumps(exports)}",
                                 f"--calls={FLAGS.calls}",
-                                f"--reconstruct_calls={FLAGS.reconstruct_calls}"],
+                                f"--reconstruct_calls={FLAGS.reconstruct_calls}",
+                                f"--warmup_calls={FLAGS.warmup_calls}"],
                                check=True, capture_output=True, text=True)
     medians = json.loads(timed.stdout.strip().splitlines()[-1])
     report(medians, quality, settings)

@@ -43,9 +43,12 @@ TINY = tiny_train_config()
 # With refinement, so that every test of the served reconstruct covers it too.
 RECONSTRUCT = serving.ReconstructSettings(steps=5, restarts=3, refine_steps=4,
                                           refine_step_size=0.05)
+# With every part of the amortized inference (extra starts, Langevin steps, momentum), so
+# that the tests of the served amortized reconstruct cover them all; the default (the guess
+# alone, then the momentum steps) has its own export below.
 AMORTIZED = serving.ReconstructSettings(method="amortized", amortized_steps=4,
-                                        amortized_step_size=0.05, amortized_starts=3,
-                                        amortized_langevin_steps=3)
+                                        amortized_step_size=0.05, amortized_momentum=0.5,
+                                        amortized_starts=3, amortized_langevin_steps=3)
 
 
 def run_export(*flags, timeout=300):
@@ -110,6 +113,7 @@ def amortized(tmp_path_factory):
                         "--reconstruct=amortized",
                         f"--reconstruct_amortized_steps={AMORTIZED.amortized_steps}",
                         f"--reconstruct_amortized_step_size={AMORTIZED.amortized_step_size}",
+                        f"--reconstruct_amortized_momentum={AMORTIZED.amortized_momentum}",
                         f"--reconstruct_amortized_starts={AMORTIZED.amortized_starts}",
                         "--reconstruct_amortized_langevin_steps="
                         f"{AMORTIZED.amortized_langevin_steps}")
@@ -276,6 +280,34 @@ def test_the_amortized_reconstruct_answers_a_row_the_same_alone_or_batched_bit_f
         ([0], [16], [5, 2], [1, 2, 3], [4, 3, 9, 0, 12], list(range(8)), list(range(16))))
 
 
+def test_the_default_amortized_reconstruct_is_the_guess_refined_row_by_row(amortized,
+                                                                         tmp_path):
+    model = amortized.model
+    default = serving.ReconstructSettings(method="amortized")
+    path = serving.export_generator(model.generator, str(tmp_path),
+                                    step_size=model.langevin.step_size,
+                                    sigma=model.langevin.sigma, encoder=model.encoder,
+                                    chains=model.chains.numpy(), settings=default)
+    signatures = tf.saved_model.load(path).signatures
+    assert_rows_answered_alone_or_batched_bit_for_bit(
+        signatures, 9, ([0], [8], [5, 2], [1, 2, 3], list(range(5))))
+    # The guess alone: no centroid of the chains goes in the file.
+    assert default.bank(model.chains.numpy()) is None
+    with open(os.path.join(path, serving.INFO_FILE)) as f:
+        langevin = json.load(f)["signatures"]["reconstruct"]["langevin"]
+    assert (langevin["restarts"], langevin["steps"], langevin["refine_steps"],
+            langevin["refine_momentum"]) == (1, 0, inference.AMORTIZED_STEPS,
+                                             inference.AMORTIZED_MOMENTUM)
+    images = signatures["sample"](seed=tf.constant([3, 4], tf.int64))["image"]
+    z = inference.amortized(model.generator, model.encoder, images * 2 - 1,
+                            steps=default.amortized_steps,
+                            step_size=default.amortized_step_size,
+                            momentum=default.amortized_momentum,
+                            sigma=model.langevin.sigma)
+    np.testing.assert_allclose(signatures["reconstruct"](image=images)["z"], z,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_the_amortized_reconstruct_is_the_librarys_amortized_inference(amortized):
     model = amortized.model
     images = amortized.loaded.signatures["sample"](seed=tf.constant([3, 4, 5], tf.int64))[
@@ -284,6 +316,7 @@ def test_the_amortized_reconstruct_is_the_librarys_amortized_inference(amortized
     z = inference.amortized(model.generator, model.encoder, images * 2 - 1,
                             steps=AMORTIZED.amortized_steps,
                             step_size=AMORTIZED.amortized_step_size,
+                            momentum=AMORTIZED.amortized_momentum,
                             sigma=model.langevin.sigma,
                             bank=AMORTIZED.bank(model.chains.numpy()),
                             starts=AMORTIZED.amortized_starts,
@@ -303,6 +336,8 @@ def test_signatures_json_records_the_amortized_reconstruct(amortized):
         AMORTIZED.amortized_langevin_steps, AMORTIZED.amortized_starts, True)
     assert langevin["refine_steps"] == AMORTIZED.amortized_steps
     assert langevin["refine_step_size"] == AMORTIZED.amortized_step_size
+    assert langevin["refine_momentum"] == AMORTIZED.amortized_momentum
+    assert f"momentum β = {AMORTIZED.amortized_momentum}" in reconstruct["doc"]
     assert "inference network" in langevin["start"] and "inference network" in (
         reconstruct["doc"])
     assert "k-means centroids" in langevin["start"]

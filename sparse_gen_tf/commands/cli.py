@@ -78,6 +78,9 @@ def define_inference_flags():
                          "the network's guess.", lower_bound=0)
     flags.DEFINE_float("amortized_step_size", d.amortized_step_size,
                        "Amortized: δ of those steps.", lower_bound=0.0)
+    flags.DEFINE_float("amortized_momentum", d.amortized_momentum,
+                       "Amortized: heavy-ball momentum β of those steps (0: plain "
+                       "gradient ascent).", lower_bound=0.0, upper_bound=0.99)
     flags.DEFINE_integer("inference_steps", d.steps, "Langevin steps per chain.",
                          lower_bound=0)
     flags.DEFINE_integer("restarts", d.restarts, "Chains per image; the best one is kept.",
@@ -103,7 +106,8 @@ def inference_settings(values):
     return inference.InferenceSettings(
         method=values.inference, amortized_steps=values.amortized_steps,
         amortized_step_size=values.amortized_step_size,
-        steps=values.inference_steps, restarts=values.restarts,
+        amortized_momentum=values.amortized_momentum, steps=values.inference_steps,
+        restarts=values.restarts,
         anneal_sigma=values.anneal_sigma, anneal_stages=values.anneal_stages,
         refine_steps=values.refine_steps, use_bank=values.use_bank,
         refine_step_size=values.refine_step_size)

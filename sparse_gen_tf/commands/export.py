@@ -44,6 +44,9 @@ def define_flags():
                          "network's guess.", lower_bound=0)
     flags.DEFINE_float("reconstruct_amortized_step_size", defaults.amortized_step_size,
                        "Amortized reconstruct: δ of those steps.", lower_bound=0.0)
+    flags.DEFINE_float("reconstruct_amortized_momentum", defaults.amortized_momentum,
+                       "Amortized reconstruct: heavy-ball momentum β of those steps "
+                       "(0: plain gradient ascent).", lower_bound=0.0, upper_bound=0.99)
     flags.DEFINE_integer("reconstruct_amortized_starts", defaults.amortized_starts,
                          "Amortized reconstruct: the guess and this many - 1 of the "
                          "--reconstruct_centroids with the highest log joint are all "
@@ -91,6 +94,7 @@ def main(argv):
     settings = serving.ReconstructSettings(
         method=values.reconstruct, amortized_steps=values.reconstruct_amortized_steps,
         amortized_step_size=values.reconstruct_amortized_step_size,
+        amortized_momentum=values.reconstruct_amortized_momentum,
         amortized_starts=values.reconstruct_amortized_starts,
         amortized_langevin_steps=values.reconstruct_amortized_langevin_steps,
         steps=values.reconstruct_steps, restarts=values.reconstruct_restarts,
@@ -109,8 +113,10 @@ def main(argv):
     if method == "amortized":
         starts = (f" and {settings.amortized_starts - 1} other starts"
                   if settings.amortized_starts > 1 else "")
+        momentum = (f" (momentum {settings.amortized_momentum})"
+                    if settings.amortized_momentum else "")
         how = (f"the inference network's guess{starts}, then {settings.amortized_steps} "
-               "noise-free steps")
+               f"noise-free steps{momentum}")
     else:
         codes = " from the training codes" if values.export_training_codes else ""
         refine = (f", then {settings.refine_steps} noise-free steps"

@@ -21,8 +21,8 @@ Everything is standard TF ops with static shapes (restarts and stages are Python
 
 The amortized inference (`amortized`) replaces the search by one guess: the inference
 network q(z | Y) (model/encoder.py, trained to maximise Eq. 11 at its guess,
-learning/amortized.py) gives E(Y), and a few refinement steps (4.) climb Eq. (11) from
-it. `InferenceSettings.method` chooses.
+learning/amortized.py) gives E(Y), and a few refinement steps (4.), with heavy-ball
+momentum, climb Eq. (11) from it. `InferenceSettings.method` chooses.
 
 The restarts with bank starts are what bring held-out images up to the same inference on
 training images; annealing and refinement are off by default because they did not pay at
@@ -47,16 +47,21 @@ METHODS = ("search", "amortized")
 NO_ENCODER = ("this run has no inference network q(z | Y) for the amortized inference; "
               "fit one with python -m sparse_gen_tf.commands.fit_encoder --workdir=RUN (or train "
               "with --encoder), or use the search")
-# The amortized inference's refinement: noise-free steps from the network's guess, and
-# their δ_r: noise costs the guess's precision, and past 30 steps the held-out PSNR no
-# longer rises while the cost grows linearly (docs/experiments.md).
-AMORTIZED_STEPS = 30
-AMORTIZED_STEP_SIZE = 0.1
+# The amortized inference's refinement: noise-free steps from the network's guess, their
+# δ_r and their momentum β (heavy-ball gradient ascent, `langevin(momentum=...)`). Noise
+# costs the guess's precision; with momentum the guess alone lands within about 0.1 dB of
+# the search's held-out PSNR in 20 steps, where 30 plain steps at δ_r = 0.1 stayed 0.3 dB
+# below (parts and faces runs; BENCHMARKS.md, "Amortized reconstruct"). 20 steps, not 30:
+# at batch 1 a step of one image is all op dispatch, so the steps are the latency.
+AMORTIZED_STEPS = 20
+AMORTIZED_STEP_SIZE = 0.14
+AMORTIZED_MOMENTUM = 0.6
 # Starts of the amortized inference: the guess and the best starts - 1 bank entries, each
 # given AMORTIZED_LANGEVIN_STEPS Langevin steps at the run's δ, then refined, the best
-# kept (`amortized`).
-AMORTIZED_STARTS = 4
-AMORTIZED_LANGEVIN_STEPS = 20
+# kept (`amortized`). The default, the guess alone without Langevin steps: with the
+# momentum refinement, the extra starts and their noise no longer paid their cost.
+AMORTIZED_STARTS = 1
+AMORTIZED_LANGEVIN_STEPS = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +70,9 @@ class InferenceSettings:
 
     method: "search", `infer` with the fields below; "amortized", `amortized`: the
       model's inference network (`model.encoder`), then amortized_steps refinement steps
-      of step amortized_step_size, from the guess and amortized_starts - 1 of the
-      persistent chains, each after amortized_langevin_steps Langevin steps at the
-      model's δ (the best kept).
+      of step amortized_step_size and momentum amortized_momentum, from the guess and
+      amortized_starts - 1 of the persistent chains, each after amortized_langevin_steps
+      Langevin steps at the model's δ (the best kept).
     use_bank: start from the persistent chains of the training images (the model's
     `chains`), in addition to N(0, I) draws.
     refine_step_size: δ_r of the refinement; None takes the model's δ.
@@ -75,6 +80,7 @@ class InferenceSettings:
     method: str = "search"
     amortized_steps: int = AMORTIZED_STEPS
     amortized_step_size: float = AMORTIZED_STEP_SIZE
+    amortized_momentum: float = AMORTIZED_MOMENTUM
     amortized_starts: int = AMORTIZED_STARTS
     amortized_langevin_steps: int = AMORTIZED_LANGEVIN_STEPS
     steps: int = 100
@@ -208,12 +214,14 @@ def infer(generator, images, *, steps, step_size, sigma, restarts=1, seed=0,
 
 
 def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=None,
-              bank=None, starts=1, langevin_steps=0, langevin_step_size=None):
+              bank=None, starts=1, langevin_steps=0, langevin_step_size=None,
+              momentum=0.0):
     """The amortized inference of z [batch, d] for images [batch, H, W, 3] in [-1, 1]:
     the inference network's guess E(Y) (`guess`), then `steps` noise-free steps of
     Eq. (10) at δ = step_size (gradient ascent on Eq. 11), as `infer` refines its best
-    chain. One pass of the network and `steps` gradients per start, against `infer`'s
-    restarts x steps; no random draw, so a row's z is a function of its image alone.
+    chain, with heavy-ball momentum β = momentum (`langevin`; 0, plain steps). One pass
+    of the network and `steps` gradients per start, against `infer`'s restarts x steps;
+    no random draw, so a row's z is a function of its image alone.
 
     starts > 1 (with a bank [M, d], e.g. k-means centroids of the training chains): the
     guess and the starts - 1 bank entries of highest log joint (Eq. 11) for the image
@@ -226,8 +234,11 @@ def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=N
     noise, δ = langevin_step_size) from every start, as the search's chains take, so that
     a start can cross into a better piece. The noise is a fixed draw per start, the same
     for every image (`langevin(noise_groups=...)`): a row's z still depends on its image
-    alone. On a parts run 20 of them with 4 starts took the held-out PSNR from 1.1 dB
-    below the search's to 0.2 dB below (BENCHMARKS.md, "Amortized reconstruct").
+    alone. With plain refinement steps, 20 of them with 4 starts took a parts run's
+    held-out PSNR from 1.1 dB below the search's to 0.2 dB below; with momentum (the
+    default, `AMORTIZED_MOMENTUM`) the guess alone comes as close in a tenth of the
+    row-steps, and the extra starts are off by default (BENCHMARKS.md, "Amortized
+    reconstruct").
 
     observed: optional [batch, H, W, 1 or 3] 0/1 mask; the network sees and the
     likelihood counts the observed pixels only.
@@ -250,7 +261,8 @@ def amortized(generator, encoder, images, *, steps, step_size, sigma, observed=N
                  step_size=langevin_step_size, sigma=sigma, observed=tiled_observed,
                  noise_groups=count)
     z = langevin(generator, z, tiled, tf.constant([0, 0]), steps=steps,
-                 step_size=step_size, sigma=sigma, noise=False, observed=tiled_observed)
+                 step_size=step_size, sigma=sigma, noise=False, observed=tiled_observed,
+                 momentum=momentum)
     if count == 1:
         return z
     log_likelihood, log_prior = log_joint(generator, z, tiled, sigma, tiled_observed)
@@ -321,7 +333,8 @@ def _compiled(model, settings, seed, masked):
         return tf.function(lambda images, observed: amortized(
             model.generator, model.encoder, images, steps=settings.amortized_steps,
             step_size=settings.amortized_step_size, sigma=model.langevin.sigma,
-            observed=observed, bank=model.chains.value,
+            momentum=settings.amortized_momentum, observed=observed,
+            bank=model.chains.value if settings.amortized_starts > 1 else None,
             starts=settings.amortized_starts,
             langevin_steps=settings.amortized_langevin_steps,
             langevin_step_size=model.langevin.step_size), jit_compile=True)

@@ -234,7 +234,8 @@ def evaluate(workdir, *, num_heldout=256, num_fit=512, settings=inference.DEFAUL
         serving.ReconstructSettings(), refine_steps=settings.refine_steps,
         refine_step_size=settings.refine_step_size,
         amortized_steps=settings.amortized_steps,
-        amortized_step_size=settings.amortized_step_size)
+        amortized_step_size=settings.amortized_step_size,
+        amortized_momentum=settings.amortized_momentum)
 
     def infer(images, how=settings, what="images"):
         say(f"inferring z of {len(images)} {what}")

@@ -122,9 +122,10 @@ class ReconstructSettings:
     """How the `reconstruct` signature infers z; δ and σ are the trained model's.
 
     method: "amortized", the run's inference network, then amortized_steps noise-free
-      steps of δ = amortized_step_size (`inference.amortized`), all rows at once, from
-      the guess and the amortized_starts - 1 best of the `centroids` k-means centroids
-      of the training chains, the best refined start kept;
+      steps of δ = amortized_step_size and momentum amortized_momentum
+      (`inference.amortized`), all rows at once, from the guess and the
+      amortized_starts - 1 best of the `centroids` k-means centroids of the training
+      chains (by default none: the guess alone), the best refined start kept;
       "search", `inference.infer` with the fields below, one image at a time
       (`inference.infer_each`); "auto", amortized when the run has an inference
       network, else search (`resolve`).
@@ -140,6 +141,7 @@ class ReconstructSettings:
     method: str = "auto"
     amortized_steps: int = inference.AMORTIZED_STEPS
     amortized_step_size: float = inference.AMORTIZED_STEP_SIZE
+    amortized_momentum: float = inference.AMORTIZED_MOMENTUM
     amortized_starts: int = inference.AMORTIZED_STARTS
     amortized_langevin_steps: int = inference.AMORTIZED_LANGEVIN_STEPS
     steps: int = inference.DEFAULT_SETTINGS.steps
@@ -232,6 +234,7 @@ def infer_latent(generator, images, *, settings, step_size, sigma, bank, encoder
         return inference.amortized(generator, encoder, images,
                                    steps=settings.amortized_steps,
                                    step_size=settings.amortized_step_size, sigma=sigma,
+                                   momentum=settings.amortized_momentum,
                                    bank=bank, starts=settings.amortized_starts,
                                    langevin_steps=settings.amortized_langevin_steps,
                                    langevin_step_size=step_size)
@@ -345,7 +348,8 @@ def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, so
                     "step_size": step_size, "sigma": sigma,
                     "noise": settings.amortized_langevin_steps > 0, "start": start,
                     "training_codes": False, "refine_steps": settings.amortized_steps,
-                    "refine_step_size": settings.amortized_step_size}
+                    "refine_step_size": settings.amortized_step_size,
+                    "refine_momentum": settings.amortized_momentum}
         doc = ("Infers z for each image: the inference network q(z | Y) guesses it in one "
                "pass"
                + (f", {settings.amortized_langevin_steps} Langevin steps (Eq. 10, δ = "
@@ -353,7 +357,9 @@ def describe(generator, *, settings, step_size, sigma, bank=None, prior=None, so
                   if settings.amortized_langevin_steps else "") +
                f", then {settings.amortized_steps} noise-free steps of Eq. (10) "
                f"(gradient ascent on the log joint, Eq. 11, δ = "
-               f"{settings.amortized_step_size}) refine it"
+               f"{settings.amortized_step_size}"
+               + (f", heavy-ball momentum β = {settings.amortized_momentum}"
+                  if settings.amortized_momentum else "") + ") refine it"
                + (f" and {starts - 1} other starts, keeping the one of highest log joint"
                   if starts > 1 else "") +
                "; returns g(z) with its parse. "
