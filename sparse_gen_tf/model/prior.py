@@ -650,12 +650,14 @@ def lift(generator, targets, weights=None):
         left = goal - tf.einsum("nj,njd->nd", coefficients, atoms)
     # The refit weighs the units that TopK_2 drops too, and they pull the coefficients
     # below what the kept units want (the lifted parts come out dim): one scale per sample,
-    # the least-squares fit of the units of weight 1 alone (1 when every unit weighs 1).
+    # the least-squares fit of the units of weight 1 alone (1 when every unit weighs 1),
+    # where that fit is a positive scale (else the coefficients stay as they are).
     painted = tf.einsum("nj,njd->nd", coefficients, atoms)
     kept = tf.cast(weights >= 1.0, tf.float32)
-    scale = (tf.reduce_sum(kept * painted * goal, 1)
-             / tf.maximum(tf.reduce_sum(kept * painted ** 2, 1), 1e-9))
-    coefficients = coefficients * tf.maximum(scale, 0.0)[:, None]
+    fit, energy = (tf.reduce_sum(kept * painted * goal, 1),
+                   tf.reduce_sum(kept * painted ** 2, 1))
+    scale = tf.where((fit > 0) & (energy > 1e-9), fit / tf.maximum(energy, 1e-9), 1.0)
+    coefficients = coefficients * scale[:, None]
     top = tf.reduce_sum(tf.one_hot(tf.stack(picks, 1), units) * coefficients[..., None], 1)
     return tf.reshape(top, [-1, s, s, c])
 
