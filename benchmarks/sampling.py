@@ -50,8 +50,11 @@ generator (`parts.GEOMETRIES[name].flags`) for --geometry_steps steps, sparse an
 (K = the feature map's size), and prints one table: for each geometry and model, the
 legal quadrants of its reconstructions g(z_i), and of the samples of each prior
 (`prior.PRIORS`: grammar, nodes, joint, normal) fitted to its chains, the joint prior's
-clusters sampled as their means alone, and the joint prior's share of the reconstructions'
-score; then the blocks and numbers of configurations that `grammar` chose on each run.
+clusters sampled as their means alone, the joint prior's share of the reconstructions'
+score, and how many of each quadrant's composites the legal quadrants of `grammar` reach
+(fewest-most over the quadrants); then the blocks and numbers of configurations that
+`grammar` chose on each run. `grammar` is fitted with the first training images, as
+training fits it. The runs are trained with --prior=normal (no prior fits at checkpoints).
 """
 
 import subprocess

@@ -8,8 +8,9 @@
              parses, with the cluster's frequency; where top kernels overlap the quadrants
              it samples the quadrants of the layer below and lifts them to a top layer.
              The rest of the network renders the picked map, TopK and ReLU included, so
-             every sample is a sparse parse of every layer. The default
-             (docs/grammar_prior.md).
+             every sample is a sparse parse of every layer. Given the training images,
+             its fit drops the configurations whose renderings lie far from all of them.
+             The default (docs/grammar_prior.md).
     nodes    the same node by node (`NodeGrammarPrior`): every top AND node (cell (y, x)
              of fm^1) picks one of its OR configurations independently. On the default
              geometry its samples are legal images of the grammar about as often as the
@@ -162,6 +163,11 @@ class BlockGrammarPrior(keras.layers.Layer):
     top OR nodes whose painting matches them; the network renders that top layer. It is
     kept (`lifted` = 1) when its samples pass the check more often, and tried only for a
     sparse top layer (K_1 <= MAX_LIFT) below which there is a second layer.
+
+    The nearest-quadrant check compares with reconstructions, and passes a blend that the
+    model paints for some composite (its reconstructions are blends there too). Given the
+    training images, the fit then drops the configurations of the candidate kept whose
+    renderings lie far from every training image (`_keep_near_images`).
 
     State (non-trainable variables), U = s*s*c_1 units, B = max(s*s, 4) block slots:
       blocks [U] int32: the block of each unit of fm^1 (flattened row-major);
