@@ -50,8 +50,11 @@ generator (`parts.GEOMETRIES[name].flags`) for --geometry_steps steps, sparse an
 (K = the feature map's size), and prints one table: for each geometry and model, the
 legal quadrants of its reconstructions g(z_i), and of the samples of each prior
 (`prior.PRIORS`: grammar, nodes, joint, normal) fitted to its chains, the joint prior's
-clusters sampled as their means alone, and the joint prior's share of the reconstructions'
-score; then the blocks and numbers of configurations that `grammar` chose on each run.
+clusters sampled as their means alone, the joint prior's share of the reconstructions'
+score, and how many of each quadrant's composites the legal quadrants of `grammar` reach
+(fewest-most over the quadrants); then the blocks and numbers of configurations that
+`grammar` chose on each run. `grammar` is fitted with the first training images, as
+training fits it. The runs are trained with --prior=normal (no prior fits at checkpoints).
 """
 
 import subprocess
@@ -76,6 +79,7 @@ from sparse_gen_tf.model import prior as prior_lib
 from sparse_gen_tf.training.run import open_run
 
 flags.DEFINE_string("workdir", "runs/parts", "A training run on --dataset=parts.")
+MAX_IMAGES = 1024  # the training images the grammar prior's fit checks against
 flags.DEFINE_integer("num_samples", 512, "Images per row.")
 flags.DEFINE_integer("seed", 0, "Seeds every draw.")
 flags.DEFINE_integer("ebm_iterations", 2000, "Updates of the latent EBM; 0 skips it.")
@@ -191,14 +195,16 @@ def node_dependence(prior, top, rng):
 
 def geometry_run(name, model):
     """The workdir of geometry `name`'s `model` ("sparse" or "dense") run, trained for
-    --geometry_steps steps with the geometry's flags unless it is there already."""
+    --geometry_steps steps with the geometry's flags unless it is there already.
+    Trained with --prior=normal: the prior plays no part in training, and the table fits
+    every prior afresh from the chains, so no grammar prior is fitted at checkpoints."""
     workdir = os.path.join(FLAGS.geometry_dir, f"{name}_{model}")
     if not os.path.exists(os.path.join(workdir, "checkpoints")):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         subprocess.run([sys.executable, os.path.join(root, "train.py"),
                         "--flagfile=" + os.path.join(root, "parts.flags"),
                         *parts.GEOMETRIES[name].flags(name, dense=model == "dense"),
-                        f"--workdir={workdir}",
+                        f"--workdir={workdir}", "--prior=normal",
                         f"--train_steps={FLAGS.geometry_steps}", f"--seed={FLAGS.seed}"],
                        check=True)
     return workdir
@@ -213,8 +219,8 @@ def geometry_table():
           "(`parts_scores.grammar_validity`).\n")
     print("| geometry | model | steps | reconstructions | "
           + " | ".join(f"`{kind}`" for kind in prior_lib.PRIORS)
-          + " | joint, cluster means only | joint / reconstructions |\n|---|---|---|---|"
-          + "---|" * len(prior_lib.PRIORS) + "---|---|")
+          + " | joint, cluster means only | joint / reconstructions | composites of "
+          "`grammar` |\n|---|---|---|---|" + "---|" * len(prior_lib.PRIORS) + "---|---|---|")
     fits = []
     for name in FLAGS.geometries:
         for model in FLAGS.geometry_models:
@@ -226,14 +232,20 @@ def geometry_table():
                 return parts_scores.grammar_validity(np.asarray(images), truth)[0]
 
             reconstructions = legal(generator(chains[:n]))
+            images = pipeline.to_model_range(opened.data().images[:MAX_IMAGES]).numpy()
             scores = {}
             for kind in prior_lib.PRIORS:
                 prior = prior_lib.make(kind, generator.config)
                 start = time.perf_counter()
-                prior.fit(generator, chains, seed=opened.config.seed)
+                # The grammar prior checks its configurations against the training
+                # images, as training fits it (`AlternatingBackprop.fit_prior`).
+                prior.fit(generator, chains, seed=opened.config.seed,
+                          **({"images": images} if kind == "grammar" else {}))
                 seconds = time.perf_counter() - start
-                scores[kind] = legal(prior.sample(generator, seeds)["image"])
+                sampled = prior.sample(generator, seeds)["image"].numpy()
+                scores[kind] = legal(sampled)
                 if kind == "grammar":
+                    reached = composites_reached(sampled, truth)
                     fits.append(f"{name} {model}: {describe_fit(prior.fit_report)}; "
                                 f"fit {seconds:.1f} s")
                 if kind == "joint":  # the same clusters, each sampled as its mean only
@@ -242,10 +254,26 @@ def geometry_table():
             print(f"| {name} | {model} | {opened.step} | {reconstructions:.3f} | "
                   + " | ".join(f"{scores[kind]:.3f}" for kind in prior_lib.PRIORS)
                   + f" | {scores['means']:.3f}"
-                  + f" | {scores['joint'] / max(reconstructions, 1e-9):.2f} |", flush=True)
+                  + f" | {scores['joint'] / max(reconstructions, 1e-9):.2f}"
+                  + f" | {reached} |", flush=True)
     print("\nThe blocks and configurations `grammar` chose (`BlockGrammarPrior.fit_report`):\n")
     for line in fits:
         print(f"- {line}")
+
+
+def composites_reached(images, truth):
+    """"a-b/m": the fewest and most of its m composites that any quadrant reaches in the
+    legal quadrants of images [n, H, W, 3] (a prior that drops configurations can be
+    legal more often by painting fewer composites)."""
+    part, _, _ = parts_scores.cell_fits(images, truth.parts)
+    legal = parts_scores.legal_quadrants(images, truth)
+    counts = []
+    for q in range(4):
+        rows, cols = slice(2 * (q // 2), 2 * (q // 2) + 2), slice(2 * (q % 2), 2 * (q % 2) + 2)
+        cells = part[:, rows, cols].reshape(len(part), 1, 4)
+        which = (cells == truth.composites[q].reshape(1, -1, 4)).all(-1)  # [n, m]
+        counts.append(int(which[legal[:, q]].any(0).sum()))
+    return f"{min(counts)}-{max(counts)}/{truth.composites.shape[1]}"
 
 
 def describe_fit(report):
@@ -260,6 +288,9 @@ def describe_fit(report):
     searched = (f"; blocks tried at {max(report['counts'])}: {splits}; best blocks by "
                 "count: " + ", ".join(f"{c}: {s:.2f}" for c, s in report["counts"].items())
                 if report["counts"] else "; blocks not searched")
+    if report.get("dropped"):
+        chosen += (f"; {report['dropped'][0]} configurations ({report['dropped'][1]:.0%} of "
+                   "the members) dropped, far from the training images")
     return (f"{chosen}; nearest-quadrant check of its samples {report['score']:.2f} ("
             + (f"lifted by count: {lifted}" if lifted else "no lift") + searched + ")")
 

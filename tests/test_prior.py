@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from conftest import tiny_generator, tiny_train_config
 from sparse_gen_tf import serving
+from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.model import blocks as block_lib
 from sparse_gen_tf.model import clusters
@@ -252,16 +253,26 @@ def test_painted_quadrants_put_every_unit_of_a_tiny_generator_in_one_quadrant():
     np.testing.assert_array_equal(block_lib.node_blocks((s, s, c)), np.repeat(np.arange(4), c))
 
 
+def training_images(tiny):
+    """The tiny run's training images in [-1, 1], as the trainer gives them to the prior."""
+    return pipeline.to_model_range(
+        tiny.opened.data().images[:block_lib.MAX_REFERENCE]).numpy()
+
+
 def test_the_grammar_prior_reports_its_choice_and_the_learner_fitted_the_same(tiny,
                                                                              blocks_only):
     generator = tiny.model.generator
     prior = prior_lib.make("grammar", generator.config)
-    prior.fit(generator, tiny.model.chains.numpy(), seed=tiny.config.seed)
+    prior.fit(generator, tiny.model.chains.numpy(), seed=tiny.config.seed,
+              images=training_images(tiny))
     report = prior.fit_report
+    assert report["dropped"] is not None
     assert report["split"] in ("nodes", "quadrants", "lifted")
     assert set(report["lifted"]) == set(prior_lib.LIFT_CLUSTERS)
     assert 0.0 <= report["score"] <= 1.0
-    assert report["score"] == max([*report["lifted"].values(), *report["counts"].values()])
+    # The scores tried are reported to 3 decimals.
+    assert report["score"] == pytest.approx(
+        max([*report["lifted"].values(), *report["counts"].values()]), abs=5e-4)
     for name in BLOCK_STATE:  # the checkpoint's prior is the same fit
         np.testing.assert_array_equal(getattr(prior, name).numpy(),
                                       getattr(tiny.model.prior, name).numpy())
@@ -319,6 +330,61 @@ def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(t
     # It paints the parse's fm^2 far better than an empty top layer does.
     assert (np.linalg.norm((lifted - bottom).numpy().reshape(16, -1), axis=1)
             < 0.5 * np.linalg.norm((zero - bottom).numpy().reshape(16, -1), axis=1)).all()
+
+
+@pytest.mark.parametrize("lift", [True, False])
+def test_configurations_far_from_every_training_image_are_dropped_but_none_empties_a_block(
+        tiny, lift):
+    generator, chains = tiny.model.generator, tiny.model.chains.numpy()
+    images = training_images(tiny)
+    kept = prior_lib.make("grammar", generator.config, lift=lift)
+    kept.fit(generator, chains, seed=0)
+    assert kept.fit_report["dropped"] is None
+    # Against "training images" that are the reconstructions themselves, the threshold is
+    # 0 and every recombined rendering is far: each block (or quadrant) keeps one.
+    pruned = prior_lib.make("grammar", generator.config, lift=lift)
+    pruned.fit(generator, chains, seed=0, images=generator(chains[:len(images)]).numpy())
+    lifted = bool(float(pruned.lifted.numpy()))
+    assert lifted == bool(float(kept.lifted.numpy()))
+    if lifted:
+        before, after = kept.quadrant_members.numpy(), pruned.quadrant_members.numpy()
+        stored = pruned.quadrant_configurations.numpy()
+    else:
+        used = np.unique(pruned.blocks.numpy())
+        before, after = kept.members.numpy()[used], pruned.members.numpy()[used]
+        stored = pruned.configurations.numpy()
+    assert ((after > 0).sum(-1) == 1).all() and pruned.fitted
+    np.testing.assert_array_equal(after[after > 0], before[after > 0])  # sizes as they were
+    dropped, share = pruned.fit_report["dropped"]
+    assert dropped == int((before > 0).sum() - (after > 0).sum())
+    assert share == pytest.approx(before[(before > 0) & (after == 0)].sum() / before.sum(),
+                                  abs=1e-3)
+    # A dropped configuration leaves nothing stored in its slot.
+    if lifted:
+        quadrant_of = block_lib.image_quadrant_units(pruned.bottom_shape)
+        for q in range(4):
+            assert not stored[after[q] == 0][:, quadrant_of == q].any()
+    else:
+        for row, block in enumerate(used):
+            assert not stored[after[row] == 0][:, pruned.blocks.numpy() == block].any()
+    sample = pruned.sample(generator, prior_lib.sample_seeds(4))["image"].numpy()
+    assert np.isfinite(sample).all()
+
+
+def test_the_lift_s_coefficients_fit_the_units_of_weight_one_in_least_squares(tiny):
+    generator = tiny.model.generator
+    bottom = generator.parse(tiny.model.chains.numpy()[:16])["feature_maps"][1].numpy()
+    weights = np.where(bottom > np.median(bottom), 1.0, 0.1).astype(np.float32)
+    top = prior_lib.lift(generator, bottom, weights)
+    zero = generator.deconvs[0](tf.zeros_like(top[:1])).numpy()
+    painted = (generator.deconvs[0](top).numpy() - zero).reshape(16, -1)
+    goal = (bottom - zero).reshape(16, -1)
+    on = weights.reshape(16, -1) >= 1.0
+    # No scale of the painting fits the units of weight 1 better: its residual there is
+    # orthogonal to it (where the fit's scale is positive, as on every row here).
+    assert ((goal * painted * on).sum(1) > 0).all()
+    residual = ((goal - painted) * painted * on).sum(1)
+    np.testing.assert_allclose(residual / (painted ** 2 * on).sum(1), 0.0, atol=1e-3)
 
 
 @pytest.fixture(scope="module")

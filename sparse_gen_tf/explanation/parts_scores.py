@@ -162,6 +162,23 @@ def cell_fits(images, parts):
     return part, intensity, 10.0 * np.log10(4.0 / np.maximum(mse / atoms.shape[1], 1e-12))
 
 
+def legal_quadrants(images, truth):
+    """bool [N, 4]: which quadrants of images [N, H, W, 3] in [-1, 1] are legal
+    derivations of the grammar (`grammar_validity`)."""
+    part, intensity, fit_psnr = cell_fits(images, truth.parts)
+    low, high = INTENSITY_RANGE
+    clean = (fit_psnr >= CLEAN_CELL_PSNR) & (
+        (part < 0) | ((intensity >= low) & (intensity <= high)))
+    legal = []
+    for q in range(4):
+        rows, cols = slice(2 * (q // 2), 2 * (q // 2) + 2), slice(2 * (q % 2), 2 * (q % 2) + 2)
+        cells = part[:, rows, cols].reshape(len(part), 1, 4)
+        composites = truth.composites[q].reshape(1, -1, 4)
+        is_composite = (cells == composites).all(-1).any(-1)
+        legal.append(is_composite & clean[:, rows, cols].reshape(len(part), 4).all(-1))
+    return np.stack(legal, 1)
+
+
 def grammar_validity(images, truth):
     """How often images [N, H, W, 3] in [-1, 1] are legal derivations of the grammar.
 
@@ -174,11 +191,4 @@ def grammar_validity(images, truth):
     low, high = INTENSITY_RANGE
     clean = (fit_psnr >= CLEAN_CELL_PSNR) & (
         (part < 0) | ((intensity >= low) & (intensity <= high)))
-    legal = []
-    for q in range(4):
-        rows, cols = slice(2 * (q // 2), 2 * (q // 2) + 2), slice(2 * (q % 2), 2 * (q % 2) + 2)
-        cells = part[:, rows, cols].reshape(len(part), 1, 4)
-        composites = truth.composites[q].reshape(1, -1, 4)
-        is_composite = (cells == composites).all(-1).any(-1)
-        legal.append(is_composite & clean[:, rows, cols].reshape(len(part), 4).all(-1))
-    return float(np.mean(legal)), float(clean.mean())
+    return float(np.mean(legal_quadrants(images, truth))), float(clean.mean())

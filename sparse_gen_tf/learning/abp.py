@@ -97,6 +97,9 @@ class AlternatingBackprop(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed, name="langevin_seed")
         self.seed = int(seed)
         self.prior = prior_lib.make(prior, generator.config)
+        # The first training images in [-1, 1], in the chains' order, for the grammar
+        # prior's check of its configurations (`fit_prior`); set by the trainer.
+        self.prior_images = None
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "loss", "mse", "psnr", "log_likelihood", "log_prior", "z_norm")}
         for i, c in enumerate(generator.config.channels, 1):
@@ -155,7 +158,10 @@ class AlternatingBackprop(keras.Model):
         callback calls it every --figures_every epochs, just before that epoch's
         checkpoint, so that checkpoint's prior matches its generator; it runs on the
         host, a few seconds for thousands of chains."""
-        self.prior.fit(self.generator, self.chains.numpy(), seed=self.seed)
+        # The grammar prior also checks its configurations against the training images.
+        extra = ({"images": self.prior_images}
+                 if self.prior_images is not None and self.prior.kind == "grammar" else {})
+        self.prior.fit(self.generator, self.chains.numpy(), seed=self.seed, **extra)
 
     def infer(self, z, images, observed=None):
         """Langevin posterior sampling (Eq. 10) from z [batch, d] for images; returns z."""

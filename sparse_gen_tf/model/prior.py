@@ -8,8 +8,9 @@
              parses, with the cluster's frequency; where top kernels overlap the quadrants
              it samples the quadrants of the layer below and lifts them to a top layer.
              The rest of the network renders the picked map, TopK and ReLU included, so
-             every sample is a sparse parse of every layer. The default
-             (docs/grammar_prior.md).
+             every sample is a sparse parse of every layer. Given the training images,
+             its fit drops the configurations whose renderings lie far from all of them.
+             The default (docs/grammar_prior.md).
     nodes    the same node by node (`NodeGrammarPrior`): every top AND node (cell (y, x)
              of fm^1) picks one of its OR configurations independently. On the default
              geometry its samples are legal images of the grammar about as often as the
@@ -74,6 +75,12 @@ LIFT_CLUSTERS = (16, 32, 64)
 # a quadrant configuration's members (the kept ones weigh 1): its value matters only
 # below the threshold. On `overlap`, 1 lifts 0.76 legal quadrants, 0.3 0.92, 0.1 0.94.
 LIFT_OFF_WEIGHT = 0.1
+# Samples per configuration in which `BlockGrammarPrior` checks its renderings against
+# the training images (`_keep_near_images`).
+NEAR_IMAGE_DRAWS = 8
+# The quantile of the reconstructions' distances to their own training images (per
+# quadrant) below which a rendered quadrant counts as near a training image.
+NEAR_IMAGE_QUANTILE = 0.5
 # Whole top-layer configurations kept by the joint prior, the spread of its samples around
 # a configuration's mean (in its members' standard deviations), and the principal
 # components its k-means runs in (benchmarks/sampling.py, docs/grammar_prior.md).
@@ -157,6 +164,11 @@ class BlockGrammarPrior(keras.layers.Layer):
     kept (`lifted` = 1) when its samples pass the check more often, and tried only for a
     sparse top layer (K_1 <= MAX_LIFT) below which there is a second layer.
 
+    The nearest-quadrant check compares with reconstructions, and passes a blend that the
+    model paints for some composite (its reconstructions are blends there too). Given the
+    training images, the fit then drops the configurations of the candidate kept whose
+    renderings lie far from every training image (`_keep_near_images`).
+
     State (non-trainable variables), U = s*s*c_1 units, B = max(s*s, 4) block slots:
       blocks [U] int32: the block of each unit of fm^1 (flattened row-major);
       configurations [clusters, U]: row k holds, on the units of block b, block b's
@@ -212,7 +224,7 @@ class BlockGrammarPrior(keras.layers.Layer):
         self.fit_report = None
         self.built = True
 
-    def fit(self, generator, chains, seed=0, counts=None, evaluations=512):
+    def fit(self, generator, chains, seed=0, counts=None, evaluations=512, images=None):
         """Chooses how samples are drawn and fits that state from the parses of the
         persistent chains [N, d]; `fit_report` records every score.
 
@@ -229,6 +241,12 @@ class BlockGrammarPrior(keras.layers.Layer):
         split's smaller counts (ties: the fewer). The candidate whose samples pass most
         often is kept. The search clusters the first SEARCH_PARSES parses; the candidate
         kept is fitted to all of them.
+
+        images [N, H, W, C] in [-1, 1] (optional): the training images of the chains, in
+        their order. Given, the configurations whose renderings lie far from every
+        training image are dropped from the kept candidate (`_keep_near_images`;
+        `fit_report["dropped"]`: how many, and their share of the members), unless the
+        images are not of the generator's size.
         """
         chains = np.asarray(chains, np.float32)
         # The codes are the surviving top OR nodes, activation_1 = fm^1 after TopK_1 and
@@ -279,12 +297,100 @@ class BlockGrammarPrior(keras.layers.Layer):
         if use:
             count = max(lifted, key=lambda c: (lifted[c][0], -c))
             name, fitted_score = "lifted", lifted_score
+        size = self.generator_config.image_size
+        dropped = (self._keep_near_images(generator, codes, shape, images, rng)
+                   if images is not None and np.shape(images)[1:3] == (size, size) else None)
         self.fit_report = dict(
+            dropped=dropped,
             split=name, nodes=_node_groups(chosen, shape), swap=swap,
             splits={(n, len(np.unique(b))): round(v[0], 3) for (n, b), v in tried.items()},
             counts={c: round(v[0], 3) for c, v in sorted(by_count.items())},
             lifted={c: round(v[0], 3) for c, v in sorted(lifted.items())},
             clusters=count, score=fitted_score)
+
+    def _keep_near_images(self, generator, codes, shape, images, rng):
+        """Drops the configurations (of blocks, or lifted, of quadrants) whose renderings
+        lie far from every training image: returns (configurations dropped, their share
+        of the members).
+
+        A configuration of the model's parses can be a blend that the model paints for
+        some composite at this budget (its reconstructions are blends too, so the
+        nearest-quadrant check against them passes it). Each configuration is drawn in
+        NEAR_IMAGE_DRAWS samples (the others picked uniformly, so that every
+        configuration is seen as often); a quadrant of a sample is near when its squared
+        distance to the nearest training image's quadrant there is at most the median
+        distance of the reconstructions' quadrants to their own training image's (how
+        close the model comes to the images it was fitted to). A configuration whose
+        quadrants (those its units paint) are near in fewer than half its samples is
+        dropped, unless its block or quadrant would be left with none. No ground truth:
+        only the training images and their chains.
+
+        codes [N, U]: the training parses' activation_1, flattened (their images the
+        reconstructions); images [N, H, W, C] in [-1, 1], in the chains' order.
+        """
+        images = np.asarray(images, np.float32)[:block_lib.MAX_REFERENCE]
+        reference = block_lib.image_quadrants(images)
+        own = block_lib.image_quadrants(_render(generator, codes[:len(images)], shape))
+        threshold = np.quantile(((own - reference) ** 2).sum(-1), NEAR_IMAGE_QUANTILE,
+                                axis=1)  # [4]
+        lifted = self.can_lift and float(self.lifted.numpy()) > 0
+        if lifted:
+            members = self.quadrant_members.numpy()
+            painted = [[q] for q in range(4)]
+        else:
+            members = self.members.numpy()
+            by_unit = block_lib.painted_quadrants(generator)
+            painted = [sorted(set(by_unit[self.blocks.numpy() == b])) if
+                       np.any(self.blocks.numpy() == b) else [] for b in range(len(members))]
+        used = members > 0
+        num = NEAR_IMAGE_DRAWS * max(int(used.sum(-1).max()), 1)
+        picks = np.stack([rng.choice(np.flatnonzero(u), size=num) if u.any()
+                          else np.zeros(num, int) for u in used], 1)  # [num, blocks]
+        if lifted:
+            table = np.stack([self.quadrant_configurations.numpy(),
+                              self.quadrant_kept.numpy()])
+            quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+            targets = np.zeros((2, num, len(quadrant_of)), np.float32)
+            for q in range(4):
+                targets[:, :, quadrant_of == q] = table[:, picks[:, q]][:, :, quadrant_of == q]
+            weights = np.where(targets[1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
+            maps = lift(generator, targets[0].reshape(-1, *self.bottom_shape),
+                        weights.reshape(-1, *self.bottom_shape)).numpy().reshape(num, -1)
+        else:
+            blocks, table = self.blocks.numpy(), self.configurations.numpy()
+            maps = np.zeros((num, len(blocks)), np.float32)
+            for b in np.unique(blocks):
+                maps[:, blocks == b] = table[picks[:, b]][:, blocks == b]
+        quadrants = block_lib.image_quadrants(_render(generator, maps, shape))
+        near = np.stack([_nearest_d2_chunked(quadrants[q], reference[q]) <= threshold[q]
+                         for q in range(4)], 1)  # [num, 4]
+        drop = np.zeros_like(used)
+        for b, qs in enumerate(painted):
+            if not qs or not used[b].any():
+                continue
+            shares = np.array([near[picks[:, b] == k][:, qs].mean() if
+                               np.any(picks[:, b] == k) else 1.0 for k in range(len(used[b]))])
+            drop[b] = used[b] & (shares < 0.5)
+            if drop[b].sum() == used[b].sum():  # never a block without configurations
+                drop[b, np.argmax(np.where(used[b], shares, -1.0))] = False
+        kept_members = np.where(drop, 0.0, members).astype(np.float32)
+        if lifted:
+            configurations = self.quadrant_configurations.numpy()
+            kept = self.quadrant_kept.numpy()
+            quadrant_of = block_lib.image_quadrant_units(self.bottom_shape)
+            for q, k in zip(*np.nonzero(drop)):
+                configurations[k, quadrant_of == q] = 0.0
+                kept[k, quadrant_of == q] = 0.0
+            self.quadrant_configurations.assign(configurations)
+            self.quadrant_kept.assign(kept)
+            self.quadrant_members.assign(kept_members)
+        else:
+            configurations = self.configurations.numpy()
+            for b, k in zip(*np.nonzero(drop)):
+                configurations[k, self.blocks.numpy() == b] = 0.0
+            self.configurations.assign(configurations)
+            self.members.assign(kept_members)
+        return int(drop.sum()), round(float(members[drop].sum() / max(members.sum(), 1)), 3)
 
     def _fit_blocks(self, generator, codes, shape, check, score, rng, seed, counts,
                     evaluations):
@@ -483,6 +589,14 @@ def _render(generator, codes, shape, chunk=512):
         for i in range(0, len(codes), chunk)])
 
 
+def _nearest_d2_chunked(queries, reference, chunk=1024):
+    """[n] squared distance of each query [n, D] to its nearest reference row [m, D]."""
+    squared = (reference ** 2).sum(1)[None]
+    return np.concatenate([
+        np.maximum(((q ** 2).sum(1)[:, None] + squared - 2.0 * q @ reference.T).min(1), 0.0)
+        for q in (queries[i:i + chunk] for i in range(0, len(queries), chunk))])
+
+
 def _cluster_blocks(codes, blocks, count, seed):
     """[(centroids [C_b, U_b], members [C_b])] of each block b's codes codes[:, blocks == b]
     (`clusters.kmeans`: each centroid the mean of >= MIN_MEMBERS codes)."""
@@ -509,7 +623,8 @@ def lift(generator, targets, weights=None):
 
     weights [n, h_2, w_2, c_2] (default 1): how much each unit of fm^2 counts. The units
     that TopK_2 keeps matter; the value of one that it drops does not, as long as it stays
-    below the threshold.
+    below the threshold. The coefficients found are then scaled, per sample, to fit the
+    units of weight >= 1 alone.
     """
     cfg = generator.config
     s, c, k = cfg.top_size, cfg.channels[0], cfg.topk[0]
@@ -539,6 +654,16 @@ def lift(generator, targets, weights=None):
         coefficients = tf.maximum(
             tf.linalg.solve(gram, weighted @ goal[..., None])[..., 0], 0.0)
         left = goal - tf.einsum("nj,njd->nd", coefficients, atoms)
+    # The refit weighs the units that TopK_2 drops too, and they pull the coefficients
+    # below what the kept units want (the lifted parts come out dim): one scale per sample,
+    # the least-squares fit of the units of weight 1 alone (1 when every unit weighs 1),
+    # where that fit is a positive scale (else the coefficients stay as they are).
+    painted = tf.einsum("nj,njd->nd", coefficients, atoms)
+    kept = tf.cast(weights >= 1.0, tf.float32)
+    fit, energy = (tf.reduce_sum(kept * painted * goal, 1),
+                   tf.reduce_sum(kept * painted ** 2, 1))
+    scale = tf.where((fit > 0) & (energy > 1e-9), fit / tf.maximum(energy, 1e-9), 1.0)
+    coefficients = coefficients * scale[:, None]
     top = tf.reduce_sum(tf.one_hot(tf.stack(picks, 1), units) * coefficients[..., None], 1)
     return tf.reshape(top, [-1, s, s, c])
 

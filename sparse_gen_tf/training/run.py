@@ -41,6 +41,7 @@ from sparse_gen_tf.model.descriptor import Descriptor
 from sparse_gen_tf.model.encoder import Encoder
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.model.generator import Generator
+from sparse_gen_tf.model import blocks
 from sparse_gen_tf.model import prior as prior_lib
 
 CONFIG_FILE = "config.json"
@@ -364,6 +365,17 @@ class TrainedModel:
         return pipeline.load_for(self.config)
 
 
+def _prior_images(config):
+    """The run's first training images in [-1, 1] that the grammar prior's fit checks its
+    configurations against (as the trainer gives them), or None when the run's data
+    cannot be loaded any more (the fit then keeps every configuration)."""
+    try:
+        images = pipeline.load_for(config).images[:blocks.MAX_REFERENCE]
+    except UserError:
+        return None
+    return pipeline.to_model_range(images).numpy()
+
+
 def _restore_parts(config, path, num_examples):
     """(generator, prior or None, chains, encoder or None, step) restored from the
     checkpoint at path, without the learner, its optimizers or its descriptor.
@@ -476,8 +488,10 @@ def open_run(workdir, *, learner=False, fit_prior=True):
         if model is not None:
             model.encoder = fitted
     if unfitted and not learner:
-        # As the learner's fit_prior, from the restored chains.
-        prior.fit(generator, chains.numpy(), seed=config.seed)
+        # As the learner's fit_prior, from the restored chains (and the grammar prior,
+        # from the training images too).
+        prior.fit(generator, chains.numpy(), seed=config.seed,
+                  **({"images": _prior_images(config)} if prior.kind == "grammar" else {}))
     return TrainedModel(config, generator, prior, chains, encoder, path, step, model)
 
 

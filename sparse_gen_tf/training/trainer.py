@@ -28,6 +28,7 @@ from sparse_gen_tf.training.summaries import (ImageSummaries, explanation_summar
                                               grammar_summaries)
 from sparse_gen_tf.training.config import TrainConfig, flag_values, state_settings
 from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.model import blocks
 from sparse_gen_tf.errors import UserError
 
 
@@ -84,6 +85,9 @@ def train(config: TrainConfig):
         model.generator.initialize_output_bias(
             data.images.mean(axis=(0, 1, 2)) / 127.5 - 1.0)
     initial_epoch = int(epoch)
+    # The grammar prior's fit checks its configurations against training images.
+    model.prior_images = pipeline.to_model_range(
+        data.images[:blocks.MAX_REFERENCE]).numpy()
 
     # Every worker fits the prior at the same epochs, so that their checkpoints agree.
     saving = dict(every=config.checkpoint_every, figures_every=config.figures_every,
