@@ -211,6 +211,33 @@ def test_a_grammar_prior_saved_without_kept_shares_samples_its_configurations_me
     np.testing.assert_allclose(sample["image"][0], expected["image"][0], atol=1e-5)
 
 
+def test_a_run_whose_prior_lacks_a_variable_of_today_s_opens_and_fits_it_again(tiny,
+                                                                            monkeypatch):
+    """As a grammar run saved before the kept shares were: restored in part, its prior
+    would sample with shares of 0; it is fitted again instead."""
+    class Later(prior_lib.BlockGrammarPrior):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.later = self.add_weight(name="later", shape=(), initializer="zeros",
+                                         trainable=False)
+
+        def fit(self, *args, **kwargs):
+            super().fit(*args, **kwargs)
+            self.later.assign(1.0)
+
+    make = prior_lib.make
+    monkeypatch.setattr(prior_lib, "make", lambda kind, config, **kwargs: (
+        Later(config, name="prior", **kwargs) if kind == "grammar"
+        else make(kind, config, **kwargs)))
+    path = run.latest_checkpoint(tiny.config.workdir)
+    assert run.prior_in_checkpoint(path) and run.prior_fitted_in_checkpoint(path)
+    assert not run.prior_fitted_in_checkpoint(path, tiny.opened.config)
+    for opened in (run.open_run(tiny.config.workdir),
+                   run.open_run(tiny.config.workdir, learner=True)):
+        assert isinstance(opened.prior, Later) and opened.prior.later.numpy() == 1.0
+        assert opened.prior.fitted and opened.prior.kept.numpy().any()
+
+
 def test_every_stored_node_configuration_pools_at_least_min_members_training_parses(tiny,
                                                                                    nodes):
     members = nodes.members.numpy()
