@@ -5,8 +5,11 @@
              OR nodes (`BlockGrammarPrior`): every block (a top AND node, AND nodes whose
              codes depend on one another, or the units painting one quadrant) picks one of
              its OR configurations, a cluster of that block's codes over the training
-             parses, with the cluster's frequency; where top kernels overlap the quadrants
-             it samples the quadrants of the layer below and lifts them to a top layer.
+             parses, with the cluster's frequency, and then which of its units are on
+             (each with the share of the cluster's members that keep it, at their mean
+             strength: the cluster's mean would paint a blend); where top kernels overlap
+             the quadrants it samples the quadrants of the layer below and lifts them to
+             a top layer.
              The rest of the network renders the picked map, TopK and ReLU included, so
              every sample is a sparse parse of every layer. Given the training images,
              its fit drops the configurations whose renderings lie far from all of them.
@@ -30,8 +33,9 @@ parse to report, unless it is lifted to one (`lift`), as `grammar` does where th
 kernels overlap the quadrants.
 
 What is stored. A cluster's configuration is its centroid, the mean of the codes (of a
-node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, and its
-frequency is its number of members; no single training image's code is kept (the
+node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, with the
+share of those members that keep each unit where a sample draws its units (`on_off`),
+and its frequency is its number of members; no single training image's code is kept (the
 privacy rule of the export). The state is fitted from the persistent chains with `fit`
 every --figures_every epochs of training and at its end (`AlternatingBackprop.fit_prior`),
 saved in the checkpoints (a checkpoint written between two fits is marked stale and
@@ -599,7 +603,9 @@ class BlockGrammarPrior(keras.layers.Layer):
                 "(k-means centroids of that block's top feature map codes over the "
                 f"training parses, each the mean of at least {clusters.MIN_MEMBERS}), with "
                 "probability proportional to its cluster's size (stateless, seed "
-                "(seed, 0)); the blocks are the top AND nodes, merged where the swap test "
+                "(seed, 0)), then each of its units on with the share of the cluster's "
+                "members that keep it, at their mean strength (seed (seed, 2)); the "
+                "blocks are the top AND nodes, merged where the swap test "
                 "finds them dependent, or the quadrants the top kernels paint; TopK, ReLU "
                 "and the rest of the network render it. There is no z output: a parse "
                 "recombined across blocks is in general the image of no latent vector")
