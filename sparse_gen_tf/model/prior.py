@@ -377,9 +377,15 @@ class BlockGrammarPrior(keras.layers.Layer):
                         weights.reshape(-1, *self.bottom_shape)).numpy().reshape(num, -1)
         else:
             blocks, table = self.blocks.numpy(), self.configurations.numpy()
+            shares = self.kept.numpy()
             maps = np.zeros((num, len(blocks)), np.float32)
             for b in np.unique(blocks):
-                maps[:, blocks == b] = table[picks[:, b]][:, blocks == b]
+                units = blocks == b
+                means = table[picks[:, b]][:, units]
+                # Drawn as `sample` draws them (a prior saved before the shares: means).
+                maps[:, units] = (on_off(means, shares[picks[:, b]][:, units],
+                                         rng.uniform(size=means.shape))
+                                  if shares.any() else means)
         quadrants = block_lib.image_quadrants(_render(generator, maps, shape))
         near = np.stack([_nearest_d2_chunked(quadrants[q], reference[q]) <= threshold[q]
                          for q in range(4)], 1)  # [num, 4]
@@ -404,10 +410,12 @@ class BlockGrammarPrior(keras.layers.Layer):
             self.quadrant_kept.assign(kept)
             self.quadrant_members.assign(kept_members)
         else:
-            configurations = self.configurations.numpy()
+            configurations, shares = self.configurations.numpy(), self.kept.numpy()
             for b, k in zip(*np.nonzero(drop)):
                 configurations[k, self.blocks.numpy() == b] = 0.0
+                shares[k, self.blocks.numpy() == b] = 0.0
             self.configurations.assign(configurations)
+            self.kept.assign(shares)
             self.members.assign(kept_members)
         return int(drop.sum()), round(float(members[drop].sum() / max(members.sum(), 1)), 3)
 
