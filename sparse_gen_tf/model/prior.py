@@ -5,8 +5,11 @@
              OR nodes (`BlockGrammarPrior`): every block (a top AND node, AND nodes whose
              codes depend on one another, or the units painting one quadrant) picks one of
              its OR configurations, a cluster of that block's codes over the training
-             parses, with the cluster's frequency; where top kernels overlap the quadrants
-             it samples the quadrants of the layer below and lifts them to a top layer.
+             parses, with the cluster's frequency, and then which of its units are on
+             (each with the share of the cluster's members that keep it, at their mean
+             strength: the cluster's mean would paint a blend); where top kernels overlap
+             the quadrants it samples the quadrants of the layer below and lifts them to
+             a top layer.
              The rest of the network renders the picked map, TopK and ReLU included, so
              every sample is a sparse parse of every layer. Given the training images,
              its fit drops the configurations whose renderings lie far from all of them.
@@ -30,8 +33,9 @@ parse to report, unless it is lifted to one (`lift`), as `grammar` does where th
 kernels overlap the quadrants.
 
 What is stored. A cluster's configuration is its centroid, the mean of the codes (of a
-node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, and its
-frequency is its number of members; no single training image's code is kept (the
+node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, with the
+share of those members that keep each unit where a sample draws its units (`on_off`),
+and its frequency is its number of members; no single training image's code is kept (the
 privacy rule of the export). The state is fitted from the persistent chains with `fit`
 every --figures_every epochs of training and at its end (`AlternatingBackprop.fit_prior`),
 saved in the checkpoints (a checkpoint written between two fits is marked stale and
@@ -152,8 +156,12 @@ class BlockGrammarPrior(keras.layers.Layer):
     kernels paint (`blocks.py`: the swap test on the training parses gives the merges, the
     nearest-quadrant check of samples chooses). Each block's codes over the training
     parses are clustered by k-means into its OR configurations, a sample picks one per
-    block by the cluster's size, and the network renders the map, TopK and ReLU included.
-    The number of configurations (BLOCK_CLUSTERS) is chosen by the same check.
+    block by the cluster's size, then which of the block's top OR nodes are on, each with
+    the share of the cluster's members that keep it, at its mean over those members
+    (`on_off`: the discrete configuration first, its coefficients after; the cluster's
+    mean itself would paint a blend of its members), and the network renders the map,
+    TopK and ReLU included. The number of configurations (BLOCK_CLUSTERS) is chosen by
+    the same check.
 
     Where the top kernels overlap the quadrants (the `overlap` geometry), every active
     top OR node paints several quadrants, so no block of them is one quadrant's, and
@@ -176,6 +184,10 @@ class BlockGrammarPrior(keras.layers.Layer):
         ReLU) of the >= MIN_MEMBERS training parses in its cluster, or 0;
       members [B, clusters]: the size of block b's cluster k, >= MIN_MEMBERS, or 0 for an
         unused slot; block b picks configuration k with probability members / total;
+      kept [clusters, U]: on block b's units, the share of configuration k's members in
+        which each unit is on (activation_1 > 0), a mean of the same members; a sample's
+        unit is on with that probability, at configurations / kept (all 0 in a prior
+        saved before it: such a prior samples the means);
       lifted []: 1 when samples are drawn one layer down and lifted, else 0;
       quadrant_configurations [clusters, h_2*w_2*c_2] and quadrant_members [4, clusters]:
         the same for the quadrants of fm^2 (means of >= MIN_MEMBERS training parses'
@@ -205,6 +217,9 @@ class BlockGrammarPrior(keras.layers.Layer):
         self.members = self.add_weight(name="members",
                                        shape=(self.num_blocks, self.num_clusters),
                                        initializer="zeros", trainable=False)
+        # The on/off half of each configuration: its units' kept shares (`on_off`).
+        self.kept = self.add_weight(name="kept", shape=self.configurations.shape,
+                                    initializer="zeros", trainable=False)
         # The lifted candidate: quadrant configurations of fm^2, and a switch.
         shapes = generator_config.feature_map_shapes()
         self.can_lift = bool(lift) and len(shapes) > 1 and generator_config.topk[0] <= MAX_LIFT
@@ -259,9 +274,11 @@ class BlockGrammarPrior(keras.layers.Layer):
         shape = top.shape[1:]
         codes = top.reshape(len(top), -1)
         configurations = np.zeros(self.configurations.shape, np.float32)
+        kept = np.zeros(self.kept.shape, np.float32)
         members = np.zeros(self.members.shape, np.float32)
         if len(codes) < clusters.MIN_MEMBERS:
             self._assign(block_lib.node_blocks(shape), configurations, members)
+            self.kept.assign(kept)
             for variable in (self.lifted, self.quadrant_configurations,
                              self.quadrant_members, self.quadrant_kept):
                 variable.assign(tf.zeros_like(variable))
@@ -288,10 +305,12 @@ class BlockGrammarPrior(keras.layers.Layer):
                                  counts, evaluations))
             if len(codes) > SEARCH_PARSES:  # the choice, fitted to every parse
                 found = _cluster_blocks(codes, chosen, count, seed)
-            for block, (centroids, sizes) in enumerate(found):
+            for block, (centroids, sizes, shares) in enumerate(found):
                 configurations[:len(centroids), chosen == block] = centroids
+                kept[:len(centroids), chosen == block] = shares
                 members[block, :len(sizes)] = sizes
         self._assign(chosen, configurations, members)
+        self.kept.assign(kept)
         use = lifted_score > fitted_score
         self.lifted.assign(float(use))
         if use:
@@ -358,9 +377,15 @@ class BlockGrammarPrior(keras.layers.Layer):
                         weights.reshape(-1, *self.bottom_shape)).numpy().reshape(num, -1)
         else:
             blocks, table = self.blocks.numpy(), self.configurations.numpy()
+            shares = self.kept.numpy()
             maps = np.zeros((num, len(blocks)), np.float32)
             for b in np.unique(blocks):
-                maps[:, blocks == b] = table[picks[:, b]][:, blocks == b]
+                units = blocks == b
+                means = table[picks[:, b]][:, units]
+                # Drawn as `sample` draws them (a prior saved before the shares: means).
+                maps[:, units] = (on_off(means, shares[picks[:, b]][:, units],
+                                         rng.uniform(size=means.shape))
+                                  if shares.any() else means)
         quadrants = block_lib.image_quadrants(_render(generator, maps, shape))
         near = np.stack([_nearest_d2_chunked(quadrants[q], reference[q]) <= threshold[q]
                          for q in range(4)], 1)  # [num, 4]
@@ -385,10 +410,12 @@ class BlockGrammarPrior(keras.layers.Layer):
             self.quadrant_kept.assign(kept)
             self.quadrant_members.assign(kept_members)
         else:
-            configurations = self.configurations.numpy()
+            configurations, shares = self.configurations.numpy(), self.kept.numpy()
             for b, k in zip(*np.nonzero(drop)):
                 configurations[k, self.blocks.numpy() == b] = 0.0
+                shares[k, self.blocks.numpy() == b] = 0.0
             self.configurations.assign(configurations)
+            self.kept.assign(shares)
             self.members.assign(kept_members)
         return int(drop.sum()), round(float(members[drop].sum() / max(members.sum(), 1)), 3)
 
@@ -508,19 +535,27 @@ class BlockGrammarPrior(keras.layers.Layer):
     def sample(self, generator, seeds):
         """The parse (`Generator.parse_from_top`) of one top feature map per seed.
 
-        seeds: int64 [batch]; row i's choices come from the stateless seed (seeds[i], 0).
+        seeds: int64 [batch]; row i's configurations come from the stateless seed
+        (seeds[i], 0), their units' on/off draws (`on_off`) from (seeds[i], 2).
         Returns the parse dict (no "z": a recombined map has none).
         """
         s, c = self.generator_config.top_size, self.generator_config.channels[0]
         logits = size_logits(self.members)
         by_unit = tf.transpose(self.configurations)  # [U, clusters]
+        kept_by_unit = tf.transpose(self.kept)
+        # A prior saved before the shares were (all 0) samples its configurations' means.
+        has_shares = tf.reduce_any(self.kept > 0)
 
         @tf.autograph.experimental.do_not_convert
         def one(seed):  # [s, s, c] for one row
             choice = tf.random.stateless_categorical(
                 logits, 1, tf.stack([seed, tf.zeros_like(seed)]))[:, 0]  # [B]
-            per_unit = tf.gather(tf.cast(choice, tf.int32), self.blocks)  # [U]
-            picked = tf.gather(by_unit, per_unit[:, None], batch_dims=1)[:, 0]
+            per_unit = tf.gather(tf.cast(choice, tf.int32), self.blocks)[:, None]  # [U, 1]
+            picked = tf.gather(by_unit, per_unit, batch_dims=1)[:, 0]
+            kept = tf.gather(kept_by_unit, per_unit, batch_dims=1)[:, 0]
+            uniform = tf.random.stateless_uniform(tf.shape(kept),
+                                                  tf.stack([seed, 2 + tf.zeros_like(seed)]))
+            picked = tf.where(has_shares, on_off(picked, kept, uniform), picked)
             return tf.reshape(picked, [s, s, c])
 
         top = tf.map_fn(one, tf.cast(seeds, tf.int64),
@@ -576,7 +611,9 @@ class BlockGrammarPrior(keras.layers.Layer):
                 "(k-means centroids of that block's top feature map codes over the "
                 f"training parses, each the mean of at least {clusters.MIN_MEMBERS}), with "
                 "probability proportional to its cluster's size (stateless, seed "
-                "(seed, 0)); the blocks are the top AND nodes, merged where the swap test "
+                "(seed, 0)), then each of its units on with the share of the cluster's "
+                "members that keep it, at their mean strength (seed (seed, 2)); the "
+                "blocks are the top AND nodes, merged where the swap test "
                 "finds them dependent, or the quadrants the top kernels paint; TopK, ReLU "
                 "and the rest of the network render it. There is no z output: a parse "
                 "recombined across blocks is in general the image of no latent vector")
@@ -598,20 +635,48 @@ def _nearest_d2_chunked(queries, reference, chunk=1024):
 
 
 def _cluster_blocks(codes, blocks, count, seed):
-    """[(centroids [C_b, U_b], members [C_b])] of each block b's codes codes[:, blocks == b]
-    (`clusters.kmeans`: each centroid the mean of >= MIN_MEMBERS codes)."""
-    return [clusters.kmeans(codes[:, blocks == b], count, seed=seed + b)
-            for b in range(int(blocks.max()) + 1)]
+    """[(centroids [C_b, U_b], members [C_b], kept [C_b, U_b])] of each block b's codes
+    codes[:, blocks == b] (`clusters.kmeans`: each centroid the mean of >= MIN_MEMBERS
+    codes; kept, the share of those members in which each unit is on, > 0)."""
+    found = []
+    for b in range(int(blocks.max()) + 1):
+        block = codes[:, blocks == b]
+        centroids, sizes, labels = clusters.kmeans(block, count, seed=seed + b,
+                                                   return_labels=True)
+        kept = np.stack([(block[labels == j] > 0).mean(0) for j in range(len(sizes))]
+                        ) if len(sizes) else np.zeros_like(centroids)
+        found.append((centroids, sizes, kept.astype(np.float32)))
+    return found
 
 
 def _draw(found, blocks, rng, num):
-    """num flattened top maps [num, U], each block's configuration drawn by its size."""
+    """num flattened top maps [num, U]: each block's configuration drawn by its size, and
+    its units by `on_off` (the numpy twin of `BlockGrammarPrior._on_off_sample`)."""
     out = np.zeros((num, len(blocks)), np.float32)
-    for b, (centroids, sizes) in enumerate(found):
+    for b, (centroids, sizes, kept) in enumerate(found):
         if len(sizes):
-            out[:, blocks == b] = centroids[rng.choice(len(sizes), size=num,
-                                                       p=sizes / sizes.sum())]
+            picks = rng.choice(len(sizes), size=num, p=sizes / sizes.sum())
+            out[:, blocks == b] = on_off(centroids[picks], kept[picks],
+                                         rng.uniform(size=(num, centroids.shape[1])))
     return out
+
+
+def on_off(means, kept, uniform):
+    """Codes [..., U] of configurations with means [..., U] and kept shares [..., U]: unit u
+    on when uniform [..., U] < its share, then at its mean over the members that keep it
+    (mean / share), else 0. Works on numpy arrays and tensors alike.
+
+    Why not the mean itself: a mean of sparse codes with different supports is on
+    wherever any member is, at a fraction of its strength; TopK_1 keeps its K_1 largest
+    units, the ones most members share, and the picture is the blend of its members (on
+    faces, sharpness 0.04-0.06 against the reconstructions' 0.25). A support drawn unit
+    by unit at the members' own rates, each unit at its members' strength, paints like one
+    parse (0.21; docs/grammar_prior.md).
+    """
+    where = tf.where if tf.is_tensor(means) else np.where
+    # Where no member keeps a unit (kept 0) its mean is 0 too: divide by 1 there.
+    strength = means / where(kept > 0, kept, 1.0)
+    return where(uniform < kept, strength, 0.0)
 
 
 def lift(generator, targets, weights=None):

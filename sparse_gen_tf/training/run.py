@@ -167,11 +167,17 @@ def chains_in_checkpoint(path):
     return int(chains[0][0])
 
 
-def prior_in_checkpoint(path):
+def prior_in_checkpoint(path, prior=None):
     """True when the checkpoint at path holds the model's prior (`model.prior`); runs
-    trained before the prior was part of the model have none."""
+    trained before the prior was part of the model have none. With prior (the prior
+    layer it would be restored into): only when it holds every variable of it, so that
+    a prior saved before one was added (the grammar prior's kept shares) is fitted again
+    rather than restored in part."""
     names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    return any(name.startswith("model/prior/") for name in names)
+    if prior is None:
+        return any(name.startswith("model/prior/") for name in names)
+    return all(f"model/prior/{variable.name}/.ATTRIBUTES/VARIABLE_VALUE" in names
+               for variable in prior.weights)
 
 
 def saved_prior(config, path):
@@ -223,10 +229,13 @@ def remove_stale_marks(directory, keep):
                 pass
 
 
-def prior_fitted_in_checkpoint(path):
+def prior_fitted_in_checkpoint(path, config=None):
     """True when the checkpoint at path holds a prior fitted to its own generator: one is
-    saved (`prior_in_checkpoint`) and it is not marked stale (`prior_is_stale`)."""
-    return prior_in_checkpoint(path) and not prior_is_stale(path)
+    saved (`prior_in_checkpoint`; with the run's config, every variable of the prior it
+    opens with) and it is not marked stale (`prior_is_stale`)."""
+    prior = (None if config is None
+             else prior_lib.make(saved_prior(config, path), config.generator))
+    return prior_in_checkpoint(path, prior) and not prior_is_stale(path)
 
 
 def has_prior_to_fit(config):
@@ -404,7 +413,7 @@ def _restore_parts(config, path, num_examples):
                else dict(_iterations=step))
     model = dict(generator=generator, chains=chains)
     prior = prior_lib.make(saved_prior(config, path), config.generator)
-    if prior_in_checkpoint(path):
+    if prior_in_checkpoint(path, prior):
         model["prior"] = prior
     encoder = None
     if config.encoder is not None:
@@ -461,7 +470,7 @@ def open_run(workdir, *, learner=False, fit_prior=True):
         raise UserError(f"{CONFIG_FILE} in {workdir} says {num_examples} training images "
                         f"but its checkpoint holds {in_checkpoint} chains; the two come "
                         "from different runs")
-    unfitted = not prior_fitted_in_checkpoint(path) and has_prior_to_fit(config)
+    unfitted = not prior_fitted_in_checkpoint(path, config) and has_prior_to_fit(config)
     if unfitted and not fit_prior:
         why = ("it was written between two fits of the prior, every --figures_every "
                "epochs" if prior_is_stale(path) else
@@ -524,11 +533,12 @@ def resume(config, num_examples, *, strategy=None, path=None, strict=True):
     checkpoint, _ = checkpoint_for(model)
     if path is None:
         return model, checkpoint
-    has_prior = prior_in_checkpoint(path)
+    has_prior = prior_in_checkpoint(path, model.prior)
     _restore(checkpoint, path, os.path.join(config.workdir, CONFIG_FILE),
              strict=strict and has_prior)
-    if (not has_prior and not model.prior.fitted) or (
-            prior_is_stale(path) and has_prior_to_fit(config)):
+    # A prior missing from the checkpoint, or saved without a variable it has today
+    # (restored in part above), or stale, is fitted again.
+    if (not has_prior or prior_is_stale(path)) and has_prior_to_fit(config):
         model.fit_prior()
     return model, checkpoint
 
