@@ -412,14 +412,16 @@ def test_the_lift_finds_at_most_k_top_or_nodes_that_paint_a_parse_s_bottom_map(t
 
 @pytest.mark.parametrize("lift", [True, False])
 def test_configurations_far_from_every_training_image_are_dropped_but_none_empties_a_block(
-        tiny, lift):
+        tiny, lift, monkeypatch):
     generator, chains = tiny.model.generator, tiny.model.chains.numpy()
     images = training_images(tiny)
     kept = prior_lib.make("grammar", generator.config, lift=lift)
     kept.fit(generator, chains, seed=0)
     assert kept.fit_report["dropped"] is None
-    # Against "training images" that are the reconstructions themselves, the threshold is
-    # 0 and every recombined rendering is far: each block (or quadrant) keeps one.
+    # Against "training images" that are the reconstructions themselves, and with the
+    # images' spacing among themselves taken as 0, the threshold is 0 and every
+    # recombined rendering is far: each block (or quadrant) keeps one.
+    monkeypatch.setattr(prior_lib, "_nearest_other_d2", lambda q: np.zeros(q.shape[:2]))
     pruned = prior_lib.make("grammar", generator.config, lift=lift)
     pruned.fit(generator, chains, seed=0, images=generator(chains[:len(images)]).numpy())
     lifted = bool(float(pruned.lifted.numpy()))
@@ -447,6 +449,17 @@ def test_configurations_far_from_every_training_image_are_dropped_but_none_empti
             assert not stored[after[row] == 0][:, pruned.blocks.numpy() == block].any()
     sample = pruned.sample(generator, prior_lib.sample_seeds(4))["image"].numpy()
     assert np.isfinite(sample).all()
+
+
+def test_the_images_spacing_is_each_quadrant_s_distance_to_its_nearest_other_image():
+    rng = np.random.default_rng(0)
+    quadrants = rng.normal(size=(4, 50, 12)).astype(np.float32)
+    quadrants[2, 7] = quadrants[2, 3]  # a repeated image is at distance 0 from its twin
+    spacing = prior_lib._nearest_other_d2(quadrants, chunk=16)  # chunks cross the diagonal
+    d2 = ((quadrants[:, :, None] - quadrants[:, None]) ** 2).sum(-1)
+    d2[:, np.arange(50), np.arange(50)] = np.inf  # never itself
+    np.testing.assert_allclose(spacing, d2.min(-1), rtol=1e-4, atol=1e-4)
+    assert spacing[2, 7] == pytest.approx(0.0, abs=1e-4) and spacing.min(1)[[0, 1, 3]].min() > 0
 
 
 def test_the_lift_s_coefficients_fit_the_units_of_weight_one_in_least_squares(tiny):

@@ -82,8 +82,9 @@ LIFT_OFF_WEIGHT = 0.1
 # Samples per configuration in which `BlockGrammarPrior` checks its renderings against
 # the training images (`_keep_near_images`).
 NEAR_IMAGE_DRAWS = 8
-# The quantile of the reconstructions' distances to their own training images (per
-# quadrant) below which a rendered quadrant counts as near a training image.
+# The quantile of the reconstructions' distances to their own training images, and of
+# the training images' to their nearest other (per quadrant; the larger of the two), below
+# which a rendered quadrant counts as near a training image.
 NEAR_IMAGE_QUANTILE = 0.5
 # Whole top-layer configurations kept by the joint prior, the spread of its samples around
 # a configuration's mean (in its members' standard deviations), and the principal
@@ -337,9 +338,11 @@ class BlockGrammarPrior(keras.layers.Layer):
         nearest-quadrant check against them passes it). Each configuration is drawn in
         NEAR_IMAGE_DRAWS samples (the others picked uniformly, so that every
         configuration is seen as often); a quadrant of a sample is near when its squared
-        distance to the nearest training image's quadrant there is at most the median
-        distance of the reconstructions' quadrants to their own training image's (how
-        close the model comes to the images it was fitted to). A configuration whose
+        distance to the nearest training image's quadrant there is at most the larger of
+        the median distance of the reconstructions' quadrants to their own training
+        image's (how close the model comes to the images it was fitted to) and the median
+        distance of a training image's quadrant to its nearest other training image's
+        (how close a new image of the data comes to them). A configuration whose
         quadrants (those its units paint) are near in fewer than half its samples is
         dropped, unless its block or quadrant would be left with none. No ground truth:
         only the training images and their chains.
@@ -350,8 +353,15 @@ class BlockGrammarPrior(keras.layers.Layer):
         images = np.asarray(images, np.float32)[:block_lib.MAX_REFERENCE]
         reference = block_lib.image_quadrants(images)
         own = block_lib.image_quadrants(_render(generator, codes[:len(images)], shape))
-        threshold = np.quantile(((own - reference) ** 2).sum(-1), NEAR_IMAGE_QUANTILE,
-                                axis=1)  # [4]
+        # As near as the reconstructions come to their own images, or as the training
+        # images come to each other, whichever is looser. On the parts data the first
+        # decides (a fresh derivation nearly repeats a training quadrant; every geometry's
+        # runs); on faces a new face is farther from every training face than a
+        # reconstruction from its own (about 2x), and the first alone would keep only the
+        # configurations that paint blends near the mean face.
+        threshold = np.maximum(
+            np.quantile(((own - reference) ** 2).sum(-1), NEAR_IMAGE_QUANTILE, axis=1),
+            np.quantile(_nearest_other_d2(reference), NEAR_IMAGE_QUANTILE, axis=1))  # [4]
         lifted = self.can_lift and float(self.lifted.numpy()) > 0
         if lifted:
             members = self.quadrant_members.numpy()
@@ -624,6 +634,21 @@ def _render(generator, codes, shape, chunk=512):
     return np.concatenate([
         generator.parse_from_top(codes[i:i + chunk].reshape(-1, *shape))["image"].numpy()
         for i in range(0, len(codes), chunk)])
+
+
+def _nearest_other_d2(quadrants, chunk=1024):
+    """[4, n] squared distance of each image's quadrant to the same quadrant of its
+    nearest other image, for quadrants [4, n, D]."""
+    out = []
+    for q in quadrants:
+        squared = (q ** 2).sum(1)
+        rows = []
+        for i in range(0, len(q), chunk):
+            d2 = squared[i:i + chunk, None] + squared[None] - 2.0 * q[i:i + chunk] @ q.T
+            d2[np.arange(len(d2)), np.arange(i, i + len(d2))] = np.inf  # not itself
+            rows.append(np.maximum(d2.min(1), 0.0))
+        out.append(np.concatenate(rows))
+    return np.stack(out)
 
 
 def _nearest_d2_chunked(queries, reference, chunk=1024):
