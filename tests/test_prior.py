@@ -15,6 +15,7 @@ import tensorflow as tf
 from conftest import tiny_generator, tiny_train_config
 from sparse_gen_tf import serving
 from sparse_gen_tf.data import pipeline
+from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.explanation import parts_scores
 from sparse_gen_tf.model import blocks as block_lib
 from sparse_gen_tf.model import clusters
@@ -236,6 +237,9 @@ def test_a_run_whose_prior_lacks_a_variable_of_today_s_opens_and_fits_it_again(t
                    run.open_run(tiny.config.workdir, learner=True)):
         assert isinstance(opened.prior, Later) and opened.prior.later.numpy() == 1.0
         assert opened.prior.fitted
+    # Where it is not fitted again unasked (export), one line says why.
+    with pytest.raises(UserError, match="saved by an earlier version.*--fit_prior"):
+        run.open_run(tiny.config.workdir, fit_prior=False)
 
 
 def test_every_stored_node_configuration_pools_at_least_min_members_training_parses(tiny,

@@ -474,6 +474,8 @@ def open_run(workdir, *, learner=False, fit_prior=True):
     if unfitted and not fit_prior:
         why = ("it was written between two fits of the prior, every --figures_every "
                "epochs" if prior_is_stale(path) else
+               "it was saved by an earlier version, whose prior stores less than this "
+               "one's" if prior_in_checkpoint(path) else
                "it was trained before the prior was saved with the model")
         raise UserError(f"the checkpoint {path} holds no fitted prior ({why}); pass "
                         "--fit_prior to fit it now from the run's chains")
