@@ -639,24 +639,21 @@ def _render(generator, codes, shape, chunk=512):
 def _nearest_other_d2(quadrants, chunk=1024):
     """[4, n] squared distance of each image's quadrant to the same quadrant of its
     nearest other image, for quadrants [4, n, D]."""
-    out = []
-    for q in quadrants:
-        squared = (q ** 2).sum(1)
-        rows = []
-        for i in range(0, len(q), chunk):
-            d2 = squared[i:i + chunk, None] + squared[None] - 2.0 * q[i:i + chunk] @ q.T
-            d2[np.arange(len(d2)), np.arange(i, i + len(d2))] = np.inf  # not itself
-            rows.append(np.maximum(d2.min(1), 0.0))
-        out.append(np.concatenate(rows))
-    return np.stack(out)
+    return np.stack([_nearest_d2_chunked(q, q, chunk, skip_self=True) for q in quadrants])
 
 
-def _nearest_d2_chunked(queries, reference, chunk=1024):
-    """[n] squared distance of each query [n, D] to its nearest reference row [m, D]."""
+def _nearest_d2_chunked(queries, reference, chunk=1024, skip_self=False):
+    """[n] squared distance of each query [n, D] to its nearest reference row [m, D];
+    skip_self: the queries are the reference, and a row is not its own nearest."""
     squared = (reference ** 2).sum(1)[None]
-    return np.concatenate([
-        np.maximum(((q ** 2).sum(1)[:, None] + squared - 2.0 * q @ reference.T).min(1), 0.0)
-        for q in (queries[i:i + chunk] for i in range(0, len(queries), chunk))])
+    rows = []
+    for i in range(0, len(queries), chunk):
+        q = queries[i:i + chunk]
+        d2 = (q ** 2).sum(1)[:, None] + squared - 2.0 * q @ reference.T
+        if skip_self:
+            d2[np.arange(len(q)), np.arange(i, i + len(q))] = np.inf
+        rows.append(np.maximum(d2.min(1), 0.0))
+    return np.concatenate(rows)
 
 
 def _cluster_blocks(codes, blocks, count, seed):
