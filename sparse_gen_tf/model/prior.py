@@ -212,6 +212,11 @@ class BlockGrammarPrior(keras.layers.Layer):
 
     kind = "grammar"
     has_latent = False
+    # The steps of `refine_lift` after the pursuit, in the fit (`_lifted_draw`,
+    # `_keep_near_images`) and in `sample` alike, so that the fit judges the samples that
+    # `sample` draws. Not state: 0 (the pursuit alone) is for comparing the two
+    # (benchmarks/lift_cost.py).
+    lift_refine_steps = LIFT_REFINE_STEPS
 
     def __init__(self, generator_config, clusters=max(BLOCK_CLUSTERS), lift=True, **kwargs):
         super().__init__(**kwargs)
@@ -393,7 +398,8 @@ class BlockGrammarPrior(keras.layers.Layer):
                 targets[:, :, quadrant_of == q] = table[:, picks[:, q]][:, :, quadrant_of == q]
             weights = np.where(targets[1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
             maps = lift(generator, targets[0].reshape(-1, *self.bottom_shape),
-                        weights.reshape(-1, *self.bottom_shape)).numpy().reshape(num, -1)
+                        weights.reshape(-1, *self.bottom_shape),
+                        self.lift_refine_steps).numpy().reshape(num, -1)
         else:
             blocks, table = self.blocks.numpy(), self.configurations.numpy()
             shares = self.kept.numpy()
@@ -535,7 +541,7 @@ class BlockGrammarPrior(keras.layers.Layer):
                 targets[:, :, quadrant_of == q] = table[:, picks][:, :, quadrant_of == q]
         weights = np.where(targets[1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
         return lift(generator, targets[0].reshape(-1, *self.bottom_shape),
-                    weights.reshape(-1, *self.bottom_shape)).numpy()
+                    weights.reshape(-1, *self.bottom_shape), self.lift_refine_steps).numpy()
 
     def _assign(self, blocks, configurations, members):
         self.blocks.assign(np.asarray(blocks, np.int32))
@@ -603,7 +609,7 @@ class BlockGrammarPrior(keras.layers.Layer):
             [int(np.prod(self.bottom_shape)), 2], tf.float32))
         weights = tf.where(picked[..., 1] > 0.5, 1.0, LIFT_OFF_WEIGHT)
         return lift(generator, tf.reshape(picked[..., 0], [-1, *self.bottom_shape]),
-                    tf.reshape(weights, [-1, *self.bottom_shape]))
+                    tf.reshape(weights, [-1, *self.bottom_shape]), self.lift_refine_steps)
 
     def describe(self):
         members = self.members.numpy()
