@@ -83,8 +83,8 @@ LIFT_OFF_WEIGHT = 0.1
 # code, its support fixed, towards the image that the quadrant configurations paint
 # directly one layer down. On `overlap` sparse (3,008 steps) 20 steps at rate 0.03 and
 # momentum 0.9 lift legal quadrants from 0.955 to 0.995 (direct painting: 0.990), on
-# `large` sparse (1,504) from 0.981 to 0.991; 50 steps add at most 0.001, and rates 0.01
-# to 0.1 or momentum 0.5 to 0.9 land within 0.003 (docs/grammar_prior.md).
+# `large` sparse (1,504) from 0.981 to 0.991; 50 steps add at most 0.001, and a slower
+# rate (0.01 at momentum 0.5) needs 50 (docs/grammar_prior.md).
 LIFT_REFINE_STEPS = 20
 LIFT_REFINE_RATE = 0.03
 LIFT_REFINE_MOMENTUM = 0.9
