@@ -178,7 +178,9 @@ class BlockGrammarPrior(keras.layers.Layer):
     recombined blocks paint blends. The fit then also tries the grammar one layer down,
     lifted: each quadrant of fm^2 picks one of its configurations (k-means centroids of
     the training parses' fm^2 there, LIFT_CLUSTERS), and a pursuit (`lift`) finds the K_1
-    top OR nodes whose painting matches them; the network renders that top layer. It is
+    top OR nodes whose painting matches them, refined (`refine_lift`) until their
+    rendering comes near the image the configurations paint directly one layer down; the
+    network renders that top layer. It is
     kept (`lifted` = 1) when its samples pass the check more often, and tried only for a
     sparse top layer (K_1 <= MAX_LIFT) below which there is a second layer.
 
@@ -623,7 +625,9 @@ class BlockGrammarPrior(keras.layers.Layer):
                     "cluster's size (stateless, seed (seed, 1)); a pursuit of "
                     f"K_1 = {self.generator_config.topk[0]} top OR nodes finds the top "
                     "layer that paints them (its top kernels overlap the quadrants, so no "
-                    "block of top OR nodes is one quadrant's); TopK, ReLU and the rest of "
+                    "block of top OR nodes is one quadrant's), and gradient steps on its "
+                    "rendering bring its picture near what they paint directly; TopK, "
+                    "ReLU and the rest of "
                     "the network render it. There is no z output")
         if not self.fitted:
             return ("the parse of an empty top layer for every seed: the grammar prior "
