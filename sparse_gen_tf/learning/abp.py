@@ -51,6 +51,13 @@ class DeadChannels(keras.metrics.Metric):
         return {**super().get_config(), "num_channels": self.num_channels}
 
 
+def topk_schedule(k, start, step, warmup_steps):
+    """K in force at an optimizer step: start at step 0, down in a straight line to k at
+    warmup_steps and after, rounded down. An int32 scalar."""
+    step = tf.minimum(tf.cast(step, tf.int64), warmup_steps)
+    return tf.cast(k + (start - k) * (warmup_steps - step) // warmup_steps, tf.int32)
+
+
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
 _compiled_langevin = tf.function(langevin, jit_compile=True)
 
@@ -80,8 +87,11 @@ class AlternatingBackprop(keras.Model):
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
                  seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR,
-                 sparse_kernels=None, encoder=None, **kwargs):
+                 sparse_kernels=None, encoder=None, topk_warmup_steps=0, topk_warmup_start=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.topk_warmup_steps = int(topk_warmup_steps)
+        self.topk_warmup_start = topk_warmup_start
         self.jit_langevin = bool(jit_langevin)
         self.sparse_kernels = None if sparse_kernels is None else bool(sparse_kernels)
         self.gradient_path = gradient_path.PLAIN  # compile chooses
@@ -131,6 +141,7 @@ class AlternatingBackprop(keras.Model):
             self.generator, xla=self.jit_compile is True or self.jit_langevin,
             sparse_kernels=self.sparse_kernels, dense_only=dense_only)
         self.gradient_path.apply(self.generator)
+        self._schedule_topk()
         log = (logging.warning if self.sparse_kernels and not self.uses_sparse_kernels
                else logging.info)
         log("Langevin gradient: %s.", self.gradient_path.reason)
@@ -143,6 +154,18 @@ class AlternatingBackprop(keras.Model):
         # Its variables must exist before the XLA function that updates them is traced.
         self.optimizer.build(self.generator.trainable_weights)
         self._compiled_learn = tf.function(self._learn, jit_compile=True)
+
+    def _schedule_topk(self):
+        """Puts each TopK under `topk_schedule` of the optimizer's step, when warming up."""
+        if self.topk_warmup_steps <= 0:
+            return
+        shapes = self.generator.config.feature_map_shapes()
+        for i, (topk, (h, w, c)) in enumerate(zip(self.generator.topks, shapes)):
+            start = (h * w * c if self.topk_warmup_start is None
+                     else min(h * w * c, self.topk_warmup_start[i]))
+            topk.set_schedule(
+                lambda k=topk.k, start=start: topk_schedule(
+                    k, start, self.optimizer.iterations, self.topk_warmup_steps), start)
 
     @property
     def uses_sparse_kernels(self):
