@@ -83,6 +83,15 @@ class TrainConfig:
                                 lower_bound=1)
     learning_rate: float = _setting(
         3e-3, "Initial Adam learning rate; cosine-decayed to a tenth by --train_steps.")
+    # Not state: a schedule of the optimizer's step, which the checkpoint holds; a run
+    # may resume with another one. Sparse learning is slow at the start: with K units per
+    # map, most kernels are not selected by any example, get no gradient and stay at their
+    # random start (k-sparse autoencoders, Makhzani & Frey 2014, anneal K the same way).
+    topk_warmup_steps: int = _setting(
+        0, "Train steps over which each layer's K goes down in a straight line from its "
+        "whole feature map (the dense generator) at step 0 to --topk at this step, and "
+        "stays; 0: --topk from the start. Must end before --train_steps, so that the "
+        "trained model is the --topk one.", lower_bound=0)
     jit_compile: bool = _setting(True, "Compile the train step, Langevin included, with XLA.")
     # Not state: how ∂/∂z is computed, not what; a run may resume with either.
     sparse_kernels: str = _setting(
@@ -148,6 +157,17 @@ class TrainConfig:
         "float32", "Keras dtype policy of the networks; z, Langevin and the losses stay "
         "float32. mixed_float16 and mixed_bfloat16 are for GPUs.",
         choices=tuple(PRECISIONS), state=True)
+
+
+def topk_warmup_problem(warmup_steps, train_steps):
+    """None when --topk_warmup_steps fits the run, else why not (one line)."""
+    if warmup_steps < 0:
+        return f"--topk_warmup_steps={warmup_steps} must be >= 0 (0: no warm-up)"
+    if 0 < warmup_steps >= train_steps:
+        return (f"--topk_warmup_steps={warmup_steps} does not end before --train_steps="
+                f"{train_steps}, so the model would not be trained at --topk; use fewer "
+                "warm-up steps")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,4 +298,4 @@ def state_settings():
 
 
 __all__ = ["Setting", "TrainConfig", "flag_values", "from_dict", "from_flat", "settings",
-           "state_settings"]
+           "state_settings", "topk_warmup_problem"]

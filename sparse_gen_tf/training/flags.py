@@ -12,6 +12,7 @@ from sparse_gen_tf.model.descriptor import DescriptorConfig
 from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.model.generator import GeneratorConfig
 from sparse_gen_tf.training import config
+from sparse_gen_tf.training.config import topk_warmup_problem
 
 FLAGS = flags.FLAGS
 
@@ -111,6 +112,14 @@ def _check_cpu_devices(values):
         raise flags.ValidationError(
             f"--cpu_devices={values['cpu_devices']} only makes replicas for "
             "--strategy=mirrored; add it or drop --cpu_devices")
+    return True
+
+
+@flags.multi_flags_validator(["topk_warmup_steps", "train_steps"])
+def _check_topk_warmup(values):
+    problem = topk_warmup_problem(values["topk_warmup_steps"], values["train_steps"])
+    if problem:
+        raise flags.ValidationError(problem)
     return True
 
 
