@@ -115,12 +115,9 @@ def _check_cpu_devices(values):
     return True
 
 
-@flags.multi_flags_validator(["topk_warmup_steps", "train_steps"])
-def _check_topk_warmup(values):
-    problem = topk_warmup_problem(values["topk_warmup_steps"], values["train_steps"])
-    if problem:
-        raise flags.ValidationError(problem)
-    return True
+flags.register_validator("topk_warmup", lambda v: topk_warmup_problem(v) is None,
+                         message="--topk_warmup must be in [0, 1), a fraction of "
+                         "--train_steps (0: no warm-up), so that the model ends at --topk")
 
 
 @flags.multi_flags_validator(["batch_size", "num_images"])

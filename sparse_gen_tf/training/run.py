@@ -113,7 +113,7 @@ def _topk_warmup(config):
     # TODO(experiment) TOPK_WARMUP_FACTOR: start at factor * K instead of the whole map.
     factor = float(os.environ.get("TOPK_WARMUP_FACTOR", "0"))
     start = None if factor <= 0 else tuple(int(round(k * factor)) for k in config.generator.topk)
-    return dict(topk_warmup_steps=config.topk_warmup_steps, topk_warmup_start=start)
+    return dict(topk_warmup_steps=run_config.topk_warmup_steps(config), topk_warmup_start=start)
 
 
 def build_model(config, num_examples):

@@ -51,7 +51,7 @@ def check_resumable(config):
 def train(config: TrainConfig):
     """Trains (or resumes) the run described by config; returns the Keras History."""
     check_resumable(config)
-    problem = topk_warmup_problem(config.topk_warmup_steps, config.train_steps)
+    problem = topk_warmup_problem(config.topk_warmup)
     if problem:
         raise UserError(problem)
     # First TensorFlow work of the process: devices and collectives are fixed after it.
