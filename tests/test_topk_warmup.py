@@ -5,6 +5,8 @@ The schedule's values at the steps that matter, TopK following it without retrac
 with exactly K_l units kept per layer, and the flag's checks.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +17,7 @@ from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.learning.abp import topk_schedule
 from sparse_gen_tf.model.layers import TopK
 from sparse_gen_tf.training import run, trainer
-from sparse_gen_tf.training.config import topk_warmup_steps
+from sparse_gen_tf.training.config import topk_warmup_start, topk_warmup_steps
 
 
 def test_schedule_goes_from_the_map_to_k_at_the_warmup_step():
@@ -51,9 +53,12 @@ def test_topk_keeps_the_k_in_force_without_retracing(how):
 
 
 def test_trained_run_with_warmup_ends_with_exactly_k_units_per_layer(tmp_path):
+    # A start of 100 K: more than each map, so the warm-up starts from the dense generator.
     config = tiny_train_config(workdir=str(tmp_path / "run"), train_steps=4,
-                               topk_warmup=0.5, checkpoint_every=1)
+                               topk_warmup=0.5, topk_warmup_start=100.0, checkpoint_every=1)
     assert topk_warmup_steps(config) == 2
+    assert topk_warmup_start(config) == (32, 128)  # the maps 2x2x8 and 4x4x8
+    assert topk_warmup_start(dataclasses.replace(config, topk_warmup_start=4.0)) == (16, 32)
     fresh = run.build_model(config, 64)
     z = tf.random.stateless_normal([5, config.generator.latent_dim], seed=[3, 4])
     shapes = config.generator.feature_map_shapes()

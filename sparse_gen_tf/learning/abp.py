@@ -52,8 +52,14 @@ class DeadChannels(keras.metrics.Metric):
 
 
 def topk_schedule(k, start, step, warmup_steps):
-    """K in force at an optimizer step: start at step 0, down in a straight line to k at
-    warmup_steps and after, rounded down. An int32 scalar."""
+    """The K in force at an optimizer step (int or int64 tensor) of a warm-up: start at
+    step 0, down in a straight line to k (Eq. 1's K) at warmup_steps and after it
+    (rounded towards k). An int32 scalar tensor.
+
+    k-sparse autoencoders (Makhzani & Frey, 2014) anneal their k the same way: with K
+    units from the first step, the kernels that no example selects get no gradient and
+    stay as they started, and the few selected ones must explain everything at once.
+    """
     step = tf.minimum(tf.cast(step, tf.int64), warmup_steps)
     return tf.cast(k + (start - k) * (warmup_steps - step) // warmup_steps, tf.int32)
 
@@ -82,14 +88,21 @@ class AlternatingBackprop(keras.Model):
         batch's images (`learn_encoder`, with its own Adam); None trains none.
         `encoder` may also hold a network fitted after training (run.open_run sets it),
         which is then used, not trained.
+      topk_warmup_steps, topk_warmup_start: for the first topk_warmup_steps optimizer
+        steps each TopK keeps `topk_schedule` units, from topk_warmup_start (ints, top
+        first; default each whole map) down to its K; 0 keeps K from the start. The K
+        in force follows `optimizer.iterations`, so Langevin, the θ step, the chains and
+        the prior's fits all see the same K, and a resumed run continues the schedule.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
                  seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR,
-                 sparse_kernels=None, encoder=None, topk_warmup_steps=0, topk_warmup_start=None,
-                 **kwargs):
+                 sparse_kernels=None, encoder=None, topk_warmup_steps=0,
+                 topk_warmup_start=None, **kwargs):
         super().__init__(**kwargs)
+        if int(topk_warmup_steps) < 0:
+            raise ValueError(f"topk_warmup_steps must be >= 0, got {topk_warmup_steps}")
         self.topk_warmup_steps = int(topk_warmup_steps)
         self.topk_warmup_start = topk_warmup_start
         self.jit_langevin = bool(jit_langevin)
@@ -156,7 +169,8 @@ class AlternatingBackprop(keras.Model):
         self._compiled_learn = tf.function(self._learn, jit_compile=True)
 
     def _schedule_topk(self):
-        """Puts each TopK under `topk_schedule` of the optimizer's step, when warming up."""
+        """Puts each TopK under `topk_schedule` of the optimizer's step, when warming up.
+        The K in force is read in the traced step, so the step is traced once."""
         if self.topk_warmup_steps <= 0:
             return
         shapes = self.generator.config.feature_map_shapes()
@@ -309,4 +323,4 @@ class AlternatingBackprop(keras.Model):
         del args, kwargs
 
 
-__all__ = ["AlternatingBackprop", "DeadChannels", "psnr"]
+__all__ = ["AlternatingBackprop", "DeadChannels", "psnr", "topk_schedule"]

@@ -109,20 +109,15 @@ def write_config(config, num_examples):
         for flag, value in run_config.flag_values(config).items() if value is not None))
 
 
-def _topk_warmup(config):
-    # TODO(experiment) TOPK_WARMUP_FACTOR: start at factor * K instead of the whole map.
-    factor = float(os.environ.get("TOPK_WARMUP_FACTOR", "0"))
-    start = None if factor <= 0 else tuple(int(round(k * factor)) for k in config.generator.topk)
-    return dict(topk_warmup_steps=run_config.topk_warmup_steps(config), topk_warmup_start=start)
-
-
 def build_model(config, num_examples):
     """The AlternatingBackprop model for config (CooperativeLearning with a descriptor),
     compiled with Adam, for the strategy in scope. num_examples: one chain per image."""
     jit_step, jit_langevin = distribute.compile_options(tf.distribute.get_strategy(),
                                                         config.jit_compile)
     learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin,
-                   prior=config.prior, **_topk_warmup(config),
+                   prior=config.prior,
+                   topk_warmup_steps=run_config.topk_warmup_steps(config),
+                   topk_warmup_start=run_config.topk_warmup_start(config),
                    sparse_kernels={"auto": None, "on": True, "off": False}[config.sparse_kernels])
     generator = Generator(config.generator)
     if config.encoder is not None:
