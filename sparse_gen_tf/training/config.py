@@ -91,7 +91,7 @@ class TrainConfig:
     # On parts at 1,504 steps: legal quadrants 0.82 -> 0.95, 23.0 -> 26.0 dB
     # (docs/training.md, "K warm-up").
     topk_warmup: float = _setting(
-        0.0, "Fraction of --train_steps over which each layer's K goes down in a straight "
+        0.33, "Fraction of --train_steps over which each layer's K goes down in a straight "
         "line from --topk_warmup_start times --topk to --topk, which it keeps "
         "from then on; 0: --topk from the first step. Below 1, so that the trained model "
         "is the --topk one.", lower_bound=0.0)
