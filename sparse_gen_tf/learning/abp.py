@@ -51,6 +51,19 @@ class DeadChannels(keras.metrics.Metric):
         return {**super().get_config(), "num_channels": self.num_channels}
 
 
+def topk_schedule(k, start, step, warmup_steps):
+    """The K in force at an optimizer step (int or int64 tensor) of a warm-up: start at
+    step 0, down in a straight line to k (Eq. 1's K) at warmup_steps and after it
+    (rounded towards k). An int32 scalar tensor.
+
+    k-sparse autoencoders (Makhzani & Frey, 2014) anneal their k the same way: with K
+    units from the first step, the kernels that no example selects get no gradient and
+    stay as they started, and the few selected ones must explain everything at once.
+    """
+    step = tf.minimum(tf.cast(step, tf.int64), warmup_steps)
+    return tf.cast(k + (start - k) * (warmup_steps - step) // warmup_steps, tf.int32)
+
+
 # The Langevin loop as its own XLA computation (AlternatingBackprop(jit_langevin=True)).
 _compiled_langevin = tf.function(langevin, jit_compile=True)
 
@@ -75,13 +88,23 @@ class AlternatingBackprop(keras.Model):
         batch's images (`learn_encoder`, with its own Adam); None trains none.
         `encoder` may also hold a network fitted after training (run.open_run sets it),
         which is then used, not trained.
+      topk_warmup_steps, topk_warmup_start: for the first topk_warmup_steps optimizer
+        steps each TopK keeps `topk_schedule` units, from topk_warmup_start (ints, top
+        first; default each whole map) down to its K; 0 keeps K from the start. The K
+        in force follows `optimizer.iterations`, so Langevin, the θ step, the chains and
+        the prior's fits all see the same K, and a resumed run continues the schedule.
     Train data: (ids int32 [batch], images float32 [batch, H, W, 3] in [-1, 1]).
     """
 
     def __init__(self, generator, num_examples, *, langevin=None, langevin_noise=True,
                  seed=0, jit_langevin=False, prior=prior_lib.DEFAULT_PRIOR,
-                 sparse_kernels=None, encoder=None, **kwargs):
+                 sparse_kernels=None, encoder=None, topk_warmup_steps=0,
+                 topk_warmup_start=None, **kwargs):
         super().__init__(**kwargs)
+        if int(topk_warmup_steps) < 0:
+            raise ValueError(f"topk_warmup_steps must be >= 0, got {topk_warmup_steps}")
+        self.topk_warmup_steps = int(topk_warmup_steps)
+        self.topk_warmup_start = topk_warmup_start
         self.jit_langevin = bool(jit_langevin)
         self.sparse_kernels = None if sparse_kernels is None else bool(sparse_kernels)
         self.gradient_path = gradient_path.PLAIN  # compile chooses
@@ -131,6 +154,7 @@ class AlternatingBackprop(keras.Model):
             self.generator, xla=self.jit_compile is True or self.jit_langevin,
             sparse_kernels=self.sparse_kernels, dense_only=dense_only)
         self.gradient_path.apply(self.generator)
+        self._schedule_topk()
         log = (logging.warning if self.sparse_kernels and not self.uses_sparse_kernels
                else logging.info)
         log("Langevin gradient: %s.", self.gradient_path.reason)
@@ -143,6 +167,19 @@ class AlternatingBackprop(keras.Model):
         # Its variables must exist before the XLA function that updates them is traced.
         self.optimizer.build(self.generator.trainable_weights)
         self._compiled_learn = tf.function(self._learn, jit_compile=True)
+
+    def _schedule_topk(self):
+        """Puts each TopK under `topk_schedule` of the optimizer's step, when warming up.
+        The K in force is read in the traced step, so the step is traced once."""
+        if self.topk_warmup_steps <= 0:
+            return
+        shapes = self.generator.config.feature_map_shapes()
+        for i, (topk, (h, w, c)) in enumerate(zip(self.generator.topks, shapes)):
+            start = (h * w * c if self.topk_warmup_start is None
+                     else min(h * w * c, self.topk_warmup_start[i]))
+            topk.set_schedule(
+                lambda k=topk.k, start=start: topk_schedule(
+                    k, start, self.optimizer.iterations, self.topk_warmup_steps), start)
 
     @property
     def uses_sparse_kernels(self):
@@ -286,4 +323,4 @@ class AlternatingBackprop(keras.Model):
         del args, kwargs
 
 
-__all__ = ["AlternatingBackprop", "DeadChannels", "psnr"]
+__all__ = ["AlternatingBackprop", "DeadChannels", "psnr", "topk_schedule"]

@@ -67,6 +67,7 @@ def kth_largest_by_bisection(values, k, with_count=False):
             b, tf.bitwise.bitwise_and(tf.bitwise.right_shift(b, 31), magnitude))
 
     keys = flip(bits)
+    k_float = tf.cast(k, tf.float32)  # k may be an int32 tensor (a TopK schedule)
     n = tf.shape(flat)[-1]
     ones = tf.ones(tf.stack([n, 1]), tf.float32)
     answer = tf.fill([tf.shape(flat)[0], 1], tf.constant(-2 ** 31, tf.int32))
@@ -79,7 +80,7 @@ def kth_largest_by_bisection(values, k, with_count=False):
                         tf.bitwise.left_shift(1, bit))
         candidate = tf.bitwise.bitwise_xor(answer, flag)
         candidate_count = tf.matmul(tf.cast(keys >= candidate, tf.float32), ones)
-        take = candidate_count >= k
+        take = candidate_count >= k_float
         return (bit - 1, tf.where(take, candidate, answer),
                 tf.where(take, candidate_count, count))
 
@@ -131,6 +132,17 @@ class TopK(keras.layers.Layer):
             raise ValueError(f"TopK needs k > 0, got k={k}")
         self.k = int(k)
         self.bisection = False
+        # A schedule of K during training (`set_schedule`), not part of the config either.
+        self.k_in_force, self.k_max = None, None
+
+    def set_schedule(self, k_in_force, k_max):
+        """Makes the layer keep k_in_force() entries instead of `k`: a callable giving an
+        int32 scalar (a function of the optimizer's step, say), read at every call, so
+        that a traced function follows it without retracing. k_max (int) bounds it; the
+        way without bisection sorts the k_max largest entries to pick the K-th.
+        `set_schedule(None, None)` goes back to the fixed `k`."""
+        self.k_in_force = k_in_force
+        self.k_max = None if k_max is None else int(k_max)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -138,12 +150,28 @@ class TopK(keras.layers.Layer):
     def is_dense(self, input_shape):
         return self.k >= math.prod(input_shape[1:])
 
+    def _threshold(self, flat):
+        """(K, the K-th largest entry of each row [batch, 1], the count of entries >= it
+        [batch, 1] float32) for flat [batch, n]; K a Python int, or under a schedule an
+        int32 scalar clipped to n."""
+        if self.k_in_force is None:
+            return (self.k, *kth_largest_and_count(flat, self.k, bisection=self.bisection))
+        n = flat.shape[-1]
+        k = tf.minimum(tf.cast(self.k_in_force(), tf.int32), n)
+        if self.bisection and not tf.executing_eagerly():
+            return (k, *kth_largest_by_bisection(flat, k, with_count=True))
+        # top_k needs a static k under XLA: the k_max largest, sorted, then the K-th.
+        top, _ = tf.math.top_k(flat, k=min(self.k_max or n, n), sorted=True)
+        threshold = tf.gather(top, k - 1, axis=-1)[:, None]
+        count = tf.reduce_sum(tf.cast(flat >= threshold, tf.float32), -1, keepdims=True)
+        return k, threshold, count
+
     def mask(self, x):
         """Returns the TopK mask of x as x.dtype, 1 on the K kept entries. Shape of x."""
         if self.is_dense(x.shape):
             return tf.ones_like(x)
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        threshold, count = kth_largest_and_count(flat, self.k, bisection=self.bisection)
+        k, threshold, count = self._threshold(flat)
         # Entries equal to the threshold are kept only as far as needed to make exactly K.
         # Exact ties are not rare here: positions that no active unit reaches all carry the
         # bare bias. Whether any row has a surplus comes with the threshold (its count of
@@ -152,12 +180,11 @@ class TopK(keras.layers.Layer):
         def break_ties():
             above = flat > threshold
             at = flat == threshold
-            num_at_needed = self.k - tf.reduce_sum(tf.cast(above, tf.int32), -1,
-                                                   keepdims=True)
+            num_at_needed = k - tf.reduce_sum(tf.cast(above, tf.int32), -1, keepdims=True)
             rank_at = tf.cumsum(tf.cast(at, tf.int32), axis=-1)
             return above | (at & (rank_at <= num_at_needed))
 
-        keep = tf.cond(tf.reduce_any(count > self.k), break_ties,
+        keep = tf.cond(tf.reduce_any(count > tf.cast(k, count.dtype)), break_ties,
                        lambda: flat >= threshold)
         return tf.reshape(tf.cast(keep, x.dtype), tf.shape(x))
 

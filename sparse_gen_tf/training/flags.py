@@ -12,6 +12,7 @@ from sparse_gen_tf.model.descriptor import DescriptorConfig
 from sparse_gen_tf.model.encoder import EncoderConfig
 from sparse_gen_tf.model.generator import GeneratorConfig
 from sparse_gen_tf.training import config
+from sparse_gen_tf.training.config import topk_warmup_problem
 
 FLAGS = flags.FLAGS
 
@@ -112,6 +113,11 @@ def _check_cpu_devices(values):
             f"--cpu_devices={values['cpu_devices']} only makes replicas for "
             "--strategy=mirrored; add it or drop --cpu_devices")
     return True
+
+
+flags.register_validator("topk_warmup", lambda v: topk_warmup_problem(v) is None,
+                         message="--topk_warmup must be in [0, 1), a fraction of "
+                         "--train_steps (0: no warm-up), so that the model ends at --topk")
 
 
 @flags.multi_flags_validator(["batch_size", "num_images"])

@@ -116,6 +116,8 @@ def build_model(config, num_examples):
                                                         config.jit_compile)
     learner = dict(langevin=config.langevin, seed=config.seed, jit_langevin=jit_langevin,
                    prior=config.prior,
+                   topk_warmup_steps=run_config.topk_warmup_steps(config),
+                   topk_warmup_start=run_config.topk_warmup_start(config),
                    sparse_kernels={"auto": None, "on": True, "off": False}[config.sparse_kernels])
     generator = Generator(config.generator)
     if config.encoder is not None:

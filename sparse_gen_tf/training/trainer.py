@@ -26,7 +26,8 @@ from sparse_gen_tf.training.callbacks import (Checkpointing, DivergenceGuard,
                                               HParamsSummary, Progress, TrainScalars)
 from sparse_gen_tf.training.summaries import (ImageSummaries, explanation_summaries,
                                               grammar_summaries)
-from sparse_gen_tf.training.config import TrainConfig, flag_values, state_settings
+from sparse_gen_tf.training.config import (TrainConfig, flag_values, state_settings,
+                                           topk_warmup_problem)
 from sparse_gen_tf.data import pipeline
 from sparse_gen_tf.model import blocks
 from sparse_gen_tf.errors import UserError
@@ -50,6 +51,9 @@ def check_resumable(config):
 def train(config: TrainConfig):
     """Trains (or resumes) the run described by config; returns the Keras History."""
     check_resumable(config)
+    problem = topk_warmup_problem(config.topk_warmup)
+    if problem:
+        raise UserError(problem)
     # First TensorFlow work of the process: devices and collectives are fixed after it.
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
     replicas = strategy.num_replicas_in_sync
