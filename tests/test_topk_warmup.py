@@ -2,7 +2,8 @@
 
 The schedule's values at the steps that matter, TopK following it without retracing
 (eager, traced by bisection, traced by top_k under XLA), a short trained run that ends
-with exactly K_l units kept per layer, and the flag's checks.
+with exactly K_l units kept per layer, an export of a learner mid-warm-up that serves the
+configured K, and the flag's checks.
 """
 
 import dataclasses
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from conftest import assert_flag_error, run_train, tiny_flags, tiny_train_config
 
+from sparse_gen_tf import serving
 from sparse_gen_tf.errors import UserError
 from sparse_gen_tf.learning.abp import topk_schedule
 from sparse_gen_tf.model.layers import TopK
@@ -93,3 +95,36 @@ def test_warmup_flag_checks(tmp_path, value, message):
     result = run_train(f"--workdir={workdir}", *tiny_flags(train_steps=8),
                        f"--topk_warmup={value}")
     assert_flag_error(result, message, workdir)
+
+
+def test_export_of_a_learner_under_warmup_serves_the_configured_k(tmp_path):
+    # At step 0 of a warm-up from 100 K the learner's TopKs keep the whole map; the export
+    # serves Eq. 1's K all the same, from signatures traced with an unknown batch size,
+    # and holds none of the training state (the optimizer's step) the schedule reads.
+    config = tiny_train_config(workdir=str(tmp_path / "run"), train_steps=4,
+                               topk_warmup=0.5, topk_warmup_start=100.0)
+    learner = run.build_model(config, 64)
+    generator = learner.generator
+    path = serving.export_generator(generator, str(tmp_path / "export"), step_size=0.1,
+                                    sigma=0.3,
+                                    settings=serving.ReconstructSettings(steps=1, restarts=1))
+    loaded = tf.saved_model.load(path)
+    z = tf.random.stateless_normal([5, config.generator.latent_dim], seed=[5, 6])
+    served = loaded.signatures["serving_default"](z=z)
+    with TopK.fixed(generator.topks):
+        fixed = generator.parse(z)
+    for i, k in enumerate(config.generator.topk, 1):
+        np.testing.assert_array_equal(
+            tf.reduce_sum(fixed["topk_masks"][i - 1], [1, 2, 3]).numpy(), [k] * 5)
+        assert (served[f"mask_{i}"].numpy().reshape(5, -1).sum(axis=1) <= k).all()
+        np.testing.assert_allclose(served[f"activation_{i}"], fixed["activations"][i - 1],
+                                   rtol=1e-5, atol=1e-6)
+    # Served images are in [0, 1], the generator's in [-1, 1].
+    np.testing.assert_allclose(served["image"], (fixed["image"] + 1) / 2, rtol=1e-5,
+                               atol=1e-6)
+    # The schedules are back on the learner once the export is written.
+    for mask, (h, w, c) in zip(generator.parse(z)["topk_masks"],
+                               config.generator.feature_map_shapes()):
+        np.testing.assert_array_equal(tf.reduce_sum(mask, [1, 2, 3]).numpy(), [h * w * c] * 5)
+    assert learner.optimizer.iterations.dtype == tf.int64
+    assert all(v.dtype != tf.int64 for v in loaded.variables)

@@ -13,6 +13,7 @@ can make it batch-invariant: a row's result the same bits whatever else is in th
 (the served graph needs that, `serving/signatures.py`).
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -147,6 +148,22 @@ class TopK(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    @staticmethod
+    @contextlib.contextmanager
+    def fixed(topks):
+        """Within the block each TopK of topks keeps its own `k`, whatever schedule it is
+        under; the schedules come back after it. What is traced inside (an export's
+        signatures) is the model as configured, and reads no training state."""
+        topks = list(topks)
+        schedules = [(topk.k_in_force, topk.k_max) for topk in topks]
+        try:
+            for topk in topks:
+                topk.set_schedule(None, None)
+            yield
+        finally:
+            for topk, schedule in zip(topks, schedules):
+                topk.set_schedule(*schedule)
+
     def is_dense(self, input_shape):
         return self.k >= math.prod(input_shape[1:])
 
@@ -170,7 +187,9 @@ class TopK(keras.layers.Layer):
         """Returns the TopK mask of x as x.dtype, 1 on the K kept entries. Shape of x."""
         if self.is_dense(x.shape):
             return tf.ones_like(x)
-        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        # n static even when the batch is not (a served signature's [None, h, w, c]),
+        # since a scheduled K is clipped to it.
+        flat = tf.reshape(x, [-1, math.prod(x.shape[1:])])
         k, threshold, count = self._threshold(flat)
         # Entries equal to the threshold are kept only as far as needed to make exactly K.
         # Exact ties are not rare here: positions that no active unit reaches all carry the

@@ -1,6 +1,7 @@
 """Exports a generator, or the latest checkpoint of a training run, as the next version
 of a TF Serving model: the signatures (signatures.py) written atomically (versions.py)."""
 
+from sparse_gen_tf.model.layers import TopK
 from sparse_gen_tf.serving.signatures import ReconstructSettings, build_archive, describe
 from sparse_gen_tf.serving.versions import choose_version, write_version
 from sparse_gen_tf.training import run
@@ -15,16 +16,19 @@ def export_generator(generator, export_base, *, step_size, sigma,
     `settings.bank` makes the starting points of `reconstruct`'s search. prior: the
     fitted prior that `sample` draws from (`model.prior`); N(0, I) if None. encoder: the
     run's inference network (`model.encoder`), for the amortized `reconstruct`
-    (settings.method "auto" takes it when given). Raises UserError for "amortized"
-    without one (`ReconstructSettings.resolve`), or see `choose_version`.
+    (settings.method "auto" takes it when given). Each TopK keeps its configured K, also
+    in a learner's generator under the K warm-up (`TopK.fixed`). Raises UserError for
+    "amortized" without one (`ReconstructSettings.resolve`), or see `choose_version`.
     """
     settings = settings.resolve(encoder)
     version = choose_version(export_base, version)
     baked = dict(settings=settings, step_size=float(step_size), sigma=float(sigma),
                  bank=settings.bank(chains), prior=prior, encoder=encoder)
-    archive = build_archive(generator, **baked)
-    return write_version(archive, export_base, version,
-                         describe(generator, source=source, **baked))
+    # A learner's generator may be under its K warm-up: the export keeps Eq. 1's K.
+    with TopK.fixed(generator.topks):
+        archive = build_archive(generator, **baked)
+        return write_version(archive, export_base, version,
+                             describe(generator, source=source, **baked))
 
 
 def export_workdir(workdir, export_base, *, settings=ReconstructSettings(), version=None,
