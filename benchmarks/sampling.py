@@ -239,8 +239,7 @@ def geometry_table():
                 start = time.perf_counter()
                 # The grammar prior checks its configurations against the training
                 # images, as training fits it (`AlternatingBackprop.fit_prior`).
-                prior.fit(generator, chains, seed=opened.config.seed,
-                          **({"images": images} if kind == "grammar" else {}))
+                prior.fit(generator, chains, seed=opened.config.seed, images=images)
                 seconds = time.perf_counter() - start
                 sampled = prior.sample(generator, seeds)["image"].numpy()
                 scores[kind] = legal(sampled)

@@ -596,6 +596,24 @@ def test_unknown_priors_are_refused_in_one_line():
         prior_lib.make("gaussian", GeneratorConfig())
 
 
+@pytest.mark.parametrize("kind", ["nodes", "joint", "normal"])
+def test_every_prior_fits_from_the_same_call_and_only_the_grammar_reads_images(tiny, kind):
+    # One call fits any prior (the learner's and open_run's); a prior that does not use
+    # the training images fits the same state with them as without.
+    assert prior_lib.make("grammar", tiny.model.generator.config).uses_images
+    generator, chains = tiny.model.generator, tiny.model.chains.numpy()
+    images = tiny.opened.data().images[:len(chains)]
+    fitted = []
+    for given in (None, pipeline.to_model_range(images).numpy()):
+        prior = prior_lib.make(kind, generator.config)
+        assert not prior.uses_images
+        prior.fit(generator, chains, seed=0, images=given)
+        fitted.append([w.numpy() for w in prior.weights])
+    assert len(fitted[0]) == len(fitted[1])
+    for without, with_images in zip(*fitted):
+        np.testing.assert_array_equal(without, with_images)
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A small run on the parts grammar, trained long enough to parse it."""

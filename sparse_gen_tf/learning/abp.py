@@ -196,9 +196,8 @@ class AlternatingBackprop(keras.Model):
         checkpoint, so that checkpoint's prior matches its generator; it runs on the
         host, a few seconds for thousands of chains."""
         # The grammar prior also checks its configurations against the training images.
-        extra = ({"images": self.prior_images}
-                 if self.prior_images is not None and self.prior.kind == "grammar" else {})
-        self.prior.fit(self.generator, self.chains.numpy(), seed=self.seed, **extra)
+        self.prior.fit(self.generator, self.chains.numpy(), seed=self.seed,
+                       images=self.prior_images)
 
     def infer(self, z, images, observed=None):
         """Langevin posterior sampling (Eq. 10) from z [batch, d] for images; returns z."""

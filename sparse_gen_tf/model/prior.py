@@ -36,10 +36,11 @@ What is stored. A cluster's configuration is its centroid, the mean of the codes
 node, block or quadrant) of at least `clusters.MIN_MEMBERS` training parses, with the
 share of those members that keep each unit where a sample draws its units (`on_off`),
 and its frequency is its number of members; no single training image's code is kept (the
-privacy rule of the export). The state is fitted from the persistent chains with `fit`
-every --figures_every epochs of training and at its end (`AlternatingBackprop.fit_prior`),
-saved in the checkpoints (a checkpoint written between two fits is marked stale and
-fitted again when opened, training/run.py) and in
+privacy rule of the export). The state is fitted from the persistent chains with
+`fit(generator, chains, seed, images=None)`, one call for every prior (`uses_images`:
+whether it reads the training images), every --figures_every epochs of training and at
+its end (`AlternatingBackprop.fit_prior`), saved in the checkpoints (a checkpoint written
+between two fits is marked stale and fitted again when opened, training/run.py) and in
 the export, and restored with the rest.
 
 Every prior samples with standard TensorFlow ops and one stateless seed per row, so a
@@ -129,15 +130,16 @@ class NormalPrior(keras.layers.Layer):
 
     kind = "normal"
     has_latent = True
+    uses_images = False
 
     def __init__(self, generator_config, **kwargs):
         super().__init__(**kwargs)
         self.generator_config = generator_config
         self.built = True
 
-    def fit(self, generator, chains, seed=0):
+    def fit(self, generator, chains, seed=0, images=None):
         """Nothing to fit: the prior is the paper's."""
-        del generator, chains, seed
+        del generator, chains, seed, images
 
     @property
     def fitted(self):
@@ -214,6 +216,8 @@ class BlockGrammarPrior(keras.layers.Layer):
 
     kind = "grammar"
     has_latent = False
+    # Its fit checks its configurations against training images (`fit`'s images).
+    uses_images = True
     # The steps of `refine_lift` after the pursuit, in the fit (`_lifted_draw`,
     # `_keep_near_images`) and in `sample` alike, so that the fit judges the samples that
     # `sample` draws. Not state: 0 (the pursuit alone) is for comparing the two
@@ -859,6 +863,7 @@ class NodeGrammarPrior(keras.layers.Layer):
 
     kind = "nodes"
     has_latent = False
+    uses_images = False
 
     def __init__(self, generator_config, clusters=GRAMMAR_CLUSTERS, **kwargs):
         super().__init__(**kwargs)
@@ -871,11 +876,11 @@ class NodeGrammarPrior(keras.layers.Layer):
                                        initializer="zeros", trainable=False)
         self.built = True
 
-    def fit(self, generator, chains, seed=0):
+    def fit(self, generator, chains, seed=0, images=None):
         """Clusters each top AND node's codes fm^1[:, y, x] [N, c_1] over the parses of the
         persistent chains [N, d] (`clusters.kmeans`, clusters of >= MIN_MEMBERS) and
         stores the centroids and their sizes. With fewer than MIN_MEMBERS chains no
-        cluster is kept and the prior stays unfitted."""
+        cluster is kept and the prior stays unfitted. images: unused (`uses_images`)."""
         top = np.asarray(generator.top_feature_map(np.asarray(chains, np.float32)))
         n, s, _, c = top.shape
         centroids = np.zeros(self.centroids.shape, np.float32)
@@ -954,6 +959,7 @@ class JointGrammarPrior(keras.layers.Layer):
 
     kind = "joint"
     has_latent = False
+    uses_images = False
 
     def __init__(self, generator_config, clusters=JOINT_CLUSTERS, shrink=JOINT_SHRINK,
                  **kwargs):
@@ -971,11 +977,12 @@ class JointGrammarPrior(keras.layers.Layer):
                                        initializer="zeros", trainable=False)
         self.built = True
 
-    def fit(self, generator, chains, seed=0):
+    def fit(self, generator, chains, seed=0, images=None):
         """Clusters the parses of the persistent chains [N, d] by their whole top layer's
         configuration activation_1 [N, s*s*c_1] (k-means in its first JOINT_COMPONENTS
         principal components, which keeps k-means cheap at hundreds of clusters) and stores
-        each cluster of >= MIN_MEMBERS parses: the mean and spread of its fm^1."""
+        each cluster of >= MIN_MEMBERS parses: the mean and spread of its fm^1.
+        images: unused (`uses_images`)."""
         chains = np.asarray(chains, np.float32)
         parse = generator.parse(chains)
         top = parse["feature_maps"][0].numpy()  # [N, s, s, c] before TopK

@@ -504,7 +504,7 @@ def open_run(workdir, *, learner=False, fit_prior=True):
         # As the learner's fit_prior, from the restored chains (and the grammar prior,
         # from the training images too).
         prior.fit(generator, chains.numpy(), seed=config.seed,
-                  **({"images": _prior_images(config)} if prior.kind == "grammar" else {}))
+                  images=_prior_images(config) if prior.uses_images else None)
     return TrainedModel(config, generator, prior, chains, encoder, path, step, model)
 
 
