@@ -4,10 +4,13 @@ They must compute the dense path's function: the two products against dense matm
 ∂/∂z of `Generator.langevin_gradient_fn` against autodiff of the dense likelihood (ties
 at the TopK threshold, kernel == stride and kernel > stride, occlusion masks), whole
 Langevin chains and train steps against the dense XLA step, and two mirrored replicas
-against one device. Where they cannot be built, the dense path runs and says why.
+against one device. Where they cannot be built, the dense path runs and says why (the
+compiler's first error line); a compiler that does not know -mno-avx512fp16 builds without it.
 """
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -234,6 +237,68 @@ def test_without_a_build_the_kernels_say_why_and_training_stays_dense(
         monkeypatch.undo()
         sparse_kernels._load.cache_clear()
     assert sparse_kernels.unavailable_reason() is None
+
+
+def fake_compiler(path, script):
+    """An executable shell script at path standing in for the C++ compiler."""
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_compiler_that_does_not_know_the_fp16_flag_builds_with_march_native_alone(
+        tmp_path):
+    # As GCC < 12 answers -mno-avx512fp16; a compiler that old never emits AVX512-FP16,
+    # which the stand-in gets from the real one by that flag where it has it. In a fresh
+    # process, which loads the ops it built.
+    real = sparse_kernels._compiler()
+    log = tmp_path / "calls"
+    compiler = fake_compiler(tmp_path / "old-g++", f"""echo "$*" >> {log}
+case "$*" in *-mno-avx512fp16*)
+  echo "g++: error: unrecognized command-line option '-mno-avx512fp16'" >&2; exit 1;;
+esac
+if {real} -mno-avx512fp16 -E -x c++ /dev/null > /dev/null 2>&1; then
+  exec {real} "$@" -mno-avx512fp16
+fi
+exec {real} "$@"
+""")
+    env = {**os.environ, "CXX": str(compiler), "SPARSE_GEN_TF_CACHE": str(tmp_path / "cache"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    code = ("from sparse_gen_tf.model import sparse_kernels as s; import numpy as np; "
+            "print(s.unavailable_reason()); "
+            "print(s.sparse_rows_matmul(np.eye(3, dtype=np.float32), "
+            "np.ones([3, 2], np.float32)).numpy().sum())")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["None", "6.0"]
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    assert "-mno-avx512fp16" in calls[0] and "-mno-avx512fp16" not in calls[1]
+    assert "-march=native" in calls[1]
+
+
+def test_a_failed_build_gives_the_compiler_s_first_error_line(monkeypatch, tmp_path):
+    # GCC ends its output with the caret line under the source: not a reason.
+    compiler = fake_compiler(tmp_path / "bad-g++", """cat >&2 <<'END'
+In file included from Eigen/Core:222,
+PacketMathFP16.h:740:49: error: expected initializer before '<' token
+  740 | EIGEN_STRONG_INLINE Packet16h predux_half_dowto4<Packet32h>(const Packet32h& a) {
+      |                                                 ^
+END
+exit 1
+""")
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("SPARSE_GEN_TF_CACHE", str(tmp_path / "cache"))
+    sparse_kernels._load.cache_clear()
+    try:
+        reason = sparse_kernels.unavailable_reason()
+    finally:
+        monkeypatch.undo()
+        sparse_kernels._load.cache_clear()
+    assert reason == (f"building sparse_matmul.cc with {compiler} failed: PacketMathFP16.h:"
+                      "740:49: error: expected initializer before '<' token")
+    assert not list((tmp_path / "cache").glob("**/*.so"))
 
 
 MIRRORED = """

@@ -61,10 +61,24 @@ def _cpu_signature():
         return platform.processor() + platform.machine()
 
 
-def _build_command(compiler, output):
+# Tried in turn until one builds. -march=native on a CPU with AVX512-FP16 (Sapphire
+# Rapids and later) makes GCC 12 compile the FP16 packet code of TensorFlow's bundled
+# Eigen, which it rejects ("expected initializer before '<'" in PacketMathFP16.h); the
+# kernels use no half floats, so that extension is turned off. A compiler that does not
+# know the flag (GCC < 12) knows no AVX512-FP16 either, and builds with -march=native alone.
+_TARGET_FLAGS = (("-march=native", "-mno-avx512fp16"), ("-march=native",))
+
+
+def _build_command(compiler, output, target=_TARGET_FLAGS[0]):
     return [compiler, "-shared", str(SOURCE), "-o", str(output), "-fPIC", "-O3",
-            "-march=native", "-fopenmp-simd", "-w", *tf.sysconfig.get_compile_flags(),
+            *target, "-fopenmp-simd", "-w", *tf.sysconfig.get_compile_flags(),
             *tf.sysconfig.get_link_flags()]
+
+
+def _first_error(stderr):
+    """The compiler's first error line, else its last line: what a one-line reason shows."""
+    lines = stderr.strip().splitlines() or ["(no output)"]
+    return next((line.strip() for line in lines if "error" in line), lines[-1].strip())
 
 
 @functools.cache
@@ -85,11 +99,16 @@ def _load():
             # never leaves a half-written library under the final name.
             with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
                 partial = pathlib.Path(scratch) / library.name
-                result = subprocess.run(_build_command(compiler, partial),
-                                        capture_output=True, text=True, timeout=600)
-                if result.returncode:
-                    last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-                    return None, f"building {SOURCE.name} with {compiler} failed: {last}"
+                results = []
+                for target in _TARGET_FLAGS:
+                    results.append(subprocess.run(_build_command(compiler, partial, target),
+                                                  capture_output=True, text=True,
+                                                  timeout=600))
+                    if not results[-1].returncode:
+                        break
+                else:  # the last try's reason: the first may only be an unknown flag
+                    return None, (f"building {SOURCE.name} with {compiler} failed: "
+                                  f"{_first_error(results[-1].stderr)}")
                 os.replace(partial, library)
         except (OSError, subprocess.TimeoutExpired) as error:
             return None, (f"building {SOURCE.name} with {compiler} into {library.parent} "
