@@ -76,9 +76,10 @@ def _build_command(compiler, output, target=_TARGET_FLAGS[0]):
 
 
 def _first_error(stderr):
-    """The compiler's first error line, else its last line: what a one-line reason shows."""
+    """The compiler's first error line, else its last line: what a one-line reason shows.
+    "error:" and not "error": the include chain before it names headers like errors.h."""
     lines = stderr.strip().splitlines() or ["(no output)"]
-    return next((line.strip() for line in lines if "error" in line), lines[-1].strip())
+    return next((line.strip() for line in lines if "error:" in line), lines[-1].strip())
 
 
 @functools.cache
@@ -99,16 +100,14 @@ def _load():
             # never leaves a half-written library under the final name.
             with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
                 partial = pathlib.Path(scratch) / library.name
-                results = []
                 for target in _TARGET_FLAGS:
-                    results.append(subprocess.run(_build_command(compiler, partial, target),
-                                                  capture_output=True, text=True,
-                                                  timeout=600))
-                    if not results[-1].returncode:
+                    result = subprocess.run(_build_command(compiler, partial, target),
+                                            capture_output=True, text=True, timeout=600)
+                    if not result.returncode:
                         break
                 else:  # the last try's reason: the first may only be an unknown flag
                     return None, (f"building {SOURCE.name} with {compiler} failed: "
-                                  f"{_first_error(results[-1].stderr)}")
+                                  f"{_first_error(result.stderr)}")
                 os.replace(partial, library)
         except (OSError, subprocess.TimeoutExpired) as error:
             return None, (f"building {SOURCE.name} with {compiler} into {library.parent} "
